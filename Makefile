@@ -1,0 +1,30 @@
+# The front door. `make demo` runs the whole loop on one machine; `make test` runs every test.
+PYTHON ?= python3.11
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+ARGS ?=
+
+.PHONY: demo test install uv lint format deploy clean
+
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+
+install: uv
+	$(UV) sync --frozen --python $(PYTHON)
+
+demo: install ## Bring up Prefect, MLflow, the router and a worker; run the loop once; print the summary.
+	$(UV) run --frozen python -m deployments.demo $(ARGS)
+
+test: install ## Unit tests, then the end-to-end loop on real services.
+	$(UV) run --frozen pytest
+
+lint: install
+	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .
+
+format: install
+	$(UV) run --frozen ruff check --fix . && $(UV) run --frozen ruff format .
+
+deploy: install ## Deploy the flows and apply the automations to the server PREFECT_API_URL names.
+	$(UV) run --frozen prefect --no-prompt deploy --all && $(UV) run --frozen python -m automations.apply
+
+clean: ## Forget all local state (Prefect, MLflow, router log, reports).
+	rm -rf .driftloop

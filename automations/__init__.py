@@ -1,0 +1,1 @@
+"""Prefect automations of the loop, defined as data (YAML) and applied idempotently by `apply.py`."""

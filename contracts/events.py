@@ -1,0 +1,69 @@
+"""The Prefect events of the loop: names, the resource they are about, and their payloads."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+DRIFT_CHECKED = "driftloop.drift.checked"
+DRIFT_DETECTED = "driftloop.drift.detected"
+MODEL_REGISTERED = "driftloop.model.registered"
+MODEL_PROMOTED = "driftloop.model.promoted"
+MODEL_ROLLED_BACK = "driftloop.model.rolled_back"
+EXPERIMENT_DECIDED = "driftloop.experiment.decided"
+
+RESOURCE_PREFIX = "driftloop.model."
+
+
+def model_resource(model_name: str) -> dict[str, str]:
+    """The stable Prefect resource every event about a registered model is attached to."""
+    return {"prefect.resource.id": f"{RESOURCE_PREFIX}{model_name}", "prefect.resource.name": model_name}
+
+
+def model_version_resource(model_name: str, version: str) -> dict[str, str]:
+    """A related resource naming one model version."""
+    return {
+        "prefect.resource.id": f"{RESOURCE_PREFIX}{model_name}.version.{version}",
+        "prefect.resource.role": "model-version",
+        "prefect.resource.name": f"{model_name} v{version}",
+    }
+
+
+class DriftPayload(BaseModel):
+    """Payload of `driftloop.drift.checked` and `driftloop.drift.detected` (every key always present)."""
+
+    model_name: str
+    champion_version: str
+    drift_share: float
+    drifted_columns: list[str]
+    n_columns: int
+    window_start: str
+    window_end: str
+    window_rows: int
+    report: str
+    """Where the HTML report is: a local path and, when tracked, the MLflow run that holds it."""
+    report_url: str
+
+
+class RegisteredPayload(BaseModel):
+    """Payload of `driftloop.model.registered`."""
+
+    model_name: str
+    version: str
+    run_id: str
+    gate_passed: bool
+    metrics: dict[str, float]
+
+
+class DecisionPayload(BaseModel):
+    """Payload of `driftloop.experiment.decided`, `driftloop.model.promoted` and `driftloop.model.rolled_back`."""
+
+    model_name: str
+    decision: str
+    champion_version: str
+    challenger_version: str
+    p_value: float | None
+    reason: str
+    champion_labelled: int
+    champion_correct: int
+    challenger_labelled: int
+    challenger_correct: int

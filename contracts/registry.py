@@ -1,0 +1,26 @@
+"""The MLflow registry contract: aliases, tags and artifact paths that flows write and the router reads."""
+
+CHAMPION = "champion"
+"""Alias of the version that serves by default."""
+CHALLENGER = "challenger"
+"""Alias of the version under A/B test, when there is one."""
+
+REFERENCE_ARTIFACT_DIR = "reference"
+"""Run artifact folder holding the data a version takes as its reference for drift."""
+REFERENCE_FILE = "reference.parquet"
+MODEL_ARTIFACT = "model"
+"""Name under which the model is logged in its run (MLflow 3 stores it as a logged model `models:/m-<id>`)."""
+
+TAG_TARGET = "driftloop.target"
+"""Version tag: name of the target column."""
+TAG_GATE = "driftloop.quality_gate"
+"""Version tag: `passed` or `failed`, with metrics in the run."""
+TAG_DECISION = "driftloop.decision"
+"""Version tag: the last A/B decision about this version."""
+TAG_PREVIOUS_CHAMPION = "driftloop.previous_champion"
+"""Version tag on a promoted version: the champion it replaced (for rollback)."""
+
+
+def model_uri(model_name: str, alias: str) -> str:
+    """The MLflow URI that resolves a registered model by alias."""
+    return f"models:/{model_name}@{alias}"

@@ -1,0 +1,345 @@
+"""The demo: bring up the stack and run the whole loop once, printing a timeline and a summary.
+
+`python -m deployments.demo [--keep-running] [--timeout S] [--schedule-seconds S]`; exits 0 when the loop closed
+(drift detected, challenger trained and registered, A/B decided, challenger promoted and served), 1 when it did not
+(saying which stage did not happen), 2 when a service could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from contracts import events
+from deployments.settings import StackSettings
+from deployments.simulator import Simulator
+from deployments.stack import Stack, StackError, urls
+
+FLOW_RUN_STATES = ("Running", "Completed", "Failed", "Crashed", "Cancelled")
+
+
+class Timeline:
+    """Prints what happens with the time since the demo started."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.t0, 1)
+
+    def log(self, message: str) -> None:
+        print(f"[{self.elapsed():7.1f}s] {message}", flush=True)
+
+
+class Watcher:
+    """Follows the loop through the Prefect events its flows emit (and flow-run state changes)."""
+
+    def __init__(self, timeline: Timeline, model_name: str):
+        self.timeline = timeline
+        self.model_name = model_name
+        self.since = datetime.now(UTC)
+        self.seen: set[str] = set()
+        self.stages: dict[str, float] = {}
+        self.drift: dict[str, Any] | None = None
+        self.drift_checks: list[dict[str, Any]] = []
+        self.registered: list[dict[str, Any]] = []
+        self.decisions: list[dict[str, Any]] = []
+        self.promoted: dict[str, Any] | None = None
+        self.rolled_back: dict[str, Any] | None = None
+        self.flow_runs: dict[str, str] = {}
+
+    def _stage(self, name: str) -> None:
+        self.stages.setdefault(name, self.timeline.elapsed())
+
+    def handle(self, name: str, resource_name: str, payload: dict[str, Any]) -> None:
+        say = self.timeline.log
+        if name.startswith("prefect.flow-run."):
+            state = name.rsplit(".", 1)[-1]
+            if state in FLOW_RUN_STATES:
+                self.flow_runs[resource_name] = state
+                if resource_name.startswith("retrain") and state == "Running":
+                    self._stage("retrain_started")
+                say(f"flow run '{resource_name}' {state}")
+            return
+        if name == events.DRIFT_CHECKED:
+            self.drift_checks.append(payload)
+            say(f"drift check: no drift (share {payload['drift_share']:.2f} over {payload['window_rows']} requests)")
+        elif name == events.DRIFT_DETECTED:
+            self.drift_checks.append(payload)
+            if self.drift is None:
+                self.drift = payload | {"at_s": self.timeline.elapsed()}
+            self._stage("drift_detected")
+            say(
+                f"DRIFT DETECTED on {', '.join(payload['drifted_columns'])} (share {payload['drift_share']:.2f} over "
+                f"{payload['window_rows']} requests); report {payload['report_url']}"
+            )
+        elif name == events.MODEL_REGISTERED:
+            self.registered.append(payload | {"at_s": self.timeline.elapsed()})
+            if len(self.registered) > 1 or self.drift is not None:
+                self._stage("challenger_registered" if payload["gate_passed"] else "candidate_failed_gate")
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in payload["metrics"].items())
+            say(
+                f"registered {payload['model_name']} v{payload['version']} (gate "
+                f"{'passed' if payload['gate_passed'] else 'failed'}; {metrics})"
+            )
+        elif name == events.EXPERIMENT_DECIDED:
+            self.decisions.append(payload | {"at_s": self.timeline.elapsed()})
+            self._stage("ab_decided")
+            say(f"A/B look: {payload['decision']}: {payload['reason']}")
+        elif name == events.MODEL_PROMOTED:
+            self.promoted = payload | {"at_s": self.timeline.elapsed()}
+            self._stage("promoted")
+            say(f"PROMOTED v{payload['challenger_version']} to champion (was v{payload['champion_version']})")
+        elif name == events.MODEL_ROLLED_BACK:
+            self.rolled_back = payload
+            say(f"ROLLED BACK v{payload['challenger_version']}: {payload['reason']}")
+
+    async def run(self) -> None:
+        """Poll the Prefect event log once a second until cancelled."""
+        from prefect.client.orchestration import get_client
+        from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+        async with get_client() as client:
+            while True:
+                try:
+                    page = await client.read_events(
+                        filter=EventFilter(
+                            occurred=EventOccurredFilter(since=self.since, until=datetime.now(UTC)),
+                            event=EventNameFilter(prefix=["driftloop.", "prefect.flow-run."]),
+                        ),
+                        limit=50,
+                    )
+                    for event in sorted(page.events, key=lambda e: e.occurred):
+                        if str(event.id) in self.seen:
+                            continue
+                        self.seen.add(str(event.id))
+                        self.since = max(self.since, event.occurred)
+                        self.handle(event.event, event.resource.get("prefect.resource.name", ""), event.payload)
+                except Exception as exc:  # noqa: BLE001 - the watcher only reports; the stack check catches deaths
+                    self.timeline.log(f"(could not read events: {exc!r})")
+                await asyncio.sleep(1)
+
+
+STAGES = [
+    ("bootstrap", "a champion was trained and registered"),
+    ("traffic", "the router served the simulated traffic"),
+    ("drift_detected", "the drift flow detected drift"),
+    ("retrain_started", "the automation started a retrain run"),
+    ("challenger_registered", "a challenger passed the gate and was registered"),
+    ("ab_decided", "the A/B evaluation decided on counts from the router"),
+    ("promoted", "the challenger was promoted to champion"),
+    ("router_serves_new_champion", "the router serves the new champion without a restart"),
+]
+
+
+async def wait_for_champion(router_url: str, timeout: float, version: str | None = None) -> dict:
+    """Wait until the router serves a champion (this version, when given)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=router_url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                health = (await client.get("/health")).json()
+                if health.get("champion_version") and version in (None, health["champion_version"]):
+                    return health
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"the router did not serve champion {version or ''} within {timeout:.0f} s")
+
+
+async def run_loop(stack: Stack, settings: StackSettings, timeline: Timeline) -> dict[str, Any]:
+    """Bootstrap, send traffic, and follow the loop until the challenger is promoted or time runs out."""
+    from prefect.deployments import run_deployment
+
+    from flows.lib.data import load_dataset
+    from flows.settings import FlowSettings
+
+    deadline = time.monotonic() + settings.demo_timeout_seconds
+    watcher = Watcher(timeline, settings.model_name)
+    watch = asyncio.create_task(watcher.run())
+    traffic = None
+    try:
+        timeline.log("bootstrap: running the bootstrap deployment (trains a first champion if there is none)")
+        run = await run_deployment("bootstrap/bootstrap", timeout=settings.demo_timeout_seconds)
+        if not run.state.is_completed():
+            raise StackError(f"the bootstrap run {run.name} ended {run.state.name}: see the Prefect UI")
+        health = await wait_for_champion(settings.router_url, 60)
+        watcher._stage("bootstrap")
+        timeline.log(f"router serves champion v{health['champion_version']}")
+
+        flow_settings = FlowSettings()
+        reference = load_dataset(flow_settings.dataset, flow_settings.target)
+        sim = Simulator(
+            settings.router_url,
+            reference,
+            target=flow_settings.target,
+            users=settings.sim_users,
+            rate=settings.sim_rate,
+            label_share=settings.sim_label_share,
+            seed=settings.sim_seed,
+        )
+        timeline.log(
+            f"traffic: {settings.sim_reference_requests} requests from the reference distribution "
+            f"at {settings.sim_rate:.0f}/s, {settings.sim_label_share:.0%} labelled"
+        )
+        await sim.run(requests=settings.sim_reference_requests)
+        drift = {
+            "scenario": settings.sim_scenario,
+            "columns": settings.sim_drift_columns,
+            "factor": settings.sim_drift_factor,
+        }
+        timeline.log(
+            f"traffic: drift starts ({settings.sim_scenario} x{settings.sim_drift_factor} on "
+            f"{', '.join(settings.sim_drift_columns)}) and goes on until the loop closes"
+        )
+        stop = asyncio.Event()
+        traffic = asyncio.create_task(sim.run(drift=drift, stop=stop))
+        while watcher.promoted is None and time.monotonic() < deadline:
+            stack.check()
+            if sim.stats.ok:
+                watcher._stage("traffic")
+            if traffic.done():
+                traffic.result()
+            await asyncio.sleep(1)
+        stop.set()
+        await traffic
+        if watcher.promoted is not None:
+            version = watcher.promoted["challenger_version"]
+            try:
+                await wait_for_champion(settings.router_url, 30, version)
+                watcher._stage("router_serves_new_champion")
+                timeline.log(f"router serves champion v{version}")
+            except TimeoutError as exc:
+                timeline.log(str(exc))
+        await asyncio.sleep(1.5)  # let the last events arrive
+    finally:
+        watch.cancel()
+    return summarize(watcher, sim.stats, settings)
+
+
+def summarize(watcher: Watcher, stats, settings: StackSettings) -> dict[str, Any]:
+    """What happened, as JSON-ready data."""
+    missing = next((f"{name}: {what}" for name, what in STAGES if name not in watcher.stages), None)
+    decision = watcher.decisions[-1] if watcher.decisions else None
+    return {
+        "closed": missing is None,
+        "first_missing_stage": missing,
+        "stages_s": watcher.stages,
+        "drift": watcher.drift,
+        "drift_checks": len(watcher.drift_checks),
+        "registered": watcher.registered,
+        "decision": decision,
+        "looks": len(watcher.decisions),
+        "promoted": watcher.promoted,
+        "rolled_back": watcher.rolled_back,
+        "flow_runs": watcher.flow_runs,
+        "traffic": {
+            "sent": stats.sent,
+            "ok": stats.ok,
+            "failed": stats.failed,
+            "arms": stats.arms,
+            "labelled_inline": stats.labelled_inline,
+            "labelled_later": stats.labelled_later,
+            "errors": stats.errors[:5],
+        },
+        "urls": urls(settings),
+    }
+
+
+def print_summary(summary: dict[str, Any], timeline: Timeline) -> None:
+    print("\n" + "=" * 78)
+    print(f"driftloop demo summary ({timeline.elapsed():.0f} s)")
+    print("=" * 78)
+    drift = summary["drift"]
+    if drift:
+        print(
+            f"drift detected    at {drift['at_s']:.0f} s: share {drift['drift_share']:.2f}, columns "
+            f"{', '.join(drift['drifted_columns'])}, {drift['window_rows']} requests (report {drift['report']})"
+        )
+    else:
+        print(f"drift detected    no ({summary['drift_checks']} checks)")
+    for reg in summary["registered"]:
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in reg["metrics"].items())
+        print(
+            f"model trained     v{reg['version']} at {reg['at_s']:.0f} s, gate "
+            f"{'passed' if reg['gate_passed'] else 'failed'} ({metrics})"
+        )
+    d = summary["decision"]
+    if d:
+        p = "n/a" if d["p_value"] is None else f"{d['p_value']:.3g}"
+        print(
+            f"A/B counts        champion v{d['champion_version']}: {d['champion_correct']}/{d['champion_labelled']} "
+            f"correct; challenger v{d['challenger_version']}: {d['challenger_correct']}/{d['challenger_labelled']}"
+            f" correct; p-value {p} ({summary['looks']} looks)"
+        )
+        print(f"decision          {d['decision']}: {d['reason']}")
+    t = summary["traffic"]
+    print(
+        f"traffic           {t['ok']} served, {t['failed']} failed, arms {t['arms']}, "
+        f"{t['labelled_inline']} labelled inline, {t['labelled_later']} later"
+    )
+    for name, url in summary["urls"].items():
+        print(f"{name:<17} {url}")
+    if summary["closed"]:
+        print("LOOP CLOSED: " + ", ".join(f"{k} at {v:.0f} s" for k, v in summary["stages_s"].items()))
+    else:
+        print(f"LOOP NOT CLOSED: this stage did not happen: {summary['first_missing_stage']}")
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep-running", action="store_true", help="keep the services up after the loop closed")
+    parser.add_argument("--timeout", type=float, help="seconds before giving up (DRIFTLOOP_DEMO_TIMEOUT_SECONDS)")
+    parser.add_argument("--schedule-seconds", type=int, help="drift and A/B interval (DRIFTLOOP_DEMO_SCHEDULE_SECONDS)")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.keep_running:
+        overrides["demo_keep_running"] = True
+    if args.timeout:
+        overrides["demo_timeout_seconds"] = args.timeout
+    if args.schedule_seconds:
+        overrides["demo_schedule_seconds"] = args.schedule_seconds
+    settings = StackSettings(**overrides)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    timeline = Timeline()
+    try:
+        with Stack(settings, log=timeline.log) as stack:
+            for name, url in urls(settings).items():
+                timeline.log(f"{name}: {url}")
+            stack.set_schedules(settings.demo_schedule_seconds)
+            summary = asyncio.run(run_loop(stack, settings, timeline))
+            print_summary(summary, timeline)
+            path = stack.home / "demo-summary.json"
+            path.write_text(json.dumps(summary, indent=2, default=str))
+            print(f"summary written to {path}")
+            if settings.demo_keep_running:
+                timeline.log("everything keeps running; Ctrl-C stops every process")
+                try:
+                    while True:
+                        stack.check()
+                        time.sleep(2)
+                except KeyboardInterrupt:
+                    timeline.log("stopping every process")
+            return 0 if summary["closed"] else 1
+    except StackError as exc:
+        timeline.log(f"ERROR: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        timeline.log("interrupted: every process was stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Traffic simulator: many users call the router over HTTP, first from the reference distribution, then drifted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import pandas as pd
+
+SCENARIOS = ("scale", "shift", "none")
+
+
+def apply_drift(
+    frame: pd.DataFrame, *, scenario: str, columns: list[str], factor: float, reference: pd.DataFrame
+) -> pd.DataFrame:
+    """Change the named columns as a production incident would (labels stay the truth).
+
+    Args:
+        frame: Rows to change (a copy is returned).
+        scenario: `scale` multiplies by `factor` (a unit change upstream), `shift` adds `factor` reference standard
+            deviations (a miscalibrated sensor), `none` leaves the rows alone.
+        columns: Columns to change.
+        factor: Strength of the change.
+        reference: Data that defines the standard deviations for `shift`.
+    """
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown drift scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
+    missing = sorted(set(columns) - set(frame.columns))
+    if missing:
+        raise ValueError(f"drift columns not in the data: {', '.join(missing)}")
+    out = frame.copy()
+    for column in columns if scenario != "none" else []:
+        if scenario == "scale":
+            out[column] = out[column] * factor
+        else:
+            out[column] = out[column] + factor * reference[column].std()
+    return out
+
+
+def sample_rows(
+    reference: pd.DataFrame, n: int, rng: np.random.Generator, *, target: str, jitter: float = 0.05
+) -> pd.DataFrame:
+    """Draw rows from the reference with a little noise on numeric features, so no two requests are identical."""
+    rows = reference.sample(n=n, replace=True, random_state=rng.integers(2**31)).reset_index(drop=True)
+    for column in rows.columns:
+        if column != target and pd.api.types.is_float_dtype(rows[column]):
+            rows[column] = rows[column] + rng.normal(0, jitter * reference[column].std(), size=n)
+    return rows
+
+
+@dataclass
+class TrafficStats:
+    """What the simulator sent and what came back."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    labelled_inline: int = 0
+    labelled_later: int = 0
+    arms: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+class Simulator:
+    """Sends prediction requests at a steady rate for a population of users, labelling a share of them."""
+
+    def __init__(
+        self,
+        router_url: str,
+        reference: pd.DataFrame,
+        *,
+        target: str,
+        users: int,
+        rate: float,
+        label_share: float,
+        seed: int,
+        concurrency: int = 16,
+    ):
+        self.router_url = router_url
+        self.reference = reference
+        self.target = target
+        self.users = [f"user-{i:05d}" for i in range(users)]
+        self.rate = rate
+        self.label_share = label_share
+        self.rng = np.random.default_rng(seed)
+        self.concurrency = concurrency
+        self.stats = TrafficStats()
+
+    def batch(self, n: int, *, drift: dict | None) -> pd.DataFrame:
+        """The next `n` rows to send, drifted by `drift` (keyword arguments of `apply_drift`) when given."""
+        rows = sample_rows(self.reference, n, self.rng, target=self.target)
+        return apply_drift(rows, reference=self.reference, **drift) if drift else rows
+
+    async def _one(self, client: httpx.AsyncClient, user: str, row: dict, label_mode: str) -> None:
+        label = row.pop(self.target)
+        label = label.item() if hasattr(label, "item") else label
+        body = {
+            "user_id": user,
+            "features": {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
+        }
+        if label_mode == "inline":
+            body["label"] = label
+        self.stats.sent += 1
+        try:
+            response = await client.post("/predict", json=body)
+            response.raise_for_status()
+            served = response.json()
+            self.stats.ok += 1
+            self.stats.arms[served["arm"]] = self.stats.arms.get(served["arm"], 0) + 1
+            if label_mode == "inline":
+                self.stats.labelled_inline += 1
+            elif label_mode == "later":
+                feedback = await client.post("/feedback", json={"request_id": served["request_id"], "label": label})
+                feedback.raise_for_status()
+                self.stats.labelled_later += 1
+        except httpx.HTTPError as exc:
+            self.stats.failed += 1
+            if len(self.stats.errors) < 20:
+                detail = exc.response.text[:300] if isinstance(exc, httpx.HTTPStatusError) else repr(exc)
+                self.stats.errors.append(detail)
+
+    async def run(
+        self, *, requests: int | None = None, drift: dict | None = None, stop: asyncio.Event | None = None
+    ) -> TrafficStats:
+        """Send `requests` requests (or until `stop` is set) at the configured rate."""
+        semaphore = asyncio.Semaphore(self.concurrency)
+        pending: set[asyncio.Task] = set()
+        start, sent = time.monotonic(), 0
+        async with httpx.AsyncClient(base_url=self.router_url, timeout=10) as client:
+            while (requests is None or sent < requests) and not (stop and stop.is_set()):
+                n = 32 if requests is None else min(32, requests - sent)
+                rows = self.batch(n, drift=drift).to_dict("records")
+                users = self.rng.choice(self.users, size=n)
+                modes = self.rng.choice(
+                    ["inline", "later", "none"],
+                    size=n,
+                    p=[self.label_share / 2, self.label_share / 2, 1 - self.label_share],
+                )
+                for row, user, mode in zip(rows, users, modes, strict=True):
+                    # Hold the pace: request k leaves at start + k / rate.
+                    delay = start + sent / self.rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if stop and stop.is_set():
+                        break
+                    await semaphore.acquire()
+                    task = asyncio.create_task(self._one(client, str(user), row, str(mode)))
+                    task.add_done_callback(lambda _t: semaphore.release())
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    sent += 1
+            if pending:
+                await asyncio.gather(*pending)
+        return self.stats

@@ -1,0 +1,253 @@
+"""The MLflow side of the loop: log and register candidates, move aliases, load what an alias points to.
+
+Aliases only, never stages. Names of aliases, tags and artifact paths come from `contracts.registry`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from contracts.registry import (
+    CHALLENGER,
+    CHAMPION,
+    MODEL_ARTIFACT,
+    REFERENCE_ARTIFACT_DIR,
+    REFERENCE_FILE,
+    TAG_DECISION,
+    TAG_PREVIOUS_CHAMPION,
+    TAG_TARGET,
+    model_uri,
+)
+
+REFERENCE_ARTIFACT_PATH = f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
+
+# What unpickling a PyCaret pipeline imports (pycaret.internal.pipeline extends imblearn's Pipeline and
+# holds sklearn, category_encoders and pandas objects), pinned to what trained it.
+_BASE_REQUIREMENTS = (
+    "pycaret",
+    "scikit-learn",
+    "imbalanced-learn",
+    "category-encoders",
+    "pandas",
+    "numpy",
+    "scipy",
+    "joblib",
+    "cloudpickle",
+)
+_TAG_VALUE_MAX = 5000
+
+
+def configure(tracking_uri: str, experiment: str) -> None:
+    """Point MLflow at a tracking store and an experiment (call from flows, never at import)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+
+
+def _client() -> MlflowClient:
+    return MlflowClient()
+
+
+def _distributions_of(obj: Any) -> set[str]:
+    """Distributions that provide the classes of a pipeline's steps (e.g. lightgbm, xgboost)."""
+    steps = getattr(obj, "steps", None) or []
+    objects = [obj, *(step for _, step in steps)]
+    modules = {type(o).__module__.split(".")[0] for o in objects}
+    # Wrapped estimators keep theirs on `.estimator` / `.transformer`.
+    for o in objects:
+        for attr in ("estimator", "transformer"):
+            inner = getattr(o, attr, None)
+            if inner is not None:
+                modules.add(type(inner).__module__.split(".")[0])
+    owners = metadata.packages_distributions()
+    return {dist for module in modules for dist in owners.get(module, [])}
+
+
+def pip_requirements(pipeline: Any) -> list[str]:
+    """Pinned requirements to unpickle `pipeline`: the PyCaret stack plus the estimator's package."""
+    names = set(_BASE_REQUIREMENTS) | _distributions_of(pipeline)
+    pins = []
+    for name in sorted(names, key=str.lower):
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_candidate(
+    *,
+    pipeline: Any,
+    train_data: pd.DataFrame,
+    reference: pd.DataFrame,
+    target: str,
+    model_name: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str] | None = None,
+    run_name: str,
+) -> ModelVersion:
+    """Log a trained pipeline in one MLflow run and register it as a new version of `model_name`.
+
+    The run holds the params, metrics and tags, the reference data (features and target) as a parquet
+    artifact at `REFERENCE_ARTIFACT_DIR/REFERENCE_FILE`, and the model (cloudpickle, with signature and
+    input example) under `MODEL_ARTIFACT`. The run goes to the current experiment (see `configure`).
+
+    Args:
+        pipeline: The fitted pipeline; takes the raw feature columns.
+        train_data: Data it was trained on (features and target): gives the signature and input example.
+        reference: The data later drift checks compare against (features and target).
+        target: Name of the target column.
+        model_name: Registered model name.
+        params: Run params.
+        metrics: Run metrics.
+        tags: Tags set on the run and on the new version.
+        run_name: Name of the run.
+
+    Returns:
+        The registered version (its `run_id` is the run above), with tags set. Note that
+        `ModelVersion.version` may be an int: use `str(version.version)`.
+    """
+    for name, frame in (("train_data", train_data), ("reference", reference)):
+        if target not in frame.columns:
+            raise ValueError(f"Target column {target!r} is not in {name} (columns: {list(frame.columns)}).")
+    tags = dict(tags or {})
+    features = train_data.drop(columns=[target])
+    predictions = pipeline.predict(features)
+    signature = infer_signature(features, predictions)
+
+    with mlflow.start_run(run_name=run_name) as run:
+        if params:
+            mlflow.log_params(params)
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.set_tags({**tags, TAG_TARGET: target})
+        with tempfile.TemporaryDirectory(prefix="driftloop-ref-") as tmp:
+            path = Path(tmp) / REFERENCE_FILE
+            reference.reset_index(drop=True).to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT_DIR)
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name=MODEL_ARTIFACT,
+            signature=signature,
+            input_example=features.head(3),
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            pip_requirements=pip_requirements(pipeline),
+            registered_model_name=model_name,
+        )
+        version = str(info.registered_model_version)
+
+    tag_version(model_name, version, {**tags, TAG_TARGET: target})
+    result = _client().get_model_version(model_name, version)
+    if result.run_id != run.info.run_id:  # registration must point at the run that holds the reference
+        raise RuntimeError(f"{model_name} v{version} points at run {result.run_id}, not {run.info.run_id}.")
+    return result
+
+
+def _is_missing(exc: MlflowException) -> bool:
+    return exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+
+
+def get_version(model_name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points to; None when the model or the alias does not exist."""
+    client = _client()
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if _is_missing(exc):  # no such model
+            return None
+        # A missing alias is INVALID_PARAMETER_VALUE, like a malformed alias: tell them apart.
+        if exc.error_code == "INVALID_PARAMETER_VALUE":
+            try:
+                aliases = client.get_registered_model(model_name).aliases
+            except MlflowException as again:
+                if _is_missing(again):
+                    return None
+                raise exc from again
+            if alias not in aliases:
+                return None
+        raise
+
+
+def set_alias(model_name: str, alias: str, version: str | int) -> None:
+    """Point `alias` at `version` (one write: it moves from any other version)."""
+    _client().set_registered_model_alias(model_name, alias, str(version))
+
+
+def delete_alias(model_name: str, alias: str) -> None:
+    """Remove `alias`; nothing happens when it (or the model) does not exist."""
+    try:
+        _client().delete_registered_model_alias(model_name, alias)
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+
+
+def tag_version(model_name: str, version: str | int, tags: dict[str, str]) -> None:
+    """Set tags on one model version (values are truncated to MLflow's limit)."""
+    client = _client()
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, str(version), key, str(value)[:_TAG_VALUE_MAX])
+
+
+def load_reference(model_name: str, alias: str) -> pd.DataFrame:
+    """The reference data logged with the version that `alias` points to.
+
+    Raises:
+        LookupError: When the alias (or model) does not exist.
+    """
+    version = get_version(model_name, alias)
+    if version is None:
+        raise LookupError(f"{model_name} has no version aliased {alias!r}.")
+    with tempfile.TemporaryDirectory(prefix="driftloop-ref-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=REFERENCE_ARTIFACT_PATH, dst_path=tmp
+        )
+        return pd.read_parquet(local)
+
+
+def load_pipeline(model_name: str, alias: str) -> Any:
+    """The fitted pipeline that `alias` points to (`models:/<name>@<alias>`)."""
+    return mlflow.sklearn.load_model(model_uri(model_name, alias))
+
+
+def promote(model_name: str, version: str | int, *, reason: str) -> str | None:
+    """Make `version` the champion and end the A/B test.
+
+    Moves `champion` in a single alias write (the router never sees a model without a champion), tags
+    the new champion with the version it replaced and the decision, then deletes `challenger`.
+    Idempotent: promoting the current champion again changes no tags and returns the same answer.
+
+    Args:
+        model_name: Registered model name.
+        version: The version to promote.
+        reason: Why, recorded in the decision tag.
+
+    Returns:
+        The version that was champion before, or None when there was none.
+    """
+    version = str(version)
+    client = _client()
+    client.get_model_version(model_name, version)  # fail before touching aliases if it doesn't exist
+    current = get_version(model_name, CHAMPION)
+    # ModelVersion.version is an int from some calls and a str from others: compare as str.
+    if current is not None and str(current.version) == version:
+        previous = current.tags.get(TAG_PREVIOUS_CHAMPION) or None
+    else:
+        previous = str(current.version) if current is not None else None
+        set_alias(model_name, CHAMPION, version)
+        tags = {TAG_DECISION: f"promoted: {reason}"}
+        if previous is not None:
+            tags[TAG_PREVIOUS_CHAMPION] = previous
+        tag_version(model_name, version, tags)
+    delete_alias(model_name, CHALLENGER)
+    return previous

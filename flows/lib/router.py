@@ -1,0 +1,50 @@
+"""HTTP client of the router, the batch side's only way to read production traffic and A/B outcomes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import httpx
+import msgspec
+
+from contracts.api import Health, InferencePage, InferenceRecord, Outcomes
+
+
+class RouterClient:
+    """A thin typed wrapper over the router's HTTP API (shapes from `contracts.api`)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 10.0, transport: httpx.BaseTransport | None = None):
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> RouterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def _get(self, path: str, **params: object) -> bytes:
+        response = self._http.get(path, params={k: v for k, v in params.items() if v is not None})
+        response.raise_for_status()
+        return response.content
+
+    def inferences(
+        self, *, limit: int, since: datetime | None = None, labelled: bool | None = None
+    ) -> list[InferenceRecord]:
+        """The newest logged requests, newest first."""
+        content = self._get(
+            "/inferences",
+            limit=limit,
+            since=since.isoformat() if since else None,
+            labelled=None if labelled is None else str(labelled).lower(),
+        )
+        return msgspec.json.decode(content, type=InferencePage).records
+
+    def outcomes(self) -> Outcomes:
+        """Outcome counts per arm of the current experiment."""
+        return msgspec.json.decode(self._get("/experiment/outcomes"), type=Outcomes)
+
+    def reload_models(self) -> Health:
+        """Make the router re-read the registry aliases now."""
+        response = self._http.post("/models/reload")
+        response.raise_for_status()
+        return msgspec.json.decode(response.content, type=Health)

@@ -1,0 +1,147 @@
+"""Retrain flow: PyCaret AutoML on reference plus fresh labelled traffic; a gated candidate becomes challenger."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from contracts import events
+from contracts.registry import CHALLENGER, CHAMPION, TAG_GATE
+from flows.settings import get_settings
+from flows.tasks import (
+    connect_mlflow,
+    emit,
+    fetch_traffic,
+    find_version,
+    frame_from_traffic,
+    load_reference,
+    register_candidate,
+    run_name,
+    set_alias,
+    tag_version,
+    train_candidate,
+)
+
+
+@task(retries=3, retry_delay_seconds=[2, 5, 10])
+def score_champion(model_name: str, holdout: pd.DataFrame, target: str) -> dict[str, float]:
+    """The champion's metrics on the candidate's holdout rows, for a like-for-like gate."""
+    from flows.lib import registry, training
+
+    return training.evaluate(registry.load_pipeline(model_name, CHAMPION), holdout, target)
+
+
+def passes_gate(candidate: dict[str, float], champion: dict[str, float], min_f1: float) -> tuple[bool, str]:
+    """A candidate must reach the absolute F1 floor and match the champion on the same holdout."""
+    f1, champion_f1 = candidate["f1_macro"], champion["f1_macro"]
+    if f1 < min_f1:
+        return False, f"holdout F1 {f1:.3f} below the floor {min_f1}"
+    if f1 < champion_f1:
+        return False, f"holdout F1 {f1:.3f} below the champion's {champion_f1:.3f} on the same rows"
+    return True, f"holdout F1 {f1:.3f} >= floor {min_f1} and >= champion's {champion_f1:.3f}"
+
+
+@flow(name="retrain", flow_run_name=run_name("retrain"), log_prints=True)
+def retrain(
+    model_name: str | None = None,
+    drift_share: float | None = None,
+    drifted_columns: list[str] | None = None,
+    report_url: str | None = None,
+    force: bool = False,
+) -> dict:
+    """Train a candidate on the champion's reference plus fresh labelled traffic and register it.
+
+    Args:
+        model_name: Registered model (default from settings).
+        drift_share: Share of drifted columns that triggered this run (for the record).
+        drifted_columns: Columns that drifted (for the record).
+        report_url: Where the drift report that triggered this run is.
+        force: Retrain even while a challenger is already under test.
+
+    Returns:
+        What happened: the new version and whether it became challenger, or why nothing was trained.
+    """
+    settings = get_settings()
+    model_name = model_name or settings.model_name
+    connect_mlflow(settings)
+
+    champion = find_version(model_name, CHAMPION)
+    if champion is None:
+        raise RuntimeError(f"{model_name} has no {CHAMPION}: run the bootstrap flow first")
+    challenger = find_version(model_name, CHALLENGER)
+    if challenger is not None and not force:
+        print(f"v{challenger['version']} is already under A/B test as {CHALLENGER}: not retraining")
+        return {"skipped": f"challenger v{challenger['version']} under test"}
+
+    reference = load_reference(model_name, CHAMPION)
+    records = fetch_traffic(settings, limit=settings.retrain_max_labelled, minutes=None, labelled=True)
+    fresh = frame_from_traffic(records, reference, settings.target, labelled=True)
+    if len(fresh) < settings.retrain_min_labelled:
+        print(f"only {len(fresh)} labelled requests (need {settings.retrain_min_labelled}): not retraining")
+        return {"skipped": f"{len(fresh)} labelled rows"}
+    training_data = pd.concat([reference, fresh], ignore_index=True)
+    # The newest traffic is what the new model will see: it becomes the reference for the next drift checks.
+    new_reference = fresh.head(settings.drift_window_rows) if len(fresh) >= settings.drift_min_rows else training_data
+    print(f"training on {len(reference)} reference + {len(fresh)} fresh labelled rows")
+
+    result = train_candidate(training_data, settings)
+    champion_metrics = score_champion(model_name, result.holdout, settings.target)
+    passed, why = passes_gate(result.holdout_metrics, champion_metrics, settings.gate_min_f1)
+    registered = register_candidate(
+        result,
+        training_data=training_data,
+        reference=new_reference,
+        settings=settings,
+        model_name=model_name,
+        run_name=f"retrain {model_name} from v{champion['version']}",
+        extra_metrics={f"champion_holdout_{k}": v for k, v in champion_metrics.items()}
+        | ({"trigger_drift_share": drift_share} if drift_share is not None else {}),
+        tags={
+            "driftloop.trigger": "drift" if drift_share is not None else "manual",
+            "driftloop.drifted_columns": ",".join(drifted_columns or []),
+            "driftloop.drift_report": report_url or "",
+            "driftloop.parent_champion": champion["version"],
+        },
+    )
+    version = registered["version"]
+    tag_version(model_name, version, {TAG_GATE: "passed" if passed else "failed", f"{TAG_GATE}.reason": why})
+    if passed:
+        set_alias(model_name, CHALLENGER, version)
+    print(f"v{version} ({result.model_id}) {'is the new ' + CHALLENGER if passed else 'failed the gate'}: {why}")
+
+    summary = {
+        "version": version,
+        "run_id": registered["run_id"],
+        "best_model": result.model_id,
+        "gate_passed": passed,
+        "gate_reason": why,
+        "holdout": result.holdout_metrics,
+        "champion_holdout": champion_metrics,
+    }
+    create_markdown_artifact(
+        key="retrain-summary",
+        markdown=(
+            f"# Retrain: {model_name} v{version}\n\nBest model `{result.model_id}` trained on "
+            f"{len(training_data)} rows ({len(fresh)} fresh). Gate **{'passed' if passed else 'failed'}**: {why}.\n\n"
+            "| metric | candidate | champion |\n|---|---|---|\n"
+            + "\n".join(
+                f"| {k} | {v:.3f} | {champion_metrics.get(k, float('nan')):.3f} |"
+                for k, v in result.holdout_metrics.items()
+            )
+        ),
+    )
+    emit(
+        events.MODEL_REGISTERED,
+        model_name,
+        events.RegisteredPayload(
+            model_name=model_name,
+            version=version,
+            run_id=registered["run_id"],
+            gate_passed=passed,
+            metrics={f"holdout_{k}": v for k, v in result.holdout_metrics.items()},
+        ).model_dump(mode="json"),
+        version=version,
+        run_id=registered["run_id"],
+    )
+    return summary

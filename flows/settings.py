@@ -1,0 +1,49 @@
+"""Settings of the batch side (flows), read from the environment (prefix `DRIFTLOOP_`) and an optional `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FlowSettings(BaseSettings):
+    """Everything the flows need to know about the world around them."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path(".driftloop"), description="Folder that holds all local state (reports, data, stores).")
+    mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking server (or store) URI.")
+    mlflow_experiment: str = Field("driftloop", description="MLflow experiment that holds training runs.")
+    model_name: str = Field("IrisClassifier", description="Registered model name in MLflow.")
+    dataset: str = Field("iris", description="Reference data: `iris` or a path to a CSV/Parquet file.")
+    target: str = Field("species", description="Name of the target column in the dataset.")
+    router_url: str = Field("http://127.0.0.1:8000", description="Base URL of the prediction router.")
+    http_timeout_seconds: float = Field(10.0, description="Timeout of each HTTP call to the router.")
+
+    drift_window_rows: int = Field(300, description="At most this many of the newest logged requests form the window.")
+    drift_window_minutes: float = Field(60.0, description="Only requests newer than this many minutes count.")
+    drift_min_rows: int = Field(50, description="Below this many rows in the window the check is skipped.")
+    drift_share_threshold: float = Field(0.3, description="Drift is detected when this share of columns drifts.")
+    drift_method: str | None = Field(None, description="Evidently stattest for every column (None: its default).")
+    drift_column_threshold: float | None = Field(None, description="Threshold of that stattest (None: default).")
+
+    retrain_models: list[str] = Field(
+        ["lr", "dt", "rf", "et", "knn", "nb"], description="PyCaret model ids that compare_models tries."
+    )
+    retrain_folds: int = Field(3, description="Cross-validation folds in compare_models.")
+    retrain_min_labelled: int = Field(30, description="Fewer fresh labelled rows than this: no retrain.")
+    retrain_max_labelled: int = Field(2000, description="At most this many of the newest labelled rows are used.")
+    gate_min_f1: float = Field(0.7, description="A candidate must reach this holdout F1 (macro) to be a challenger.")
+    session_id: int = Field(42, description="Random seed for PyCaret.")
+
+    ab_alpha: float = Field(0.05, description="Significance level of the A/B test.")
+    ab_min_samples_per_arm: int = Field(100, description="Labelled outcomes each arm needs before a decision.")
+
+
+@lru_cache
+def get_settings() -> FlowSettings:
+    """The flows' settings, read once per process."""
+    return FlowSettings()

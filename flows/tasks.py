@@ -1,0 +1,159 @@
+"""Prefect tasks shared by several flows: small verbs around the plain functions in `flows.lib`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import mlflow
+import pandas as pd
+from prefect import task
+from prefect.events import emit_event
+
+from contracts import events
+from contracts import registry as contract
+from flows.lib import data, registry
+from flows.lib.router import RouterClient
+from flows.settings import FlowSettings, get_settings
+
+
+def run_name(stage: str):
+    """A flow run name that says which model the run is about, also when the parameter was left to settings."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        return f"{stage}: {flow_run.parameters.get('model_name') or get_settings().model_name}"
+
+    return name
+
+
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
+
+
+@task(**IO_RETRIES)
+def connect_mlflow(settings: FlowSettings) -> None:
+    """Point this process at the MLflow tracking server and experiment."""
+    registry.configure(settings.mlflow_tracking_uri, settings.mlflow_experiment)
+
+
+@task(**IO_RETRIES)
+def find_version(model_name: str, alias: str) -> dict[str, str] | None:
+    """The version and run behind an alias, or None when the alias is not set."""
+    version = registry.get_version(model_name, alias)
+    return None if version is None else {"version": str(version.version), "run_id": version.run_id}
+
+
+@task(**IO_RETRIES)
+def load_reference(model_name: str, alias: str) -> pd.DataFrame:
+    """The reference data stored with the aliased version."""
+    return registry.load_reference(model_name, alias)
+
+
+@task(**IO_RETRIES)
+def fetch_traffic(settings: FlowSettings, *, limit: int, minutes: float | None, labelled: bool | None) -> list:
+    """The newest logged requests from the router's inference log."""
+    since = datetime.now(UTC) - timedelta(minutes=minutes) if minutes else None
+    with RouterClient(settings.router_url, timeout=settings.http_timeout_seconds) as router:
+        return router.inferences(limit=limit, since=since, labelled=labelled)
+
+
+@task
+def train_candidate(training_data: pd.DataFrame, settings: FlowSettings):
+    """Run PyCaret's setup, compare_models and finalize on the training data."""
+    from flows.lib import training  # PyCaret takes seconds to import: only flows that train pay for it.
+
+    return training.train(
+        training_data,
+        settings.target,
+        models=settings.retrain_models,
+        folds=settings.retrain_folds,
+        session_id=settings.session_id,
+    )
+
+
+@task  # not retried: a retry after a partial success would register a second version
+def register_candidate(
+    result,
+    *,
+    training_data: pd.DataFrame,
+    reference: pd.DataFrame,
+    settings: FlowSettings,
+    model_name: str,
+    run_name: str,
+    extra_metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Log the candidate, its metrics and its reference data to MLflow, and register a new version."""
+    metrics = {f"cv_{k}": v for k, v in result.cv_metrics.items()}
+    metrics |= {f"holdout_{k}": v for k, v in result.holdout_metrics.items()}
+    metrics |= extra_metrics or {}
+    version = registry.log_candidate(
+        pipeline=result.pipeline,
+        train_data=training_data,
+        reference=reference,
+        target=settings.target,
+        model_name=model_name,
+        params={
+            "best_model": result.model_id,
+            "models_compared": ",".join(settings.retrain_models),
+            "folds": settings.retrain_folds,
+            "session_id": settings.session_id,
+            "training_rows": len(training_data),
+            "reference_rows": len(reference),
+        },
+        metrics=metrics,
+        tags=tags,
+        run_name=run_name,
+    )
+    return {"version": str(version.version), "run_id": version.run_id}
+
+
+@task(**IO_RETRIES)
+def set_alias(model_name: str, alias: str, version: str) -> None:
+    """Point a registry alias at a version."""
+    registry.set_alias(model_name, alias, version)
+
+
+@task(**IO_RETRIES)
+def tag_version(model_name: str, version: str, tags: dict[str, str]) -> None:
+    """Record a decision or a fact on a model version."""
+    registry.tag_version(model_name, version, tags)
+
+
+@task
+def emit(
+    name: str,
+    model_name: str,
+    payload: dict[str, Any],
+    *,
+    version: str | None = None,
+    run_id: str | None = None,
+) -> None:
+    """Emit one of the loop's Prefect events about the model (and its version and MLflow run)."""
+    related = []
+    if version is not None:
+        related.append(events.model_version_resource(model_name, version))
+    if run_id is not None:
+        related.append({"prefect.resource.id": f"mlflow.run.{run_id}", "prefect.resource.role": "mlflow-run"})
+    emit_event(event=name, resource=events.model_resource(model_name), related=related, payload=payload)
+
+
+def frame_from_traffic(records: list, reference: pd.DataFrame, target: str, *, labelled: bool) -> pd.DataFrame:
+    """Turn logged requests into a frame with the reference's feature columns (and target when labelled)."""
+    features = [c for c in reference.columns if c != target]
+    frame = data.records_to_frame(records, features, target if labelled else None)
+    if labelled and len(frame):
+        frame[target] = data.align_target(frame[target], like=reference[target])
+    return frame
+
+
+def mlflow_run_url(tracking_uri: str, run_id: str) -> str:
+    """A link to a run in the MLflow UI (or its id when the store has no UI)."""
+    run = mlflow.get_run(run_id)
+    if tracking_uri.startswith("http"):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return f"mlflow run {run_id}"
+
+
+ALIASES = (contract.CHAMPION, contract.CHALLENGER)

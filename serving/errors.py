@@ -1,0 +1,52 @@
+"""Domain errors of the router: one base class, each mapped to a clear HTTP status and `ErrorBody`."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class RouterError(Exception):
+    """Base of every error the router reports to its clients.
+
+    Attributes:
+        status_code: HTTP status the error maps to.
+        detail: What went wrong, in words a client can act on.
+        extra: Structured details (e.g. the offending column names).
+    """
+
+    status_code: ClassVar[int] = 400
+
+    def __init__(self, detail: str, *, extra: dict[str, object] | list[object] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidFeatures(RouterError):
+    """The features do not match the serving model's signature."""
+
+    status_code = 422
+
+
+class UnknownRequest(RouterError):
+    """Feedback names a request_id the inference log does not hold."""
+
+    status_code = 404
+
+
+class AlreadyLabelled(RouterError):
+    """Feedback for a request that already has a label (labels are write-once)."""
+
+    status_code = 409
+
+
+class NoModelLoaded(RouterError):
+    """No champion could be loaded, so the router cannot predict."""
+
+    status_code = 503
+
+
+class ModelSourceError(RouterError):
+    """The model registry could not be read or a version could not be loaded."""
+
+    status_code = 503

@@ -1,0 +1,1 @@
+"""Services of the router: arm assignment, model source, inference store."""

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.models import get_model_info
+
+from contracts.registry import (
+    CHALLENGER,
+    CHAMPION,
+    REFERENCE_ARTIFACT_DIR,
+    REFERENCE_FILE,
+    TAG_DECISION,
+    TAG_PREVIOUS_CHAMPION,
+    TAG_TARGET,
+)
+from flows.lib import registry
+from flows.lib.training import TrainResult
+
+pytestmark = pytest.mark.usefixtures("mlflow_store")
+
+
+def log(trained: TrainResult, iris: pd.DataFrame, model_name: str, **extra):
+    return registry.log_candidate(
+        pipeline=trained.pipeline,
+        train_data=iris,
+        reference=iris,
+        target="species",
+        model_name=model_name,
+        params={"models": "lr,dt", "folds": 3},
+        metrics=trained.holdout_metrics,
+        tags={"driftloop.source": "test"},
+        run_name="retrain: test",
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def logged(trained: TrainResult, iris: pd.DataFrame):
+    return log(trained, iris, "Logged")
+
+
+def test_log_candidate_registers_version_one_with_run_and_tags(logged, mlflow_store: Path) -> None:
+    run = MlflowClient().get_run(logged.run_id)
+
+    assert str(logged.version) == "1"
+    assert logged.tags == {TAG_TARGET: "species", "driftloop.source": "test"}
+    assert run.data.params == {"models": "lr,dt", "folds": "3"}
+    assert run.data.metrics["f1_macro"] > 0.8
+    assert run.data.tags[TAG_TARGET] == "species"
+    assert run.info.run_name == "retrain: test"
+    assert str(mlflow_store) in run.info.artifact_uri
+
+
+def test_log_candidate_stores_reference_and_signature(logged) -> None:
+    artifacts = [f.path for f in MlflowClient().list_artifacts(logged.run_id, REFERENCE_ARTIFACT_DIR)]
+    info = get_model_info(f"models:/Logged/{logged.version}")
+
+    assert artifacts == [f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"]
+    assert info.signature.inputs.input_names() == [
+        "sepal_length",
+        "sepal_width",
+        "petal_length",
+        "petal_width",
+    ]
+    assert info.signature.outputs is not None
+
+
+def test_requirements_pin_what_unpickling_needs(trained: TrainResult) -> None:
+    pins = registry.pip_requirements(trained.pipeline)
+
+    names = {p.split("==")[0] for p in pins}
+    assert {"pycaret", "scikit-learn", "pandas", "cloudpickle"} <= names
+    assert all("==" in p for p in pins)
+
+
+def test_aliases_set_get_delete(logged) -> None:
+    assert registry.get_version("Logged", "staging") is None
+
+    registry.set_alias("Logged", "staging", logged.version)
+    assert str(registry.get_version("Logged", "staging").version) == str(logged.version)
+
+    registry.delete_alias("Logged", "staging")
+    registry.delete_alias("Logged", "staging")  # absent: no error
+    assert registry.get_version("Logged", "staging") is None
+
+
+def test_missing_model_is_none_not_an_error() -> None:
+    assert registry.get_version("NoSuchModel", CHAMPION) is None
+    registry.delete_alias("NoSuchModel", CHAMPION)
+
+
+def test_load_reference_and_pipeline_by_alias(logged, iris: pd.DataFrame) -> None:
+    registry.set_alias("Logged", CHAMPION, logged.version)
+
+    reference = registry.load_reference("Logged", CHAMPION)
+    pipeline = registry.load_pipeline("Logged", CHAMPION)
+
+    pd.testing.assert_frame_equal(reference, iris)
+    predictions = pipeline.predict(iris.drop(columns=["species"]).head(5))
+    assert list(predictions) == ["setosa"] * 5
+
+
+def test_load_reference_without_alias_raises() -> None:
+    with pytest.raises(LookupError):
+        registry.load_reference("NoSuchModel", CHAMPION)
+
+
+def test_promote_moves_champion_and_ends_the_experiment(trained: TrainResult, iris: pd.DataFrame) -> None:
+    first = log(trained, iris, "Promoted")
+    second = log(trained, iris, "Promoted")
+    registry.set_alias("Promoted", CHAMPION, first.version)
+    registry.set_alias("Promoted", CHALLENGER, second.version)
+
+    previous = registry.promote("Promoted", second.version, reason="challenger wins, p=0.01")
+
+    assert previous == str(first.version)
+    champion = registry.get_version("Promoted", CHAMPION)
+    assert str(champion.version) == str(second.version)
+    assert champion.tags[TAG_PREVIOUS_CHAMPION] == str(first.version)
+    assert "challenger wins" in champion.tags[TAG_DECISION]
+    assert registry.get_version("Promoted", CHALLENGER) is None
+
+    # A retried promotion changes nothing and gives the same answer.
+    assert registry.promote("Promoted", second.version, reason="retry") == str(first.version)
+    assert registry.get_version("Promoted", CHAMPION).tags[TAG_PREVIOUS_CHAMPION] == str(first.version)
+
+
+def test_promote_without_champion_returns_none(trained: TrainResult, iris: pd.DataFrame) -> None:
+    version = log(trained, iris, "FirstChampion")
+
+    assert registry.promote("FirstChampion", version.version, reason="bootstrap") is None
+    assert str(registry.get_version("FirstChampion", CHAMPION).version) == str(version.version)
+    assert TAG_PREVIOUS_CHAMPION not in registry.get_version("FirstChampion", CHAMPION).tags
+
+
+def test_configure_sets_uri_and_experiment(mlflow_store: Path) -> None:
+    assert mlflow.get_tracking_uri() == f"sqlite:///{mlflow_store}/mlflow.db"
+    assert mlflow.get_experiment_by_name("driftloop-test") is not None

@@ -1,0 +1,87 @@
+"""POST /feedback (ok, 404, 409) and GET/POST /config shared through the store."""
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+
+async def predict(client, iris, user="u", **extra):
+    response = await client.post("/predict", json={"user_id": user, "features": iris, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_feedback_labels_a_request(client, iris):
+    served = await predict(client, iris)
+    response = await client.post("/feedback", json={"request_id": served["request_id"], "label": "virginica"})
+    assert response.status_code == 200
+    assert response.json() == {
+        "request_id": served["request_id"],
+        "label": "virginica",
+        "prediction": "setosa",
+        "correct": False,
+        "arm": served["arm"],
+        "model_version": served["model_version"],
+    }
+    records = (await client.get("/inferences", params={"labelled": "true"})).json()["records"]
+    assert [(r["request_id"], r["label"]) for r in records] == [(served["request_id"], "virginica")]
+
+
+async def test_feedback_with_int_label_compares_as_string(make_app, make_source, iris):
+    source = make_source(champion="1")
+    async with AsyncTestClient(app=make_app(source=source)) as client:
+        served = await predict(client, iris)
+        body = (await client.post("/feedback", json={"request_id": served["request_id"], "label": 7})).json()
+    assert (body["label"], body["correct"]) == ("7", False)
+
+
+async def test_feedback_for_unknown_request_is_404(client):
+    response = await client.post("/feedback", json={"request_id": "0" * 32, "label": "setosa"})
+    assert response.status_code == 404
+    assert "unknown request_id" in response.json()["detail"]
+
+
+async def test_second_label_is_409_even_when_equal(client, iris):
+    served = await predict(client, iris)
+    first = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
+    assert first.json()["correct"] is True
+    for label in ("setosa", "versicolor"):
+        response = await client.post("/feedback", json={"request_id": served["request_id"], "label": label})
+        assert response.status_code == 409
+        assert "already has label 'setosa'" in response.json()["detail"]
+
+
+async def test_inline_label_then_feedback_is_409(client, iris):
+    served = await predict(client, iris, label="setosa")
+    response = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
+    assert response.status_code == 409
+
+
+async def test_config_defaults_to_settings_then_changes(client):
+    assert (await client.get("/config")).json() == {"ab_split_b": 0.5}
+    response = await client.post("/config", json={"ab_split_b": 0.2})
+    assert (response.status_code, response.json()) == (200, {"ab_split_b": 0.2})
+    assert (await client.get("/config")).json() == {"ab_split_b": 0.2}
+
+
+async def test_config_is_shared_by_replicas_on_one_store(make_app):
+    async with (
+        AsyncTestClient(app=make_app(ab_split_b=0.1)) as one,
+        AsyncTestClient(app=make_app(ab_split_b=0.9)) as two,
+    ):
+        # The first replica stored its initial split; the second finds it instead of its own setting.
+        assert (await two.get("/config")).json() == {"ab_split_b": 0.1}
+        await two.post("/config", json={"ab_split_b": 0.75})
+        assert (await one.get("/config")).json() == {"ab_split_b": 0.75}
+        assert (await one.get("/experiment/outcomes")).json()["ab_split_b"] == 0.75
+
+
+async def test_stored_split_survives_a_restart(make_app):
+    async with AsyncTestClient(app=make_app()) as client:
+        await client.post("/config", json={"ab_split_b": 0.3})
+    async with AsyncTestClient(app=make_app(ab_split_b=0.5)) as client:
+        assert (await client.get("/config")).json() == {"ab_split_b": 0.3}
+
+
+def test_initial_split_outside_unit_interval_is_refused(make_app):
+    with pytest.raises(ValueError, match="ab_split_b"):
+        make_app(ab_split_b=1.5)

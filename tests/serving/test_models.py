@@ -1,0 +1,98 @@
+"""Model lifecycle: alias changes picked up by the refresh loop and /models/reload, health, OpenAPI."""
+
+import anyio
+from litestar.testing import AsyncTestClient
+
+IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+async def health(client):
+    return (await client.get("/health")).json()
+
+
+async def test_health_reports_the_served_versions(client):
+    response = await client.get("/health")
+    assert (response.status_code, response.json()) == (
+        200,
+        {"status": "ok", "model_name": "Iris", "champion_version": "1", "challenger_version": "2"},
+    )
+
+
+async def test_reload_picks_up_alias_moves_without_restart(make_app, source):
+    async with AsyncTestClient(app=make_app()) as client:
+        # Promotion: the challenger becomes champion, the challenger alias is dropped.
+        source.aliases = {"champion": "2"}
+        response = await client.post("/models/reload")
+        assert (response.status_code, response.json()) == (
+            200,
+            {"status": "ok", "model_name": "Iris", "champion_version": "2", "challenger_version": None},
+        )
+        served = (await client.post("/predict", json={"user_id": "u", "features": IRIS})).json()
+        assert (served["arm"], served["model_version"], served["experiment_id"]) == ("champion", "2", "v2")
+    # v2 was loaded once (as challenger) and reused as champion.
+    assert source.loads == {"1": 1, "2": 1}
+
+
+async def test_refresh_loop_swaps_models(make_app, source):
+    async with AsyncTestClient(app=make_app(model_refresh_seconds=0.02)) as client:
+        source.aliases["challenger"] = "3"
+        with anyio.fail_after(5):
+            while (await health(client))["challenger_version"] != "3":
+                await anyio.sleep(0.02)
+        assert (await health(client))["champion_version"] == "1"
+        # Unchanged aliases do not reload anything.
+        await anyio.sleep(0.1)
+    assert source.loads == {"1": 1, "2": 1, "3": 1}
+
+
+async def test_registry_failure_keeps_serving_current_models(make_app, source):
+    async with AsyncTestClient(app=make_app(model_refresh_seconds=0.02)) as client:
+        source.broken = True
+        await anyio.sleep(0.1)  # a few failed refreshes
+        response = await client.post("/models/reload")
+        assert response.status_code == 503
+        assert "registry unreachable" in response.json()["detail"]
+        assert (await health(client))["champion_version"] == "1"
+        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
+
+
+async def test_router_starts_without_a_champion_and_picks_one_up(make_app, make_source):
+    source = make_source()
+    async with AsyncTestClient(app=make_app(source=source)) as client:
+        assert (await client.get("/health")).status_code == 503
+        source.aliases["champion"] = "5"
+        assert (await client.post("/models/reload")).json()["status"] == "ok"
+        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
+
+
+async def test_challenger_on_the_champion_version_is_no_experiment(make_app, make_source):
+    async with AsyncTestClient(app=make_app(source=make_source(champion="2", challenger="2"))) as client:
+        assert (await health(client))["challenger_version"] is None
+
+
+async def test_lifespan_opens_and_closes_the_source(make_app, source):
+    app = make_app()
+    async with AsyncTestClient(app=app):
+        assert source.opened
+        assert app.state.model_source is source
+    assert not source.opened
+
+
+async def test_openapi_lists_every_path(client):
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert schema["info"]["title"] == "driftloop router"
+    operations = {
+        (path, method): op["operationId"] for path, item in schema["paths"].items() for method, op in item.items()
+    }
+    assert operations == {
+        ("/predict", "post"): "predict",
+        ("/feedback", "post"): "submit_feedback",
+        ("/inferences", "get"): "list_inferences",
+        ("/config", "get"): "get_config",
+        ("/config", "post"): "set_config",
+        ("/experiment/outcomes", "get"): "get_outcomes",
+        ("/health", "get"): "get_health",
+        ("/models/reload", "post"): "reload_models",
+    }
+    tags = {tuple(op["tags"]) for item in schema["paths"].values() for op in item.values()}
+    assert tags == {("inference",), ("config",), ("experiment",), ("models",)}

@@ -1,0 +1,103 @@
+"""GET /experiment/outcomes counts and GET /inferences filters, and that records survive a restart."""
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from litestar.testing import AsyncTestClient
+
+SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+LARGE = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+
+
+async def test_outcomes_count_what_was_posted(client):
+    expected = {
+        "champion": {"requests": 0, "labelled": 0, "correct": 0, "incorrect": 0},
+        "challenger": {"requests": 0, "labelled": 0, "correct": 0, "incorrect": 0},
+    }
+    for i in range(60):
+        features = SETOSA if i % 2 else LARGE
+        # Labels: inline for a third, by feedback for a third, none for the rest; "setosa" always.
+        inline = {"label": "setosa"} if i % 3 == 0 else {}
+        served = (await client.post("/predict", json={"user_id": f"u{i}", "features": features, **inline})).json()
+        counts = expected[served["arm"]]
+        counts["requests"] += 1
+        if i % 3 == 1:
+            await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
+        if i % 3 in (0, 1):
+            counts["labelled"] += 1
+            counts["correct" if served["prediction"] == "setosa" else "incorrect"] += 1
+
+    assert (await client.get("/experiment/outcomes")).json() == {
+        "model_name": "Iris",
+        "experiment_id": "v1-vs-v2",
+        "champion_version": "1",
+        "challenger_version": "2",
+        "ab_split_b": 0.5,
+        "arms": [
+            {"arm": "champion", "model_version": "1", **expected["champion"]},
+            {"arm": "challenger", "model_version": "2", **expected["challenger"]},
+        ],
+    }
+    assert all(c["requests"] > 0 and c["correct"] > 0 and c["incorrect"] > 0 for c in expected.values())
+
+
+async def test_outcomes_list_loaded_arms_with_zeros(client):
+    arms = (await client.get("/experiment/outcomes")).json()["arms"]
+    assert arms == [
+        {"arm": "champion", "model_version": "1", "requests": 0, "labelled": 0, "correct": 0, "incorrect": 0},
+        {"arm": "challenger", "model_version": "2", "requests": 0, "labelled": 0, "correct": 0, "incorrect": 0},
+    ]
+
+
+async def test_outcomes_only_count_the_current_experiment(make_app, source):
+    async with AsyncTestClient(app=make_app()) as client:
+        await client.post("/predict", json={"user_id": "u", "features": SETOSA, "label": "setosa"})
+        source.aliases["challenger"] = "4"
+        await client.post("/models/reload")
+        outcomes = (await client.get("/experiment/outcomes")).json()
+    assert outcomes["experiment_id"] == "v1-vs-v4"
+    assert [a["requests"] for a in outcomes["arms"]] == [0, 0]
+
+
+async def test_inferences_newest_first_with_limit_and_labelled_filter(client):
+    ids = []
+    for i in range(6):
+        label = {"label": "setosa"} if i % 2 else {}
+        ids.append(
+            (await client.post("/predict", json={"user_id": f"u{i}", "features": SETOSA, **label})).json()["request_id"]
+        )
+
+    async def fetch(**params):
+        return [r["request_id"] for r in (await client.get("/inferences", params=params)).json()["records"]]
+
+    assert await fetch() == ids[::-1]
+    assert await fetch(limit=2) == ids[:-3:-1]
+    assert await fetch(labelled="true") == ids[1::2][::-1]
+    assert await fetch(labelled="false") == ids[0::2][::-1]
+
+
+async def test_inferences_since(client):
+    await client.post("/predict", json={"user_id": "old", "features": SETOSA})
+    cut = datetime.now(UTC)
+    await client.post("/predict", json={"user_id": "new", "features": SETOSA})
+
+    async def users(since):
+        records = (await client.get("/inferences", params={"since": since})).json()["records"]
+        return [r["user_id"] for r in records]
+
+    assert await users(cut.isoformat()) == ["new"]
+    # Other offsets and naive (UTC) timestamps mean the same instant.
+    assert await users(cut.astimezone(UTC).replace(tzinfo=None).isoformat()) == ["new"]
+    assert await users(cut.astimezone(timezone(timedelta(hours=2))).isoformat()) == ["new"]
+    assert await users((cut + timedelta(hours=1)).isoformat()) == []
+    assert await users((cut - timedelta(hours=1)).isoformat()) == ["new", "old"]
+
+
+async def test_records_survive_a_restart(make_app):
+    async with AsyncTestClient(app=make_app()) as client:
+        served = (await client.post("/predict", json={"user_id": "u", "features": SETOSA})).json()
+    # A new app (new engine, new process state) on the same database file.
+    async with AsyncTestClient(app=make_app()) as client:
+        records = (await client.get("/inferences")).json()["records"]
+        assert [r["request_id"] for r in records] == [served["request_id"]]
+        feedback = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
+        assert feedback.json()["correct"] is True

@@ -1,0 +1,84 @@
+"""The SQL store on its own: durability pragmas, lazy creation, UTC timestamps, write-once labels."""
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from serving.app import create_app
+from serving.errors import AlreadyLabelled, UnknownRequest
+from serving.services.models import native_label
+from serving.services.store import InferenceRow, Store
+
+
+@pytest.fixture
+def store(db_path):
+    store = Store(f"sqlite:///{db_path}")
+    store.open()
+    yield store
+    store.close()
+
+
+def row(request_id: str, ts: datetime, label: str | None = None) -> InferenceRow:
+    return InferenceRow(
+        request_id=request_id,
+        ts=ts,
+        user_id="u",
+        arm="champion",
+        model_name="Iris",
+        model_version="1",
+        experiment_id="v1",
+        features={"x": 1.0},
+        prediction="setosa",
+        label=label,
+        latency_ms=1.0,
+    )
+
+
+def test_sqlite_runs_in_wal_with_full_sync(store):
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        tables = set(sa.inspect(conn).get_table_names())
+    assert tables == {"inferences", "router_config"}
+
+
+def test_nothing_is_created_before_the_lifespan(settings, source, db_path, tmp_path):
+    create_app(settings, model_source=source)
+    assert not db_path.exists()
+    # Importing the package touches nothing either (fresh interpreter, cwd in tmp).
+    code = "import serving.app, serving.controllers, serving.services.store, serving.services.models"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env=env)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_timestamps_round_trip_as_utc(store):
+    local = datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    store.record(row("a", local))
+    assert store.get("a").ts == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert [r.request_id for r in store.recent(since=datetime(2024, 5, 1, 12, 0))] == ["a"]
+    assert store.recent(since=datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC)) == []
+
+
+def test_labels_are_write_once(store):
+    store.record(row("a", datetime.now(UTC)))
+    assert store.set_label("a", "setosa").label == "setosa"
+    with pytest.raises(AlreadyLabelled):
+        store.set_label("a", "setosa")
+    with pytest.raises(UnknownRequest):
+        store.set_label("b", "setosa")
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [(np.str_("setosa"), "setosa"), (np.int64(2), 2), (np.float64(1.0), 1), (0.5, "0.5"), (np.bool_(True), "True")],
+)
+def test_native_label(value, expected):
+    assert native_label(value) == expected
+    assert type(native_label(value)) is type(expected)

@@ -1,0 +1,130 @@
+"""Every client mistake is a 4xx whose ErrorBody says what was wrong; no model is a 503."""
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def without(name):
+    return {k: v for k, v in IRIS.items() if k != name}
+
+
+CASES = {
+    "missing feature": ({"user_id": "u", "features": without("petal_width")}, 422, ["missing", "petal_width"]),
+    "two missing": (
+        {"user_id": "u", "features": {"sepal_length": 1.0, "sepal_width": 1.0}},
+        422,
+        ["petal_length, petal_width"],
+    ),
+    "unknown feature": ({"user_id": "u", "features": {**IRIS, "colour": 1.0}}, 422, ["unknown", "colour"]),
+    "string for double": (
+        {"user_id": "u", "features": {**IRIS, "sepal_length": "5.1"}},
+        422,
+        ["sepal_length", "double", "string"],
+    ),
+    "bool for double": (
+        {"user_id": "u", "features": {**IRIS, "sepal_width": True}},
+        422,
+        ["sepal_width", "double", "boolean"],
+    ),
+    "list as feature": ({"user_id": "u", "features": {**IRIS, "sepal_length": [1]}}, 400, ["features", "array"]),
+    "extra top-level field": ({"user_id": "u", "features": IRIS, "debug": True}, 400, ["unknown field", "debug"]),
+    "missing user_id": ({"features": IRIS}, 400, ["user_id"]),
+    "empty user_id": ({"user_id": "", "features": IRIS}, 400, ["user_id"]),
+    "float label": ({"user_id": "u", "features": IRIS, "label": 1.5}, 400, ["label"]),
+    "features not an object": ({"user_id": "u", "features": [1, 2]}, 400, ["features", "object"]),
+}
+
+
+def assert_error_body(response, status, words):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) <= {"status_code", "detail", "extra"}
+    assert body["status_code"] == status
+    for word in words:
+        assert word in body["detail"], body["detail"]
+
+
+@pytest.mark.parametrize("body,status,words", CASES.values(), ids=CASES.keys())
+async def test_bad_predict_bodies(client, body, status, words):
+    assert_error_body(await client.post("/predict", json=body), status, words)
+    assert (await client.get("/inferences")).json()["records"] == []  # nothing recorded
+
+
+async def test_invalid_features_extra_names_every_problem(client):
+    features = {**without("petal_width"), "colour": "red", "sepal_length": "x"}
+    body = (await client.post("/predict", json={"user_id": "u", "features": features})).json()
+    assert body["extra"] == {
+        "missing": ["petal_width"],
+        "unknown": ["colour"],
+        "wrong_type": {"sepal_length": "expected double, got string"},
+        "expected": {name: "double" for name in IRIS},
+    }
+
+
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        (b'{"user_id": "u", "features": {', ["malformed JSON"]),
+        (b"", ["body is missing"]),
+        (b"not json", ["malformed JSON"]),
+    ],
+)
+async def test_malformed_json(client, content, words):
+    response = await client.post("/predict", content=content, headers={"content-type": "application/json"})
+    assert_error_body(response, 400, words)
+
+
+@pytest.mark.parametrize(
+    "body,words",
+    [
+        ({"ab_split_b": 1.5}, ["ab_split_b", "<= 1.0"]),
+        ({"ab_split_b": -0.1}, ["ab_split_b", ">= 0.0"]),
+        ({"ab_split_b": "half"}, ["ab_split_b", "float"]),
+        ({"ab_split_b": 0.5, "other": 1}, ["unknown field", "other"]),
+        ({}, ["ab_split_b"]),
+    ],
+)
+async def test_bad_config(client, body, words):
+    assert_error_body(await client.post("/config", json=body), 400, words)
+    assert (await client.get("/config")).json() == {"ab_split_b": 0.5}
+
+
+@pytest.mark.parametrize(
+    "query,words",
+    [
+        ("limit=0", ["limit", ">= 1"]),
+        ("limit=10001", ["limit", "<= 10000"]),
+        ("limit=x", ["limit"]),
+        ("since=yesterday", ["since", "datetime"]),
+        ("labelled=maybe", ["labelled"]),
+    ],
+)
+async def test_bad_inference_queries(client, query, words):
+    assert_error_body(await client.get(f"/inferences?{query}"), 400, words)
+
+
+async def test_bad_feedback_bodies(client):
+    assert_error_body(await client.post("/feedback", json={"request_id": "x"}), 400, ["label"])
+    assert_error_body(await client.post("/feedback", json={"request_id": "", "label": "a"}), 400, ["request_id"])
+
+
+async def test_unknown_route_and_method_use_the_error_body(client):
+    assert_error_body(await client.get("/nope"), 404, ["Not Found"])
+    assert_error_body(await client.get("/predict"), 405, ["Method Not Allowed"])
+
+
+async def test_no_model_is_503_with_a_clear_detail(make_app, make_source):
+    async with AsyncTestClient(app=make_app(source=make_source())) as client:
+        response = await client.post("/predict", json={"user_id": "u", "features": IRIS})
+        assert_error_body(response, 503, ["no model loaded", "champion"])
+        assert_error_body(await client.get("/experiment/outcomes"), 503, ["no model loaded"])
+        health = await client.get("/health")
+        assert health.status_code == 503
+        assert health.json() == {
+            "status": "no_model",
+            "model_name": "Iris",
+            "champion_version": None,
+            "challenger_version": None,
+        }

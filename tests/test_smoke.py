@@ -1,0 +1,47 @@
+"""Every flow module imports, prefect.yaml points at real flows, and every automation file validates."""
+
+import importlib
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect import Flow
+
+from automations.apply import build, definitions
+from contracts import events
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_every_deployment_entrypoint_is_a_prefect_flow(deployment):
+    path, name = deployment["entrypoint"].split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    assert isinstance(getattr(module, name), Flow)
+    assert deployment["work_pool"]["name"] == "driftloop"
+
+
+def test_scheduled_deployments_default_to_hourly():
+    schedules = {d["name"]: d.get("schedules") for d in DEPLOYMENTS}
+    assert schedules["drift"] == [{"interval": 3600, "slug": "hourly"}]
+    assert schedules["ab-evaluation"] == [{"interval": 3600, "slug": "hourly"}]
+
+
+@pytest.mark.parametrize("path,definition", definitions(), ids=lambda x: getattr(x, "name", ""))
+def test_every_automation_validates_and_watches_a_known_event(path, definition):
+    known = {v for k, v in vars(events).items() if k.isupper() and isinstance(v, str) and v.startswith("driftloop.")}
+    deployments = {f"{d['entrypoint'].split(':')[1].replace('_', '-')}/{d['name']}" for d in DEPLOYMENTS}
+    targets = {a["deployment"] for a in definition["actions"] if "deployment" in a}
+    assert targets <= deployments, f"{path.name} runs a deployment prefect.yaml does not define"
+    automation = build(definition, {name: uuid.uuid4() for name in targets})
+    assert set(automation.trigger.expect) <= known
+    assert automation.trigger.match  # every trigger names what it matches
+
+
+def test_retrain_automation_passes_every_payload_key_it_templates():
+    retrain = next(d for p, d in definitions() if p.name == "retrain_on_drift.yaml")
+    templated = {v.split("event.payload.")[1].strip(" }") for v in retrain["actions"][0]["parameters"].values()}
+    assert templated == {"model_name", "drift_share", "drifted_columns", "report_url"}
+    assert templated <= set(events.DriftPayload.model_fields)
