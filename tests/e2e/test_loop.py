@@ -75,7 +75,7 @@ def test_registry_ends_with_the_promoted_challenger_as_champion(demo):
     _, summary, home = demo
     client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
     promoted = summary["promoted"]["challenger_version"]
-    assert client.get_model_version_by_alias("IrisClassifier", "champion").version == promoted
+    assert str(client.get_model_version_by_alias("IrisClassifier", "champion").version) == promoted
     aliases = client.get_registered_model("IrisClassifier").aliases
     assert "challenger" not in aliases
     assert client.get_model_version("IrisClassifier", "1").tags["driftloop.quality_gate"] == "bootstrap"
