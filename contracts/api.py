@@ -69,15 +69,83 @@ class ConfigUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ab_split_b: Split
 
 
+class ConfusionCell(msgspec.Struct, kw_only=True):
+    """How many labelled requests of one arm had this label and this prediction."""
+
+    label: str
+    prediction: str
+    count: int
+
+
 class ArmOutcome(msgspec.Struct, kw_only=True):
     """What one arm of the current experiment served and how it did."""
 
     arm: Arm
     model_version: str
     requests: int
+    """Requests assigned to this arm and answered."""
     labelled: int
     correct: int
     incorrect: int
+    errors: int = 0
+    """Requests assigned to this arm whose prediction failed (answered with a 5xx, recorded all the same)."""
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    """Latency percentiles of the answered requests (None with no request)."""
+    confusion: list[ConfusionCell] = []
+    """Counts of (label, prediction) over the labelled requests."""
+
+
+class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The plan of one A/B experiment, made when its challenger is registered (also kept as version tags)."""
+
+    champion_version: str
+    challenger_version: str
+    metric: Literal["accuracy"] = "accuracy"
+    alpha: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
+    power: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
+    mde: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
+    """Minimum detectable effect: absolute lift of the metric the experiment is powered for."""
+    baseline: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+    """The champion's expected metric (accuracy) at the start."""
+    min_samples_per_arm: Annotated[int, msgspec.Meta(ge=1)]
+    """Labelled outcomes per arm at which the sequential test reaches `power` for a lift of `mde`."""
+    fixed_horizon_samples_per_arm: Annotated[int, msgspec.Meta(ge=1)]
+    """The same for a single-look test, for reference (the sequential test needs more)."""
+    ab_split_b: Split
+    max_duration_hours: Annotated[float, msgspec.Meta(gt=0.0)]
+    srm_threshold: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.001
+    guardrail_error_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.01
+    """Non-inferiority margin of the challenger's error rate (absolute)."""
+    guardrail_latency_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.25
+    """Non-inferiority margin of the challenger's p95 latency (relative to the champion's)."""
+    guardrail_latency_slack_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
+    """Absolute slack of the latency guardrail on top of the relative margin."""
+    loop_id: str = ""
+    """Links the drift event, the retrain run, this experiment and its decision."""
+
+
+class Experiment(msgspec.Struct, kw_only=True):
+    """The router's view of the current experiment."""
+
+    experiment_id: str
+    champion_version: str
+    challenger_version: str | None
+    status: Literal["none", "running", "ended"]
+    started_at: datetime | None = None
+    """When the router first served this champion/challenger pair."""
+    plan: ExperimentPlan | None = None
+    sample_reached_at: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+
+
+class ExperimentEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Ends the current experiment at the router (after the registry moved) with the decision that ended it."""
+
+    challenger_version: str
+    decision: Literal["PROMOTE", "ROLLBACK"]
+    reason: str
 
 
 class Outcomes(msgspec.Struct, kw_only=True):
@@ -89,6 +157,8 @@ class Outcomes(msgspec.Struct, kw_only=True):
     challenger_version: str | None
     ab_split_b: float
     arms: list[ArmOutcome]
+    started_at: datetime | None = None
+    plan: ExperimentPlan | None = None
 
     def arm(self, name: Arm) -> ArmOutcome | None:
         """The outcome of one arm, or None when that arm served nothing."""

@@ -10,6 +10,8 @@ MODEL_REGISTERED = "driftloop.model.registered"
 MODEL_PROMOTED = "driftloop.model.promoted"
 MODEL_ROLLED_BACK = "driftloop.model.rolled_back"
 EXPERIMENT_DECIDED = "driftloop.experiment.decided"
+EXPERIMENT_INVALID = "driftloop.experiment.invalid"
+EXPERIMENT_SAMPLE_REACHED = "driftloop.experiment.sample_reached"
 
 RESOURCE_PREFIX = "driftloop.model."
 
@@ -42,6 +44,20 @@ class DriftPayload(BaseModel):
     report: str
     """Where the HTML report is: a local path and, when tracked, the MLflow run that holds it."""
     report_url: str
+    loop_id: str
+    """Identifies this turn of the loop: drift, retrain, experiment and decision carry it."""
+
+
+class SampleReachedPayload(BaseModel):
+    """Payload of `driftloop.experiment.sample_reached`, emitted once by the router per experiment."""
+
+    model_name: str
+    experiment_id: str
+    champion_version: str
+    challenger_version: str
+    min_samples_per_arm: int
+    champion_labelled: int
+    challenger_labelled: int
 
 
 class RegisteredPayload(BaseModel):
@@ -55,9 +71,12 @@ class RegisteredPayload(BaseModel):
 
 
 class DecisionPayload(BaseModel):
-    """Payload of `driftloop.experiment.decided`, `driftloop.model.promoted` and `driftloop.model.rolled_back`."""
+    """Payload of `driftloop.experiment.decided`, `.invalid`, `driftloop.model.promoted` and `.rolled_back`."""
 
     model_name: str
+    decision_id: str
+    loop_id: str
+    experiment_id: str
     decision: str
     champion_version: str
     challenger_version: str
@@ -67,3 +86,4 @@ class DecisionPayload(BaseModel):
     champion_correct: int
     challenger_labelled: int
     challenger_correct: int
+    report_url: str

@@ -19,6 +19,16 @@ TAG_DECISION = "driftloop.decision"
 """Version tag: the last A/B decision about this version."""
 TAG_PREVIOUS_CHAMPION = "driftloop.previous_champion"
 """Version tag on a promoted version: the champion it replaced (for rollback)."""
+TAG_REPLACED_BY = "driftloop.replaced_by"
+"""Version tag on a former champion: the version that replaced it (it stays registered for rollback)."""
+TAG_DECISION_ID = "driftloop.decision_id"
+TAG_LOOP_ID = "driftloop.loop_id"
+"""Version tag: the turn of the loop (drift event -> retrain -> experiment -> decision) the version belongs to."""
+TAG_PLAN_PREFIX = "driftloop.plan."
+"""Version tags of a challenger: its experiment plan, one tag per field."""
+
+ALIAS_HISTORY_EXPERIMENT = "driftloop-alias-history"
+"""MLflow experiment with one run per alias move: the append-only history of the registry."""
 
 
 def model_uri(model_name: str, alias: str) -> str:

@@ -94,6 +94,13 @@ class Watcher:
             self.decisions.append(payload | {"at_s": self.timeline.elapsed()})
             self._stage("ab_decided")
             say(f"A/B look: {payload['decision']}: {payload['reason']}")
+        elif name == events.EXPERIMENT_SAMPLE_REACHED:
+            say(
+                f"router: planned sample reached in {payload['experiment_id']} ({payload['champion_labelled']} and "
+                f"{payload['challenger_labelled']} labelled of {payload['min_samples_per_arm']} per arm)"
+            )
+        elif name == events.EXPERIMENT_INVALID:
+            say(f"A/B experiment INVALID: {payload['reason']}")
         elif name == events.MODEL_PROMOTED:
             self.promoted = payload | {"at_s": self.timeline.elapsed()}
             self._stage("promoted")
@@ -278,7 +285,7 @@ def print_summary(summary: dict[str, Any], timeline: Timeline) -> None:
         print(
             f"A/B counts        champion v{d['champion_version']}: {d['champion_correct']}/{d['champion_labelled']} "
             f"correct; challenger v{d['challenger_version']}: {d['challenger_correct']}/{d['challenger_labelled']}"
-            f" correct; p-value {p} ({summary['looks']} looks)"
+            f" correct; always-valid p {p} ({summary['looks']} looks)"
         )
         print(f"decision          {d['decision']}: {d['reason']}")
     t = summary["traffic"]

@@ -97,6 +97,8 @@ class Stack:
                 "DRIFTLOOP_ROUTER_URL": s.router_url,
                 "DRIFTLOOP_ROUTER_PORT": str(s.router_port),
                 "GIT_PYTHON_REFRESH": "quiet",
+                # PyCaret writes logs.log into the working directory (the checkout) of every process importing it.
+                "PYCARET_CUSTOM_LOGGING_PATH": str(self.home / "logs" / "pycaret.log"),
                 "PYTHONUNBUFFERED": "1",
             }
         )

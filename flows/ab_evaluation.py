@@ -1,116 +1,243 @@
-"""A/B evaluation flow: read the router's outcome counts, test them, and promote, roll back or wait."""
+"""A/B evaluation flow: read the router's outcome counts, decide with peeking-safe statistics, and act.
+
+Runs on a schedule, at once when the router reports the planned sample reached (automation), or by hand.
+Every look is recorded: a JSON report (and a stable latest one), a Prefect table and markdown artifact, an MLflow
+run with the metrics, the evidence and a plot of the metric per arm over time.
+"""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import msgspec
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from contracts import events
-from contracts.registry import CHALLENGER, TAG_DECISION
-from flows.lib import ab, registry
+from contracts.api import ExperimentEnd, ExperimentPlan, Outcomes
+from contracts.registry import CHALLENGER, TAG_PLAN_PREFIX
+from flows.lib import ab_report, experiment, registry
 from flows.lib.router import RouterClient
 from flows.settings import FlowSettings, get_settings
-from flows.tasks import connect_mlflow, emit, find_version, run_name, tag_version
+from flows.tasks import connect_mlflow, emit, find_version, mlflow_run_url, run_name
+
+AB_EXPERIMENT = "driftloop-ab"
+"""MLflow experiment with one run per A/B look."""
+IO = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 10])
-def fetch_outcomes(settings: FlowSettings):
-    """Outcome counts per arm of the router's current experiment."""
+@task(**IO)
+def fetch_outcomes(settings: FlowSettings) -> Outcomes:
+    """Outcome counts per arm of the router's current experiment, with its plan and start."""
     with RouterClient(settings.router_url, timeout=settings.http_timeout_seconds) as router:
         return router.outcomes()
 
 
+@task(**IO)
+def plan_from_registry(model_name: str, version: str) -> ExperimentPlan | None:
+    """The plan kept as tags on the challenger's version (used when the router lost it)."""
+    tags = mlflow.MlflowClient().get_model_version(model_name, version).tags
+    fields = {k.removeprefix(TAG_PLAN_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PLAN_PREFIX)}
+    return msgspec.convert(fields, ExperimentPlan, strict=False) if fields else None
+
+
 @task
-def decide(outcomes, alpha: float, min_samples_per_arm: int) -> ab.AbResult:
-    """Test correct vs incorrect per arm and turn the result into a decision."""
-    return ab.decide(outcomes, alpha=alpha, min_samples_per_arm=min_samples_per_arm)
+def decide(outcomes: Outcomes, plan: ExperimentPlan) -> experiment.Decision:
+    """SRM check, guardrails, then the always-valid test of the primary metric."""
+    return experiment.decide(experiment.evidence_from_outcomes(outcomes, plan, datetime.now(UTC)))
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 10])
-def promote(model_name: str, version: str, reason: str) -> str | None:
-    """Move `champion` to the challenger (one alias write) and drop `challenger`."""
-    return registry.promote(model_name, version, reason=reason)
+def _point(at: datetime, evidence: dict) -> dict:
+    arms = evidence["arms"]
+    point = {"at": at, **{k: evidence["primary"][k] for k in ("d_hat", "cs_lower", "cs_upper")}}
+    for arm in ("champion", "challenger"):
+        low, high = ab_report.wilson(arms[arm]["correct"], arms[arm]["labelled"])
+        point |= {f"{arm}_accuracy": arms[arm]["accuracy"] or 0.0, f"{arm}_low": low, f"{arm}_high": high}
+    return point
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 10])
-def roll_back(model_name: str, version: str) -> None:
-    """Stop serving the challenger: drop its alias."""
-    registry.delete_alias(model_name, CHALLENGER)
+@task(**IO)
+def record_look(
+    decision: experiment.Decision,
+    *,
+    outcomes: Outcomes,
+    decision_id: str,
+    loop_id: str,
+    model_name: str,
+    reports_dir: Path,
+    tracking_uri: str,
+) -> dict[str, str]:
+    """Write the JSON report, plot the history of this experiment and log the look as an MLflow run."""  # fmt: skip
+    now = datetime.now(UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%S")
+    report = {
+        "decision_id": decision_id,
+        "loop_id": loop_id,
+        "model_name": model_name,
+        "experiment_id": outcomes.experiment_id,
+        "at": now.isoformat(),
+        **decision.to_dict(),
+    }
+    folder = reports_dir / "ab" / outcomes.experiment_id
+    path, latest = ab_report.write_report(report, folder, stamp)
+
+    client = mlflow.MlflowClient()
+    ab = client.get_experiment_by_name(AB_EXPERIMENT)
+    ab_id = ab.experiment_id if ab else client.create_experiment(AB_EXPERIMENT)
+    earlier = client.search_runs(
+        [ab_id], filter_string=f"tags.experiment_id = '{outcomes.experiment_id}'", max_results=1000
+    )
+    points = [
+        {k: run.data.metrics[k] for k in run.data.metrics}
+        | {"at": datetime.fromtimestamp(run.info.start_time / 1000, UTC)}
+        for run in earlier
+        if "cs_lower" in run.data.metrics and "champion_low" in run.data.metrics
+    ]
+    points.append(_point(now, decision.evidence))
+    plot = ab_report.plot_history(
+        points, folder / f"{stamp}.png", title=f"{model_name} {outcomes.experiment_id}: look {len(points)}"
+    )
+    metrics = {k: float(v) for k, v in points[-1].items() if k != "at" and v is not None}
+    primary, arms = decision.evidence["primary"], decision.evidence["arms"]
+    metrics |= {
+        "always_valid_p": primary["always_valid_p"],
+        "plain_chi2_p": decision.evidence["plain_chi2"]["p_value"],
+        "srm_p_all": decision.evidence["srm"]["all_traffic"]["p_value"] or 1.0,
+        "srm_p_labelled": decision.evidence["srm"]["labelled"]["p_value"] or 1.0,
+        **{f"{arm}_labelled": arms[arm]["labelled"] for arm in arms},
+    }
+    with mlflow.start_run(
+        experiment_id=ab_id,
+        run_name=f"{outcomes.experiment_id} look {len(points)}: {decision.decision}",
+        tags={
+            "experiment_id": outcomes.experiment_id,
+            "decision": decision.decision,
+            "decision_id": decision_id,
+            "loop_id": loop_id,
+            "model_name": model_name,
+            "reason": decision.reason[:5000],
+        },
+    ) as run:
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN-free
+        mlflow.log_artifact(str(path), artifact_path="report")
+        mlflow.log_artifact(str(plot), artifact_path="plot")
+    return {"report": str(path.resolve()), "latest": str(latest.resolve()), "plot": str(plot.resolve()),
+            "run_url": mlflow_run_url(tracking_uri, run.info.run_id)}  # fmt: skip
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 10])
-def reload_router(settings: FlowSettings) -> None:
-    """Make the router pick up the alias move now rather than at its next refresh."""
+@task(**IO)
+def promote(model_name: str, version: str, *, reason: str, decision_id: str, loop_id: str, evidence: dict) -> None:
+    """Move `champion` to the challenger in one alias write, keep the old one tagged, drop `challenger`."""
+    registry.promote(model_name, version, reason=reason, decision_id=decision_id, loop_id=loop_id, evidence=evidence)
+
+
+@task(**IO)
+def roll_back(model_name: str, *, reason: str, decision_id: str, loop_id: str, evidence: dict) -> None:
+    """Stop serving the challenger: drop its alias (recorded with the decision)."""
+    registry.retire_challenger(model_name, reason=reason, decision_id=decision_id, loop_id=loop_id, evidence=evidence)
+
+
+@task(**IO)
+def end_at_router(settings: FlowSettings, end: ExperimentEnd, *, split: float | None) -> None:
+    """End the experiment at the router (it reloads the aliases at once); after a rollback, set the split."""
     with RouterClient(settings.router_url, timeout=settings.http_timeout_seconds) as router:
-        router.reload_models()
+        if split is not None:
+            router.set_split(split)
+        router.end_experiment(end)
 
 
 @flow(name="ab-evaluation", flow_run_name=run_name("ab-evaluation"), log_prints=True)
-def ab_evaluation(
-    model_name: str | None = None, alpha: float | None = None, min_samples_per_arm: int | None = None
-) -> dict:
+def ab_evaluation(model_name: str | None = None) -> dict:
     """Evaluate the running experiment once and act on the decision.
 
     Args:
         model_name: Registered model (default from settings).
-        alpha: Significance level (default from settings).
-        min_samples_per_arm: Labelled outcomes per arm needed before deciding (default from settings).
 
     Returns:
-        The decision with its evidence.
+        The decision with its evidence, or why there was nothing to evaluate.
     """
     settings = get_settings()
     model_name = model_name or settings.model_name
-    alpha = settings.ab_alpha if alpha is None else alpha
-    min_samples_per_arm = min_samples_per_arm or settings.ab_min_samples_per_arm
     connect_mlflow(settings)
 
     outcomes = fetch_outcomes(settings)
     challenger = find_version(model_name, CHALLENGER)
     if challenger is None or outcomes.challenger_version != challenger["version"]:
-        serving = outcomes.challenger_version or "none"
         registered = challenger["version"] if challenger else "none"
+        serving = outcomes.challenger_version or "none"
         print(f"no experiment to evaluate (registry challenger {registered}, router serving {serving})")
         return {"decision": "NO_EXPERIMENT", "registry_challenger": registered, "router_challenger": serving}
-
-    result = decide(outcomes, alpha, min_samples_per_arm)
-    create_table_artifact(
-        key="ab-evaluation",
-        table=[
-            {
-                "arm": name,
-                "version": arm.version,
-                "labelled": arm.labelled,
-                "correct": arm.correct,
-                "accuracy": round(arm.accuracy, 4),
-            }
-            for name, arm in (("champion", result.champion), ("challenger", result.challenger))
-            if arm is not None
-        ],
-        description=f"**{result.decision}**: {result.reason}",
-    )
-    print(f"{result.decision}: {result.reason}")
     version = challenger["version"]
+    plan = outcomes.plan or plan_from_registry(model_name, version)
+    if plan is None:
+        raise RuntimeError(f"{model_name} v{version} is under test without a plan (no router plan, no plan tags)")
+
+    decision = decide(outcomes, plan)
+    decision_id = uuid.uuid4().hex[:12]
+    where = record_look(
+        decision, outcomes=outcomes, decision_id=decision_id, loop_id=plan.loop_id, model_name=model_name,
+        reports_dir=settings.home / "reports", tracking_uri=settings.mlflow_tracking_uri,
+    )  # fmt: skip
+    print(f"{decision.decision}: {decision.reason}")
+
+    ev, arms = decision.evidence, decision.evidence["arms"]
+    create_table_artifact(
+        key="ab-look",
+        table=[
+            {"arm": arm, **{k: v for k, v in values.items() if k != "version"}, "version": values["version"]}
+            for arm, values in arms.items()
+        ],
+        description=f"**{decision.decision}** ({ev['rule']}): {decision.reason}",
+    )
+    guardrails = "\n".join(f"- {'holds' if g['holds'] else '**breached**'}: {g['detail']}" for g in ev["guardrails"])
+    create_markdown_artifact(
+        key="ab-summary",
+        markdown=(
+            f"# A/B look: {model_name} {outcomes.experiment_id}\n\n**{decision.decision}**: {decision.reason}\n\n"
+            f"- lift {ev['primary']['d_hat']:+.4f}, 95% always-valid CS [{ev['primary']['cs_lower']:+.4f}, "
+            f"{ev['primary']['cs_upper']:+.4f}], always-valid p {ev['primary']['always_valid_p']:.3g}\n"
+            f"- plain chi-squared p {ev['plain_chi2']['p_value']:.3g} (not peeking-safe, for reference)\n"
+            f"- SRM p: all traffic {ev['srm']['all_traffic']['p_value']}, labelled {ev['srm']['labelled']['p_value']}"
+            f" (threshold {plan.srm_threshold})\n"
+            f"- samples {ev['samples']['labelled_per_arm']} of {plan.min_samples_per_arm} planned per arm; "
+            f"elapsed {ev['elapsed_hours']} h of {plan.max_duration_hours}\n\n**Guardrails**\n\n{guardrails}\n\n"
+            f"decision `{decision_id}`, loop `{plan.loop_id}`; [MLflow run with plot and report]({where['run_url']})"
+        ),
+    )
+    create_link_artifact(key="ab-look-run", link=where["run_url"], link_text="A/B look in MLflow (plot, report)")
+
+    champion_arm, challenger_arm = arms["champion"], arms["challenger"]
     payload = events.DecisionPayload(
         model_name=model_name,
-        decision=result.decision,
+        decision_id=decision_id,
+        loop_id=plan.loop_id,
+        experiment_id=outcomes.experiment_id,
+        decision=decision.decision,
         champion_version=outcomes.champion_version,
         challenger_version=version,
-        p_value=result.p_value,
-        reason=result.reason,
-        champion_labelled=result.champion.labelled if result.champion else 0,
-        champion_correct=result.champion.correct if result.champion else 0,
-        challenger_labelled=result.challenger.labelled if result.challenger else 0,
-        challenger_correct=result.challenger.correct if result.challenger else 0,
+        p_value=ev["primary"]["always_valid_p"],
+        reason=decision.reason,
+        champion_labelled=champion_arm["labelled"],
+        champion_correct=champion_arm["correct"],
+        challenger_labelled=challenger_arm["labelled"],
+        challenger_correct=challenger_arm["correct"],
+        report_url=where["run_url"],
     ).model_dump(mode="json")
     emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
-    if result.decision == "PROMOTE":
-        promote(model_name, version, result.reason)
-        reload_router(settings)
+    moved = {"reason": decision.reason, "decision_id": decision_id, "loop_id": plan.loop_id, "evidence": ev}
+    if decision.decision == "PROMOTE":
+        promote(model_name, version, **moved)
+        end_at_router(settings, ExperimentEnd(challenger_version=version, decision="PROMOTE", reason=decision.reason),
+                      split=None)  # fmt: skip
         emit(events.MODEL_PROMOTED, model_name, payload, version=version)
-    elif result.decision == "ROLLBACK":
-        roll_back(model_name, version)
-        tag_version(model_name, version, {TAG_DECISION: f"ROLLBACK: {result.reason}"})
-        reload_router(settings)
+    elif decision.decision == "ROLLBACK":
+        roll_back(model_name, **moved)
+        end_at_router(settings, ExperimentEnd(challenger_version=version, decision="ROLLBACK", reason=decision.reason),
+                      split=0.0)  # fmt: skip
         emit(events.MODEL_ROLLED_BACK, model_name, payload, version=version)
-    return result.as_dict() | {"experiment_id": outcomes.experiment_id}
+    elif decision.decision == "INVALID":
+        emit(events.EXPERIMENT_INVALID, model_name, payload, version=version)
+    return decision.to_dict() | {"decision_id": decision_id, "experiment_id": outcomes.experiment_id} | where

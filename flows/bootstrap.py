@@ -57,7 +57,7 @@ def bootstrap(model_name: str | None = None, force: bool = False) -> dict:
         tags={"driftloop.trigger": "bootstrap"},
     )
     tag_version(model_name, registered["version"], {TAG_GATE: "bootstrap"})
-    set_alias(model_name, CHAMPION, registered["version"])
+    set_alias(model_name, CHAMPION, registered["version"], reason="bootstrap: no champion existed")
     print(f"v{registered['version']} ({result.model_id}) is {CHAMPION}; holdout {result.holdout_metrics}")
     emit(
         events.MODEL_REGISTERED,

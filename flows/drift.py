@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -99,6 +100,8 @@ def drift(
         window_rows=len(records),
         report=path,
         report_url=url,
+        # A detected drift starts a new turn of the loop; retrain, experiment and decision carry its id.
+        loop_id=uuid.uuid4().hex[:12] if detected else "",
     ).model_dump(mode="json")
 
     rows = "\n".join(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+
+import msgspec
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from contracts import events
-from contracts.registry import CHALLENGER, CHAMPION, TAG_GATE
-from flows.settings import get_settings
+from contracts.api import ExperimentPlan
+from contracts.registry import CHALLENGER, CHAMPION, TAG_GATE, TAG_LOOP_ID, TAG_PLAN_PREFIX
+from flows.lib import experiment
+from flows.lib.router import RouterClient
+from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
     connect_mlflow,
     emit,
@@ -25,11 +31,45 @@ from flows.tasks import (
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 10])
-def score_champion(model_name: str, holdout: pd.DataFrame, target: str) -> dict[str, float]:
-    """The champion's metrics on the candidate's holdout rows, for a like-for-like gate."""
+def score_champion(model_name: str, data: pd.DataFrame, target: str) -> dict[str, float]:
+    """The champion's metrics on some labelled rows (the candidate's holdout, or fresh traffic)."""
     from flows.lib import registry, training
 
-    return training.evaluate(registry.load_pipeline(model_name, CHAMPION), holdout, target)
+    return training.evaluate(registry.load_pipeline(model_name, CHAMPION), data, target)
+
+
+@task
+def plan_experiment(
+    settings: FlowSettings, *, champion_version: str, challenger_version: str, baseline: float, loop_id: str
+) -> ExperimentPlan:
+    """Size the A/B experiment for the challenger: alpha, power, MDE, baseline, samples, duration, guardrails."""
+    sequential_n, fixed_n = experiment.plan_sample_size(
+        baseline=baseline, mde=settings.ab_mde, alpha=settings.ab_alpha, power=settings.ab_power
+    )
+    return ExperimentPlan(
+        champion_version=champion_version,
+        challenger_version=challenger_version,
+        alpha=settings.ab_alpha,
+        power=settings.ab_power,
+        mde=settings.ab_mde,
+        baseline=baseline,
+        min_samples_per_arm=sequential_n,
+        fixed_horizon_samples_per_arm=fixed_n,
+        ab_split_b=settings.ab_split_b,
+        max_duration_hours=settings.ab_max_duration_hours,
+        srm_threshold=settings.ab_srm_threshold,
+        guardrail_error_margin=settings.ab_guardrail_error_margin,
+        guardrail_latency_margin=settings.ab_guardrail_latency_margin,
+        guardrail_latency_slack_ms=settings.ab_guardrail_latency_slack_ms,
+        loop_id=loop_id,
+    )
+
+
+@task(retries=3, retry_delay_seconds=[2, 5, 10])
+def send_plan(settings: FlowSettings, plan: ExperimentPlan) -> None:
+    """Give the router the plan (it keeps it with the experiment and sets the split)."""
+    with RouterClient(settings.router_url, timeout=settings.http_timeout_seconds) as router:
+        router.set_plan(plan)
 
 
 def passes_gate(candidate: dict[str, float], champion: dict[str, float], min_f1: float) -> tuple[bool, str]:
@@ -48,6 +88,7 @@ def retrain(
     drift_share: float | None = None,
     drifted_columns: list[str] | None = None,
     report_url: str | None = None,
+    loop_id: str = "",
     force: bool = False,
 ) -> dict:
     """Train a candidate on the champion's reference plus fresh labelled traffic and register it.
@@ -57,6 +98,7 @@ def retrain(
         drift_share: Share of drifted columns that triggered this run (for the record).
         drifted_columns: Columns that drifted (for the record).
         report_url: Where the drift report that triggered this run is.
+        loop_id: The turn of the loop this run belongs to (a new one when empty).
         force: Retrain even while a challenger is already under test.
 
     Returns:
@@ -64,6 +106,7 @@ def retrain(
     """
     settings = get_settings()
     model_name = model_name or settings.model_name
+    loop_id = loop_id or uuid.uuid4().hex[:12]
     connect_mlflow(settings)
 
     champion = find_version(model_name, CHAMPION)
@@ -102,12 +145,31 @@ def retrain(
             "driftloop.drifted_columns": ",".join(drifted_columns or []),
             "driftloop.drift_report": report_url or "",
             "driftloop.parent_champion": champion["version"],
+            TAG_LOOP_ID: loop_id,
         },
     )
     version = registered["version"]
-    tag_version(model_name, version, {TAG_GATE: "passed" if passed else "failed", f"{TAG_GATE}.reason": why})
+    tags = {TAG_GATE: "passed" if passed else "failed", f"{TAG_GATE}.reason": why, TAG_LOOP_ID: loop_id}
+    plan = None
     if passed:
-        set_alias(model_name, CHALLENGER, version)
+        observed = score_champion(model_name, fresh, settings.target)["accuracy"]
+        # A lift of `mde` must fit under 100%: a champion already near perfect is planned against 1 - mde.
+        baseline = min(observed, 1.0 - settings.ab_mde - 0.005)
+        plan = plan_experiment(
+            settings, champion_version=champion["version"], challenger_version=version, baseline=baseline,
+            loop_id=loop_id,
+        )  # fmt: skip
+        tags |= {f"{TAG_PLAN_PREFIX}{k}": str(v) for k, v in msgspec.structs.asdict(plan).items()}
+    tag_version(model_name, version, tags)
+    if plan is not None:
+        # The plan reaches the router before the alias, so the experiment has it from its first request.
+        send_plan(settings, plan)
+        set_alias(model_name, CHALLENGER, version, reason=f"passed the quality gate: {why}", loop_id=loop_id)
+        print(
+            f"experiment planned: baseline accuracy {plan.baseline:.3f}, MDE {plan.mde}, alpha {plan.alpha}, "
+            f"power {plan.power}: {plan.min_samples_per_arm} labelled outcomes per arm "
+            f"(single-look test: {plan.fixed_horizon_samples_per_arm}), at most {plan.max_duration_hours} h"
+        )
     print(f"v{version} ({result.model_id}) {'is the new ' + CHALLENGER if passed else 'failed the gate'}: {why}")
 
     summary = {
@@ -118,6 +180,8 @@ def retrain(
         "gate_reason": why,
         "holdout": result.holdout_metrics,
         "champion_holdout": champion_metrics,
+        "loop_id": loop_id,
+        "plan": msgspec.structs.asdict(plan) if plan else None,
     }
     create_markdown_artifact(
         key="retrain-summary",

@@ -39,8 +39,17 @@ class FlowSettings(BaseSettings):
     gate_min_f1: float = Field(0.7, description="A candidate must reach this holdout F1 (macro) to be a challenger.")
     session_id: int = Field(42, description="Random seed for PyCaret.")
 
-    ab_alpha: float = Field(0.05, description="Significance level of the A/B test.")
-    ab_min_samples_per_arm: int = Field(100, description="Labelled outcomes each arm needs before a decision.")
+    ab_alpha: float = Field(0.05, description="Significance level of the A/B test (valid under repeated looks).")
+    ab_power: float = Field(0.8, description="Power the experiment is planned for.")
+    ab_mde: float = Field(0.05, description="Minimum detectable effect: absolute accuracy lift planned for.")
+    ab_split_b: float = Field(0.5, description="Share of users sent to the challenger during an experiment.")
+    ab_max_duration_hours: float = Field(72.0, description="An experiment without a win by then is rolled back.")
+    ab_srm_threshold: float = Field(0.001, description="Sample ratio mismatch when the chi-squared p is below this.")
+    ab_guardrail_error_margin: float = Field(0.01, description="Allowed extra error rate of the challenger (absolute).")
+    ab_guardrail_latency_margin: float = Field(
+        0.5, description="Allowed extra p95 latency of the challenger (relative)."
+    )
+    ab_guardrail_latency_slack_ms: float = Field(20.0, description="Allowed extra p95 latency on top (absolute, ms).")
 
 
 @lru_cache

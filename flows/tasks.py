@@ -110,9 +110,9 @@ def register_candidate(
 
 
 @task(**IO_RETRIES)
-def set_alias(model_name: str, alias: str, version: str) -> None:
-    """Point a registry alias at a version."""
-    registry.set_alias(model_name, alias, version)
+def set_alias(model_name: str, alias: str, version: str, *, reason: str, loop_id: str = "") -> None:
+    """Point a registry alias at a version and record the move in the alias history."""
+    registry.move_alias(model_name, alias, version, reason=reason, loop_id=loop_id)
 
 
 @task(**IO_RETRIES)

@@ -19,6 +19,8 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from contracts.api import ErrorBody
 from serving.controllers import ConfigController, ExperimentController, InferenceController, ModelController
 from serving.errors import RouterError
+from serving.services.events import EventEmitter, emit_prefect_event
+from serving.services.experiments import ExperimentService
 from serving.services.models import ModelManager, ModelSource, SupportsModelSource
 from serving.services.store import Store
 from serving.settings import RouterSettings, get_settings
@@ -34,6 +36,11 @@ def provide_store(state: State) -> Store:
 def provide_models(state: State) -> ModelManager:
     """The champion/challenger holder."""
     return state.models
+
+
+def provide_experiments(state: State) -> ExperimentService:
+    """The experiment record."""
+    return state.experiments
 
 
 def provide_settings(state: State) -> RouterSettings:
@@ -84,16 +91,26 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     return _error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error (see the router log)")
 
 
-async def _refresh_forever(models: ModelManager, interval: float) -> None:
-    """Re-read the aliases every `interval` seconds until cancelled; failures keep the current models."""
+async def refresh_once(experiments: ExperimentService) -> None:
+    """One turn of the refresh loop, in a worker thread; never raises.
+
+    Re-reads the aliases, records the experiment being served (start) and emits its sample-reached event when
+    due. A registry failure keeps the current models and is logged; the experiment is recorded all the same.
+    """
+    models = experiments.models
+    try:
+        await anyio.to_thread.run_sync(experiments.refresh)
+    except RouterError as exc:
+        logger.warning("model refresh failed, serving %s: %s", models.current.describe(), exc.detail)
+    except Exception:
+        logger.exception("model refresh crashed, still serving %s", models.current.describe())
+
+
+async def _refresh_forever(experiments: ExperimentService, interval: float) -> None:
+    """Run `refresh_once` every `interval` seconds until cancelled."""
     while True:
         await anyio.sleep(interval)
-        try:
-            await anyio.to_thread.run_sync(models.refresh)
-        except RouterError as exc:
-            logger.warning("model refresh failed, serving %s: %s", models.current.describe(), exc.detail)
-        except Exception:
-            logger.exception("model refresh crashed, still serving %s", models.current.describe())
+        await refresh_once(experiments)
 
 
 def create_app(
@@ -101,6 +118,7 @@ def create_app(
     *,
     model_source: SupportsModelSource | None = None,
     store: Store | None = None,
+    event_emitter: EventEmitter | None = None,
 ) -> Litestar:
     """Build the router.
 
@@ -109,6 +127,8 @@ def create_app(
         model_source: Where champion/challenger come from; an MLflow `ModelSource` on
             `settings.mlflow_tracking_uri` when None.
         store: Inference log and shared config; a `Store` on `settings.store_url()` when None.
+        event_emitter: Sends the router's Prefect events; `emit_prefect_event` (which needs `PREFECT_API_URL`)
+            when None. Tests pass a callable that records them.
 
     Returns:
         The Litestar app. Nothing is opened until its lifespan starts.
@@ -120,6 +140,7 @@ def create_app(
     if not 0.0 <= settings.ab_split_b <= 1.0:
         raise ValueError(f"ab_split_b must be within [0, 1], got {settings.ab_split_b}")
     store = store if store is not None else Store(settings.store_url())
+    emit = event_emitter or emit_prefect_event
     source = model_source
     if source is None:
         source = ModelSource(settings.mlflow_tracking_uri, settings.model_name)
@@ -134,14 +155,16 @@ def create_app(
             stack.push_async_callback(anyio.to_thread.run_sync, source.close)
 
             models = ModelManager(source)
+            experiments = ExperimentService(store=store, models=models, emit=emit)
             app.state.settings = settings
             app.state.store = store
             app.state.model_source = source
             app.state.models = models
+            app.state.experiments = experiments
             # Wait for a running refresh before the source closes under it.
             stack.push_async_callback(anyio.to_thread.run_sync, models.wait_idle)
             try:
-                await anyio.to_thread.run_sync(models.refresh)
+                await anyio.to_thread.run_sync(experiments.refresh)
             except RouterError as exc:
                 # Start anyway: /health says no_model and the refresh loop keeps trying.
                 logger.error("initial model load failed: %s", exc.detail)
@@ -149,7 +172,7 @@ def create_app(
 
             if settings.model_refresh_seconds > 0:
                 task = asyncio.create_task(
-                    _refresh_forever(models, settings.model_refresh_seconds), name="driftloop-model-refresh"
+                    _refresh_forever(experiments, settings.model_refresh_seconds), name="driftloop-model-refresh"
                 )
 
                 async def stop_refresh() -> None:
@@ -166,6 +189,7 @@ def create_app(
         dependencies={
             "store": Provide(provide_store, sync_to_thread=False),
             "models": Provide(provide_models, sync_to_thread=False),
+            "experiments": Provide(provide_experiments, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
         },
         exception_handlers={

@@ -1,13 +1,14 @@
-"""HTTP handlers of the router: predictions, feedback, config, experiment outcomes, inference log, models."""
+"""HTTP handlers of the router: predictions, feedback, config, experiments and their outcomes, inference log, models."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, get, post, put
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
@@ -16,7 +17,11 @@ from contracts.api import (
     Arm,
     ArmOutcome,
     ConfigUpdate,
+    ConfusionCell,
     ErrorBody,
+    Experiment,
+    ExperimentEnd,
+    ExperimentPlan,
     FeedbackRequest,
     FeedbackResponse,
     Health,
@@ -28,11 +33,14 @@ from contracts.api import (
     RouterConfig,
 )
 from contracts.registry import CHAMPION
-from serving.errors import NoModelLoaded
+from serving.errors import NoModelLoaded, PredictionFailed
 from serving.services.assignment import assign_arm
-from serving.services.models import ModelManager, ModelSet
-from serving.services.store import ArmCounts, InferenceRow, Store
+from serving.services.experiments import ExperimentService
+from serving.services.models import ModelManager, ModelSet, ServedModel
+from serving.services.store import ArmCounts, InferenceRow, PredictionErrorRow, Store
 from serving.settings import RouterSettings
+
+logger = logging.getLogger(__name__)
 
 # Every POST answers 200, not 201: clients use the router as an RPC endpoint and check one success code.
 # Handlers that touch the store or MLflow are sync and run in a worker thread (`sync_to_thread=True`),
@@ -61,6 +69,36 @@ def _current_split(store: Store, settings: RouterSettings) -> float:
     return settings.ab_split_b if split is None else split
 
 
+def _prediction_failed(
+    store: Store, served: ServedModel, arm: Arm, experiment_id: str, user_id: str, exc: Exception
+) -> PredictionFailed:
+    """Record a model failure against its arm and build the 500 the client gets."""
+    request_id = uuid.uuid4().hex
+    logger.exception(
+        "%s v%s (%s arm) failed to predict, request %s", served.name, served.version, arm, request_id, exc_info=exc
+    )
+    try:
+        store.record_error(
+            PredictionErrorRow(
+                request_id=request_id,
+                ts=datetime.now(UTC),
+                user_id=user_id,
+                arm=arm,
+                model_name=served.name,
+                model_version=served.version,
+                experiment_id=experiment_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        )
+    except Exception:
+        logger.exception("could not record the failed prediction %s", request_id)
+    return PredictionFailed(
+        f"model {served.name} v{served.version} ({arm} arm) failed to predict: {type(exc).__name__} "
+        f"(request {request_id}; see the router log)",
+        extra={"request_id": request_id, "arm": arm, "model_version": served.version, "experiment_id": experiment_id},
+    )
+
+
 class InferenceController(Controller):
     """Predictions, their labels, and the log of both."""
 
@@ -72,7 +110,11 @@ class InferenceController(Controller):
         operation_id="predict",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
-        responses={422: _error("The features do not match the model signature"), 503: _NO_MODEL},
+        responses={
+            422: _error("The features do not match the model signature"),
+            500: _error("The model raised while predicting (the attempt is recorded as an error of its arm)"),
+            503: _NO_MODEL,
+        },
     )
     def predict(
         self, data: PredictRequest, store: Store, models: ModelManager, settings: RouterSettings
@@ -92,7 +134,10 @@ class InferenceController(Controller):
         served = current.for_arm(arm)
         assert served is not None
         row = served.check(data.features)
-        prediction = served.predict(row)
+        try:
+            prediction = served.predict(row)
+        except Exception as exc:
+            raise _prediction_failed(store, served, arm, current.experiment_id, data.user_id, exc) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         request_id = uuid.uuid4().hex
         store.record(
@@ -190,18 +235,53 @@ class ConfigController(Controller):
 
 
 class ExperimentController(Controller):
-    """How the arms of the current experiment are doing."""
+    """The current experiment: its record, its plan, its end, and how its arms are doing."""
 
     path = "/experiment"
     tags = ["experiment"]
 
+    @get("/", operation_id="get_experiment", sync_to_thread=True, responses={503: _NO_MODEL})
+    def get_experiment(self, models: ModelManager, experiments: ExperimentService) -> Experiment:
+        """The experiment being served: started, plan, sample reached, ended (status `none` without a challenger)."""
+        _require_champion(models.current)
+        return experiments.current()
+
+    @put(
+        "/plan",
+        operation_id="set_experiment_plan",
+        sync_to_thread=True,
+        responses={
+            409: _error("That experiment has ended"),
+            422: _error("The plan names no versions or the same version twice"),
+        },
+    )
+    def set_plan(self, data: ExperimentPlan, experiments: ExperimentService) -> Experiment:
+        """Store the plan of `v{champion}-vs-v{challenger}` (before or while it runs) and set the split to its own."""
+        return experiments.set_plan(data)
+
+    @post(
+        "/end",
+        operation_id="end_experiment",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        responses={
+            409: _error("The challenger is not the current or most recent experiment's, or it ended otherwise"),
+            503: _error("Marked ended, but the models could not be reloaded from the registry"),
+        },
+    )
+    def end(self, data: ExperimentEnd, experiments: ExperimentService) -> Experiment:
+        """Mark the experiment of this challenger ended with its decision, then reload the models at once."""
+        return experiments.end(data)
+
     @get("/outcomes", operation_id="get_outcomes", sync_to_thread=True, responses={503: _NO_MODEL})
-    def outcomes(self, store: Store, models: ModelManager, settings: RouterSettings) -> Outcomes:
-        """Requests, labelled, correct and incorrect per arm of the current experiment_id."""
+    def outcomes(
+        self, store: Store, models: ModelManager, experiments: ExperimentService, settings: RouterSettings
+    ) -> Outcomes:
+        """Per arm of the current experiment: requests, labels, correct, errors, latency percentiles, confusion."""
         current = models.current
         _require_champion(current)
-        assert current.experiment_id is not None and current.champion_version is not None
-        counts = store.outcomes(current.experiment_id)
+        experiment = experiments.current(current)
+        counts = store.outcomes(experiment.experiment_id)
         zero = ArmCounts(requests=0, labelled=0, correct=0, incorrect=0)
         arms: list[ArmOutcome] = []
         for arm in _ARMS:
@@ -217,15 +297,21 @@ class ExperimentController(Controller):
                     labelled=c.labelled,
                     correct=c.correct,
                     incorrect=c.incorrect,
+                    errors=c.errors,
+                    latency_p50_ms=c.latency_p50_ms,
+                    latency_p95_ms=c.latency_p95_ms,
+                    confusion=[ConfusionCell(label=lb, prediction=pr, count=n) for lb, pr, n in c.confusion],
                 )
             )
         return Outcomes(
             model_name=current.model_name,
-            experiment_id=current.experiment_id,
-            champion_version=current.champion_version,
-            challenger_version=current.challenger_version,
+            experiment_id=experiment.experiment_id,
+            champion_version=experiment.champion_version,
+            challenger_version=experiment.challenger_version,
             ab_split_b=_current_split(store, settings),
             arms=arms,
+            started_at=experiment.started_at,
+            plan=experiment.plan,
         )
 
 
@@ -265,6 +351,6 @@ class ModelController(Controller):
         sync_to_thread=True,
         responses={503: _HEALTH_503},
     )
-    def reload_models(self, models: ModelManager) -> Response[Health]:
+    def reload_models(self, experiments: ExperimentService) -> Response[Health]:
         """Re-read the aliases now (call after moving one); 503 with ErrorBody when the registry fails."""
-        return _health(models.refresh())
+        return _health(experiments.refresh())

@@ -50,3 +50,21 @@ class ModelSourceError(RouterError):
     """The model registry could not be read or a version could not be loaded."""
 
     status_code = 503
+
+
+class PredictionFailed(RouterError):
+    """The served model raised while predicting: our fault, recorded as an error of its arm."""
+
+    status_code = 500
+
+
+class InvalidPlan(RouterError):
+    """An experiment plan that passes the schema but cannot describe an experiment."""
+
+    status_code = 422
+
+
+class ExperimentConflict(RouterError):
+    """A change to an experiment that its current state does not allow (wrong challenger, already ended)."""
+
+    status_code = 409

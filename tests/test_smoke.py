@@ -43,5 +43,5 @@ def test_every_automation_validates_and_watches_a_known_event(path, definition):
 def test_retrain_automation_passes_every_payload_key_it_templates():
     retrain = next(d for p, d in definitions() if p.name == "retrain_on_drift.yaml")
     templated = {v.split("event.payload.")[1].strip(" }") for v in retrain["actions"][0]["parameters"].values()}
-    assert templated == {"model_name", "drift_share", "drifted_columns", "report_url"}
+    assert templated == {"model_name", "drift_share", "drifted_columns", "report_url", "loop_id"}
     assert templated <= set(events.DriftPayload.model_fields)

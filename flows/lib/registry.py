@@ -5,7 +5,9 @@ Aliases only, never stages. Names of aliases, tags and artifact paths come from 
 
 from __future__ import annotations
 
+import json
 import tempfile
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from contracts.registry import (
+    ALIAS_HISTORY_EXPERIMENT,
     CHALLENGER,
     CHAMPION,
     MODEL_ARTIFACT,
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
     TAG_DECISION,
+    TAG_DECISION_ID,
     TAG_PREVIOUS_CHAMPION,
+    TAG_REPLACED_BY,
     TAG_TARGET,
     model_uri,
 )
@@ -220,17 +225,112 @@ def load_pipeline(model_name: str, alias: str) -> Any:
     return mlflow.sklearn.load_model(model_uri(model_name, alias))
 
 
-def promote(model_name: str, version: str | int, *, reason: str) -> str | None:
+@dataclass(frozen=True)
+class AliasMove:
+    """One move of a registry alias and why it happened."""
+
+    model_name: str
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    """None when the alias was removed."""
+    reason: str
+    decision_id: str = ""
+    loop_id: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def record_move(move: AliasMove) -> str:
+    """Append a move to the alias history (one MLflow run per move, never edited); returns the run id."""
+    client = _client()
+    experiment = client.get_experiment_by_name(ALIAS_HISTORY_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(ALIAS_HISTORY_EXPERIMENT)
+    tags = {
+        "model_name": move.model_name,
+        "alias": move.alias,
+        "from_version": move.from_version or "",
+        "to_version": move.to_version or "",
+        "decision_id": move.decision_id,
+        "loop_id": move.loop_id,
+        "reason": move.reason[:_TAG_VALUE_MAX],
+    }
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{move.model_name}@{move.alias}: {move.from_version or '-'} -> {move.to_version or '-'}",
+        tags=tags,
+    )
+    client.log_text(run.info.run_id, json.dumps(asdict(move), indent=2, default=str), "move.json")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def alias_history(model_name: str) -> list[dict[str, str]]:
+    """Every recorded alias move of a model, oldest first."""
+    client = _client()
+    experiment = client.get_experiment_by_name(ALIAS_HISTORY_EXPERIMENT)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.model_name = '{model_name}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=5000,
+    )
+    keys = ("alias", "from_version", "to_version", "decision_id", "loop_id", "reason")
+    return [{k: run.data.tags.get(k, "") for k in keys} | {"run_id": run.info.run_id} for run in runs]
+
+
+def move_alias(
+    model_name: str,
+    alias: str,
+    version: str | int | None,
+    *,
+    reason: str,
+    decision_id: str = "",
+    loop_id: str = "",
+    evidence: dict[str, Any] | None = None,
+) -> str | None:
+    """Point `alias` at `version` (or remove it when `version` is None) and record the move.
+
+    Returns:
+        The version the alias pointed to before, or None.
+    """
+    current = get_version(model_name, alias)
+    previous = str(current.version) if current is not None else None
+    target = None if version is None else str(version)
+    if previous == target:
+        return previous
+    if target is None:
+        delete_alias(model_name, alias)
+    else:
+        set_alias(model_name, alias, target)
+    record_move(AliasMove(model_name, alias, previous, target, reason, decision_id, loop_id, evidence or {}))
+    return previous
+
+
+def promote(
+    model_name: str,
+    version: str | int,
+    *,
+    reason: str,
+    decision_id: str = "",
+    loop_id: str = "",
+    evidence: dict[str, Any] | None = None,
+) -> str | None:
     """Make `version` the champion and end the A/B test.
 
     Moves `champion` in a single alias write (the router never sees a model without a champion), tags
-    the new champion with the version it replaced and the decision, then deletes `challenger`.
-    Idempotent: promoting the current champion again changes no tags and returns the same answer.
+    the new champion with the version it replaced and the decision, tags the old champion with its
+    successor (it stays registered for a rollback), then deletes `challenger`. Both moves are recorded
+    in the alias history. Idempotent: promoting the current champion again changes nothing.
 
     Args:
         model_name: Registered model name.
         version: The version to promote.
-        reason: Why, recorded in the decision tag.
+        reason: Why, recorded in the decision tag and the history.
+        decision_id: The decision that moved it.
+        loop_id: The turn of the loop the version came from.
+        evidence: What the decision rested on (kept with the history record).
 
     Returns:
         The version that was champion before, or None when there was none.
@@ -244,10 +344,31 @@ def promote(model_name: str, version: str | int, *, reason: str) -> str | None:
         previous = current.tags.get(TAG_PREVIOUS_CHAMPION) or None
     else:
         previous = str(current.version) if current is not None else None
-        set_alias(model_name, CHAMPION, version)
-        tags = {TAG_DECISION: f"promoted: {reason}"}
+        move_alias(
+            model_name, CHAMPION, version, reason=reason, decision_id=decision_id, loop_id=loop_id,
+            evidence=evidence,
+        )  # fmt: skip
+        tags = {TAG_DECISION: f"promoted: {reason}", TAG_DECISION_ID: decision_id}
         if previous is not None:
             tags[TAG_PREVIOUS_CHAMPION] = previous
+            tag_version(model_name, previous, {TAG_REPLACED_BY: version, TAG_DECISION_ID: decision_id})
         tag_version(model_name, version, tags)
-    delete_alias(model_name, CHALLENGER)
+    move_alias(model_name, CHALLENGER, None, reason=f"promoted to {CHAMPION}", decision_id=decision_id, loop_id=loop_id)
     return previous
+
+
+def retire_challenger(
+    model_name: str, *, reason: str, decision_id: str = "", loop_id: str = "", evidence: dict[str, Any] | None = None
+) -> str | None:
+    """Stop testing the challenger: remove its alias, tag it with the decision and record the move.
+
+    Returns:
+        The version that was challenger, or None when there was none.
+    """
+    current = get_version(model_name, CHALLENGER)
+    if current is None:
+        return None
+    tag_version(model_name, current.version, {TAG_DECISION: f"rolled back: {reason}", TAG_DECISION_ID: decision_id})
+    return move_alias(
+        model_name, CHALLENGER, None, reason=reason, decision_id=decision_id, loop_id=loop_id, evidence=evidence
+    )

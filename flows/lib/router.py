@@ -7,7 +7,17 @@ from datetime import datetime
 import httpx
 import msgspec
 
-from contracts.api import Health, InferencePage, InferenceRecord, Outcomes
+from contracts.api import (
+    ConfigUpdate,
+    Experiment,
+    ExperimentEnd,
+    ExperimentPlan,
+    Health,
+    InferencePage,
+    InferenceRecord,
+    Outcomes,
+    RouterConfig,
+)
 
 
 class RouterClient:
@@ -42,6 +52,30 @@ class RouterClient:
     def outcomes(self) -> Outcomes:
         """Outcome counts per arm of the current experiment."""
         return msgspec.json.decode(self._get("/experiment/outcomes"), type=Outcomes)
+
+    def _send(self, method: str, path: str, body: msgspec.Struct | None = None) -> bytes:
+        content = msgspec.json.encode(body) if body is not None else None
+        response = self._http.request(method, path, content=content, headers={"content-type": "application/json"})
+        response.raise_for_status()
+        return response.content
+
+    def experiment(self) -> Experiment:
+        """The router's current experiment."""
+        return msgspec.json.decode(self._get("/experiment"), type=Experiment)
+
+    def set_plan(self, plan: ExperimentPlan) -> Experiment:
+        """Store the plan of the experiment of `plan.challenger_version` (it also sets the split)."""
+        return msgspec.json.decode(self._send("PUT", "/experiment/plan", plan), type=Experiment)
+
+    def end_experiment(self, end: ExperimentEnd) -> Experiment:
+        """Mark the experiment ended with its decision; the router reloads the aliases."""
+        return msgspec.json.decode(self._send("POST", "/experiment/end", end), type=Experiment)
+
+    def set_split(self, ab_split_b: float) -> RouterConfig:
+        """Change the share of users sent to the challenger."""
+        return msgspec.json.decode(
+            self._send("POST", "/config", ConfigUpdate(ab_split_b=ab_split_b)), type=RouterConfig
+        )
 
     def reload_models(self) -> Health:
         """Make the router re-read the registry aliases now."""

@@ -1,4 +1,4 @@
-"""The inference log and the shared run-time config, in SQL (SQLite or Postgres) through SQLAlchemy Core."""
+"""The inference log, prediction errors, experiments and the shared run-time config, in SQL through SQLAlchemy Core."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from contracts.api import Arm
-from serving.errors import AlreadyLabelled, UnknownRequest
+from serving.errors import AlreadyLabelled, ExperimentConflict, UnknownRequest
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,38 @@ router_config = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+prediction_errors = sa.Table(
+    "prediction_errors",
+    metadata,
+    # A request whose model raised: never answered with a prediction, but it counts against its arm.
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("ts", UTCDateTime(), nullable=False),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("arm", sa.String(16), nullable=False),
+    sa.Column("model_name", sa.String(256), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("experiment_id", sa.String(160), nullable=False, index=True),
+    sa.Column("error", sa.Text(), nullable=False),
+)
+
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    # One row per champion/challenger pair, shared by every replica on this store.
+    sa.Column("experiment_id", sa.String(160), primary_key=True),
+    sa.Column("model_name", sa.String(256), nullable=False),
+    sa.Column("champion_version", sa.String(64), nullable=False),
+    sa.Column("challenger_version", sa.String(64), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True, index=True),
+    sa.Column("plan", sa.JSON(), nullable=True),
+    sa.Column("sample_reached_at", UTCDateTime(), nullable=True),
+    sa.Column("ended_at", UTCDateTime(), nullable=True),
+    sa.Column("end_decision", sa.String(16), nullable=True),
+    sa.Column("end_reason", sa.Text(), nullable=True),
+)
+
 _CONFIG_ROW = 1
+_MAX_ERROR_CHARS = 4000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +119,20 @@ class InferenceRow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PredictionErrorRow:
+    """One request whose prediction raised."""
+
+    request_id: str
+    ts: datetime
+    user_id: str
+    arm: Arm
+    model_name: str
+    model_version: str
+    experiment_id: str
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ArmCounts:
     """Aggregate outcome of one arm."""
 
@@ -94,6 +140,28 @@ class ArmCounts:
     labelled: int
     correct: int
     incorrect: int
+    errors: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    confusion: tuple[tuple[str, str, int], ...] = ()
+    """(label, prediction, count) over the labelled requests, sorted by label then prediction."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentRow:
+    """One stored experiment (a champion/challenger pair)."""
+
+    experiment_id: str
+    model_name: str
+    champion_version: str
+    challenger_version: str
+    started_at: datetime | None
+    plan: dict[str, Any] | None
+    """The `ExperimentPlan` as JSON."""
+    sample_reached_at: datetime | None
+    ended_at: datetime | None
+    end_decision: str | None
+    end_reason: str | None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -108,6 +176,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _row(mapping: Any) -> InferenceRow:
     return InferenceRow(**{col.name: mapping[col.name] for col in inferences.columns})
+
+
+def _experiment(mapping: Any) -> ExperimentRow:
+    return ExperimentRow(**{col.name: mapping[col.name] for col in experiments.columns})
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
 
 
 class Store:
@@ -231,22 +307,35 @@ class Store:
         with self.engine.connect() as conn:
             return [_row(r._mapping) for r in conn.execute(stmt)]
 
+    def record_error(self, row: PredictionErrorRow) -> None:
+        """Insert one failed prediction and commit before returning.
+
+        Args:
+            row: The failed request; its error text is cut to a few thousand characters.
+        """
+        values = {**row.__dict__, "error": row.error[:_MAX_ERROR_CHARS]}
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(prediction_errors).values(**values))
+
     def outcomes(self, experiment_id: str) -> dict[str, ArmCounts]:
-        """Per-arm counts of one experiment, aggregated in SQL.
+        """Per-arm counts, errors, latency percentiles and confusion cells of one experiment.
+
+        Counts and confusion cells are aggregated in SQL; the percentiles are numpy's (linear interpolation)
+        over the experiment's latencies, since SQLite has no percentile function.
 
         Args:
             experiment_id: e.g. `v3` or `v3-vs-v4`.
 
         Returns:
-            Arm name to counts, for the arms that served at least one request.
+            Arm name to counts, for the arms that answered or failed at least one request.
         """
-        c = inferences.c
+        c, e = inferences.c, prediction_errors.c
         labelled = c.label.is_not(None)
 
         def count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
             return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
 
-        stmt = (
+        counts = (
             sa.select(
                 c.arm,
                 sa.func.count().label("requests"),
@@ -257,16 +346,223 @@ class Store:
             .where(c.experiment_id == experiment_id)
             .group_by(c.arm)
         )
+        errors = (
+            sa.select(e.arm, sa.func.count().label("errors")).where(e.experiment_id == experiment_id).group_by(e.arm)
+        )
+        latencies = sa.select(c.arm, c.latency_ms).where(c.experiment_id == experiment_id)
+        confusion = (
+            sa.select(c.arm, c.label, c.prediction, sa.func.count().label("n"))
+            .where(c.experiment_id == experiment_id, labelled)
+            .group_by(c.arm, c.label, c.prediction)
+            .order_by(c.arm, c.label, c.prediction)
+        )
         with self.engine.connect() as conn:
-            return {
-                r.arm: ArmCounts(
-                    requests=int(r.requests),
-                    labelled=int(r.labelled),
-                    correct=int(r.correct),
-                    incorrect=int(r.incorrect),
+            count_rows = {r.arm: r for r in conn.execute(counts)}
+            error_counts = {r.arm: int(r.errors) for r in conn.execute(errors)}
+            by_arm: dict[str, list[float]] = {}
+            for r in conn.execute(latencies):
+                by_arm.setdefault(r.arm, []).append(float(r.latency_ms))
+            cells: dict[str, list[tuple[str, str, int]]] = {}
+            for r in conn.execute(confusion):
+                cells.setdefault(r.arm, []).append((r.label, r.prediction, int(r.n)))
+        result: dict[str, ArmCounts] = {}
+        for arm in sorted(count_rows.keys() | error_counts.keys()):
+            r = count_rows.get(arm)
+            result[arm] = ArmCounts(
+                requests=int(r.requests) if r else 0,
+                labelled=int(r.labelled) if r else 0,
+                correct=int(r.correct) if r else 0,
+                incorrect=int(r.incorrect) if r else 0,
+                errors=error_counts.get(arm, 0),
+                latency_p50_ms=_percentile(by_arm.get(arm, []), 50),
+                latency_p95_ms=_percentile(by_arm.get(arm, []), 95),
+                confusion=tuple(cells.get(arm, ())),
+            )
+        return result
+
+    def labelled_per_arm(self, experiment_id: str) -> dict[str, int]:
+        """Labelled requests per arm of one experiment (the cheap part of `outcomes`, for the refresh loop)."""
+        c = inferences.c
+        stmt = (
+            sa.select(c.arm, sa.func.count(c.label).label("labelled"))
+            .where(c.experiment_id == experiment_id)
+            .group_by(c.arm)
+        )
+        with self.engine.connect() as conn:
+            return {r.arm: int(r.labelled) for r in conn.execute(stmt)}
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRow | None:
+        """One stored experiment, or None."""
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(experiments).where(experiments.c.experiment_id == experiment_id)).first()
+        return _experiment(found._mapping) if found else None
+
+    def latest_started_experiment(self) -> ExperimentRow | None:
+        """The experiment the router started serving last, or None when none ever started."""
+        x = experiments.c
+        stmt = (
+            sa.select(experiments)
+            .where(x.started_at.is_not(None))
+            .order_by(x.started_at.desc(), x.experiment_id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(stmt).first()
+        return _experiment(found._mapping) if found else None
+
+    def _insert_experiment(self, **values: Any) -> bool:
+        """Insert an experiment row unless it exists; returns whether this call inserted it."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(experiments).values(**values))
+        except sa.exc.IntegrityError:
+            return False  # it exists, or another replica inserted it first
+        return True
+
+    def mark_started(
+        self, *, model_name: str, experiment_id: str, champion_version: str, challenger_version: str, at: datetime
+    ) -> ExperimentRow:
+        """Record when the router first served an experiment; later calls (and other replicas) keep the first time.
+
+        Args:
+            model_name: Registered model name.
+            experiment_id: `v{champion}-vs-v{challenger}`.
+            champion_version: Champion of the pair.
+            challenger_version: Challenger of the pair.
+            at: When the pair was first seen.
+
+        Returns:
+            The stored experiment.
+        """
+        x = experiments.c
+        row = self.get_experiment(experiment_id)
+        if row is not None and row.started_at is not None:
+            return row
+        inserted = row is None and self._insert_experiment(
+            experiment_id=experiment_id,
+            model_name=model_name,
+            champion_version=champion_version,
+            challenger_version=challenger_version,
+            started_at=at,
+        )
+        if not inserted:
+            # A plan came first (or another replica raced us): set the start only where none is set.
+            update = sa.update(experiments).where(x.experiment_id == experiment_id, x.started_at.is_(None))
+            with self.engine.begin() as conn:
+                conn.execute(update.values(started_at=at))
+        row = self.get_experiment(experiment_id)
+        assert row is not None
+        return row
+
+    def save_plan(
+        self,
+        *,
+        model_name: str,
+        experiment_id: str,
+        champion_version: str,
+        challenger_version: str,
+        plan: dict[str, Any],
+    ) -> ExperimentRow:
+        """Store (or replace) the plan of an experiment, whether or not the router serves it yet.
+
+        Args:
+            model_name: Registered model name.
+            experiment_id: `v{champion}-vs-v{challenger}`.
+            champion_version: Champion of the pair.
+            challenger_version: Challenger of the pair.
+            plan: The `ExperimentPlan` as JSON.
+
+        Returns:
+            The stored experiment.
+
+        Raises:
+            ExperimentConflict: The experiment has ended; its plan is part of the record now.
+        """
+        x = experiments.c
+        inserted = self.get_experiment(experiment_id) is None and self._insert_experiment(
+            experiment_id=experiment_id,
+            model_name=model_name,
+            champion_version=champion_version,
+            challenger_version=challenger_version,
+            plan=plan,
+        )
+        if not inserted:
+            update = sa.update(experiments).where(x.experiment_id == experiment_id, x.ended_at.is_(None))
+            with self.engine.begin() as conn:
+                updated = conn.execute(update.values(plan=plan)).rowcount
+            if updated != 1:
+                row = self.get_experiment(experiment_id)
+                assert row is not None
+                raise ExperimentConflict(
+                    f"experiment {experiment_id} ended at {row.ended_at:%Y-%m-%dT%H:%M:%SZ} "
+                    f"({row.end_decision}); its plan can no longer change",
+                    extra={"experiment_id": experiment_id, "ended_at": str(row.ended_at)},
                 )
-                for r in conn.execute(stmt)
-            }
+        row = self.get_experiment(experiment_id)
+        assert row is not None
+        return row
+
+    def claim_sample_reached(self, experiment_id: str, at: datetime) -> bool:
+        """Set `sample_reached_at` unless set; True only for the one call (of any replica) that set it."""
+        x = experiments.c
+        update = sa.update(experiments).where(x.experiment_id == experiment_id, x.sample_reached_at.is_(None))
+        with self.engine.begin() as conn:
+            return conn.execute(update.values(sample_reached_at=at)).rowcount == 1
+
+    def release_sample_reached(self, experiment_id: str, at: datetime) -> None:
+        """Undo a claim whose event could not be emitted, so that a later refresh tries again."""
+        x = experiments.c
+        update = sa.update(experiments).where(x.experiment_id == experiment_id, x.sample_reached_at == at)
+        with self.engine.begin() as conn:
+            conn.execute(update.values(sample_reached_at=None))
+
+    def end_experiment(
+        self,
+        *,
+        model_name: str,
+        experiment_id: str,
+        champion_version: str,
+        challenger_version: str,
+        decision: str,
+        reason: str,
+        at: datetime,
+    ) -> ExperimentRow:
+        """Mark an experiment ended with the decision that ended it; ending it again with the same decision is a no-op.
+
+        Args:
+            model_name: Registered model name.
+            experiment_id: `v{champion}-vs-v{challenger}`.
+            champion_version: Champion of the pair.
+            challenger_version: Challenger of the pair.
+            decision: `PROMOTE` or `ROLLBACK`.
+            reason: Why, in words.
+            at: When it ended.
+
+        Returns:
+            The stored experiment (with the first end, when it had ended already).
+
+        Raises:
+            ExperimentConflict: It already ended with another decision.
+        """
+        x = experiments.c
+        if self.get_experiment(experiment_id) is None:
+            self._insert_experiment(
+                experiment_id=experiment_id,
+                model_name=model_name,
+                champion_version=champion_version,
+                challenger_version=challenger_version,
+            )
+        update = sa.update(experiments).where(x.experiment_id == experiment_id, x.ended_at.is_(None))
+        with self.engine.begin() as conn:
+            conn.execute(update.values(ended_at=at, end_decision=decision, end_reason=reason))
+        row = self.get_experiment(experiment_id)
+        assert row is not None and row.ended_at is not None
+        if row.end_decision != decision:
+            raise ExperimentConflict(
+                f"experiment {experiment_id} already ended with {row.end_decision}: {row.end_reason}",
+                extra={"experiment_id": experiment_id, "decision": row.end_decision, "rejected_decision": decision},
+            )
+        return row
 
     def get_split(self) -> float | None:
         """The shared challenger share, or None when none was ever stored."""

@@ -1,10 +1,11 @@
-"""Router test fixtures: a stub model source, settings on a temp SQLite store, an app factory and `client`."""
+"""Router test fixtures: stub model source, settings on a temp SQLite store, captured events, app factory, `client`."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,15 +33,24 @@ class StubModel:
         return np.where(frame["petal_length"] < 2.5, "setosa", self.other)
 
 
+class BrokenModel:
+    """A model that raises on every call, as a model with a bad artifact or a missing dependency would."""
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        raise RuntimeError("model artifact is corrupt")
+
+
 class StubSource:
     """In-memory registry: `aliases` maps alias to version; every version serves a `StubModel`."""
 
     def __init__(self, model_name: str = "Iris", **aliases: str) -> None:
         self.model_name = model_name
         self.aliases: dict[str, str] = aliases
-        self.models: dict[str, StubModel] = {}
+        self.models: dict[str, StubModel | BrokenModel] = {}
         self.loads: Counter[str] = Counter()
         self.broken = False
+        self.failing: set[str] = set()
+        """Versions whose model raises on every prediction."""
         self.opened = False
 
     def open(self) -> None:
@@ -57,7 +67,12 @@ class StubSource:
     def load(self, version: str) -> ServedModel:
         self.loads[version] += 1
         # Even versions predict virginica for large petals, odd ones versicolor: arms are tellable apart.
-        model = self.models.setdefault(version, StubModel("virginica" if int(version) % 2 == 0 else "versicolor"))
+        model = self.models.setdefault(
+            version,
+            BrokenModel()
+            if version in self.failing
+            else StubModel("virginica" if int(version) % 2 == 0 else "versicolor"),
+        )
         features = tuple(FeatureSpec(name, "double") for name in FEATURES)
         return ServedModel(name=self.model_name, version=version, features=features, estimator=model)
 
@@ -92,13 +107,34 @@ def source() -> StubSource:
     return StubSource(champion="1", challenger="2")
 
 
+class EventRecorder:
+    """Stands in for the Prefect emitter: keeps every event; `fail` makes the next calls raise."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.fail = False
+
+    def __call__(
+        self, *, event: str, resource: dict[str, str], related: list[dict[str, str]], payload: dict[str, Any]
+    ) -> None:
+        if self.fail:
+            raise ConnectionError("prefect unreachable")
+        self.events.append({"event": event, "resource": resource, "related": related, "payload": payload})
+
+
 @pytest.fixture
-def make_app(settings: RouterSettings, source: StubSource) -> Callable[..., Litestar]:
+def emitted() -> EventRecorder:
+    """The events every app built by `make_app` emitted (shared by replicas)."""
+    return EventRecorder()
+
+
+@pytest.fixture
+def make_app(settings: RouterSettings, source: StubSource, emitted: EventRecorder) -> Callable[..., Litestar]:
     """Build an app; each call opens its own `Store` on the same database file (like a replica or a restart)."""
 
     def make(*, source: StubSource = source, settings: RouterSettings = settings, **changes: object) -> Litestar:
         settings = settings.model_copy(update=changes) if changes else settings
-        return create_app(settings, model_source=source, store=Store(settings.store_url()))
+        return create_app(settings, model_source=source, store=Store(settings.store_url()), event_emitter=emitted)
 
     return make
 

@@ -1,18 +1,20 @@
 """GET /experiment/outcomes counts and GET /inferences filters, and that records survive a restart."""
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
 from litestar.testing import AsyncTestClient
 
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 LARGE = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+ARMS = ("champion", "challenger")
 
 
 async def test_outcomes_count_what_was_posted(client):
-    expected = {
-        "champion": {"requests": 0, "labelled": 0, "correct": 0, "incorrect": 0},
-        "challenger": {"requests": 0, "labelled": 0, "correct": 0, "incorrect": 0},
-    }
+    before = datetime.now(UTC)
+    expected = {arm: {"requests": 0, "labelled": 0, "correct": 0, "incorrect": 0, "errors": 0} for arm in ARMS}
+    cells: dict[str, Counter[tuple[str, str]]] = {arm: Counter() for arm in ARMS}
     for i in range(60):
         features = SETOSA if i % 2 else LARGE
         # Labels: inline for a third, by feedback for a third, none for the rest; "setosa" always.
@@ -25,26 +27,51 @@ async def test_outcomes_count_what_was_posted(client):
         if i % 3 in (0, 1):
             counts["labelled"] += 1
             counts["correct" if served["prediction"] == "setosa" else "incorrect"] += 1
+            cells[served["arm"]][("setosa", served["prediction"])] += 1
+    records = (await client.get("/inferences")).json()["records"]
+    for arm in ARMS:
+        latencies = [r["latency_ms"] for r in records if r["arm"] == arm]
+        expected[arm]["latency_p50_ms"] = float(np.percentile(latencies, 50))
+        expected[arm]["latency_p95_ms"] = float(np.percentile(latencies, 95))
+        expected[arm]["confusion"] = [
+            {"label": label, "prediction": prediction, "count": n}
+            for (label, prediction), n in sorted(cells[arm].items())
+        ]
 
-    assert (await client.get("/experiment/outcomes")).json() == {
+    outcomes = (await client.get("/experiment/outcomes")).json()
+    # The router started this experiment when its lifespan loaded the pair, before any request.
+    assert before - timedelta(seconds=5) < datetime.fromisoformat(outcomes.pop("started_at")) <= before
+    assert outcomes == {
         "model_name": "Iris",
         "experiment_id": "v1-vs-v2",
         "champion_version": "1",
         "challenger_version": "2",
         "ab_split_b": 0.5,
+        "plan": None,
         "arms": [
             {"arm": "champion", "model_version": "1", **expected["champion"]},
             {"arm": "challenger", "model_version": "2", **expected["challenger"]},
         ],
     }
     assert all(c["requests"] > 0 and c["correct"] > 0 and c["incorrect"] > 0 for c in expected.values())
+    assert all(len(c["confusion"]) == 2 for c in expected.values())
 
 
 async def test_outcomes_list_loaded_arms_with_zeros(client):
     arms = (await client.get("/experiment/outcomes")).json()["arms"]
+    zero = {
+        "requests": 0,
+        "labelled": 0,
+        "correct": 0,
+        "incorrect": 0,
+        "errors": 0,
+        "latency_p50_ms": None,
+        "latency_p95_ms": None,
+        "confusion": [],
+    }
     assert arms == [
-        {"arm": "champion", "model_version": "1", "requests": 0, "labelled": 0, "correct": 0, "incorrect": 0},
-        {"arm": "challenger", "model_version": "2", "requests": 0, "labelled": 0, "correct": 0, "incorrect": 0},
+        {"arm": "champion", "model_version": "1", **zero},
+        {"arm": "challenger", "model_version": "2", **zero},
     ]
 
 

@@ -1,0 +1,343 @@
+"""The peeking-safe A/B statistics: sample size, always-valid test, SRM, guardrails and every decision path."""
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import numpy as np
+import pytest
+from scipy.stats import chi2_contingency
+from sklearn.metrics import precision_recall_fscore_support
+
+from contracts.api import ArmOutcome, ConfusionCell, ExperimentPlan, Outcomes
+from flows.lib.experiment import (
+    MIN_LABELLED_PER_ARM,
+    Evidence,
+    arm_metrics,
+    decide,
+    error_guardrail,
+    evidence_from_outcomes,
+    latency_guardrail,
+    plain_chi2,
+    plan_sample_size,
+    sequential_power,
+    sequential_test,
+    srm_check,
+)
+
+START = datetime(2024, 6, 1, 12, tzinfo=UTC)
+
+
+def plan(**overrides) -> ExperimentPlan:
+    fields = {
+        "champion_version": "1",
+        "challenger_version": "2",
+        "alpha": 0.05,
+        "power": 0.8,
+        "mde": 0.05,
+        "baseline": 0.8,
+        "min_samples_per_arm": 1750,
+        "fixed_horizon_samples_per_arm": 906,
+        "ab_split_b": 0.5,
+        "max_duration_hours": 72.0,
+    }
+    return ExperimentPlan(**(fields | overrides))
+
+
+def arm(
+    name: str, *, labelled: int, correct: int, requests: int | None = None, errors: int = 0, p95: float = 40.0
+) -> ArmOutcome:
+    """An arm of a binary classifier whose mistakes are split evenly between the two labels."""
+    wrong = labelled - correct
+    confusion = [
+        ConfusionCell(label="yes", prediction="yes", count=correct // 2),
+        ConfusionCell(label="no", prediction="no", count=correct - correct // 2),
+        ConfusionCell(label="yes", prediction="no", count=wrong // 2),
+        ConfusionCell(label="no", prediction="yes", count=wrong - wrong // 2),
+    ]
+    return ArmOutcome(
+        arm=name,
+        model_version="1" if name == "champion" else "2",
+        requests=2 * labelled if requests is None else requests,
+        labelled=labelled,
+        correct=correct,
+        incorrect=wrong,
+        errors=errors,
+        latency_p50_ms=p95 / 2,
+        latency_p95_ms=p95,
+        confusion=[c for c in confusion if c.count],
+    )
+
+
+def look(champion: ArmOutcome, challenger: ArmOutcome, *, hours: float = 5.0, **plan_overrides) -> Evidence:
+    outcomes = Outcomes(
+        model_name="m",
+        experiment_id="v1-vs-v2",
+        champion_version="1",
+        challenger_version="2",
+        ab_split_b=0.5,
+        arms=[champion, challenger],
+        started_at=START,
+    )
+    return evidence_from_outcomes(outcomes, plan(**plan_overrides), START + timedelta(hours=hours))
+
+
+def accuracies(correct_champion: int, correct_challenger: int, n: int = 2000) -> Evidence:
+    champion = arm("champion", labelled=n, correct=correct_champion)
+    return look(champion, arm("challenger", labelled=n, correct=correct_challenger))
+
+
+# --- sample size ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "baseline,mde,expected",
+    [
+        # (1.959964 * sqrt(2 * .825 * .175) + 0.841621 * sqrt(.8 * .2 + .85 * .15))^2 / .05^2
+        #   = (1.053197 + 0.451269)^2 / 0.0025 = 905.37 -> 906
+        (0.80, 0.05, 906),
+        # (1.959964 * sqrt(2 * .55 * .45) + 0.841621 * sqrt(.5 * .5 + .6 * .4))^2 / .1^2
+        #   = (1.378958 + 0.589135)^2 / 0.01 = 387.34 -> 388 (the usual textbook answer for 50% vs 60%)
+        (0.50, 0.10, 388),
+    ],
+)
+def test_fixed_horizon_size_matches_the_textbook_formula(baseline, mde, expected):
+    assert plan_sample_size(baseline=baseline, mde=mde, alpha=0.05, power=0.8)[1] == expected
+
+
+def test_sequential_size_is_the_smallest_n_with_the_power_and_exceeds_the_fixed_one():
+    sequential, fixed = plan_sample_size(baseline=0.8, mde=0.05, alpha=0.05, power=0.8)
+    power_at = lambda n: sequential_power(n, baseline=0.8, mde=0.05, alpha=0.05, tau=0.05)  # noqa: E731
+    assert power_at(sequential) >= 0.8 > power_at(sequential - 1)
+    assert fixed < sequential < 3 * fixed
+    assert plan_sample_size(baseline=0.8, mde=0.05, alpha=0.05, power=0.8, tau=0.05)[0] == sequential
+
+
+def test_sample_size_rejects_a_lift_beyond_perfect_accuracy_and_accepts_one_up_to_it():
+    with pytest.raises(ValueError, match="baseline <= 1 - mde"):
+        plan_sample_size(baseline=0.97, mde=0.05, alpha=0.05, power=0.8)
+    sequential, fixed = plan_sample_size(baseline=0.95, mde=0.05, alpha=0.05, power=0.8)
+    assert 1 <= fixed < sequential
+
+
+# --- the always-valid test ------------------------------------------------------------------------------------
+
+
+def test_confidence_sequence_contains_the_estimate_and_shrinks_with_n():
+    widths = []
+    for n in (100, 400, 1600, 6400):
+        result = sequential_test(n, int(0.80 * n), n, int(0.83 * n), alpha=0.05, tau=0.05)
+        assert result.lower <= result.d_hat <= result.upper
+        assert result.d_hat == pytest.approx(0.03)
+        widths.append(result.upper - result.lower)
+    assert widths == sorted(widths, reverse=True) and widths[-1] < widths[0] / 4
+
+
+def test_zero_outside_the_confidence_sequence_iff_p_at_most_alpha():
+    rng = np.random.default_rng(7)
+    seen = {True: 0, False: 0}
+    for _ in range(2000):
+        n_a, n_b = rng.integers(10, 3000, size=2)
+        x_a = rng.binomial(n_a, 0.8)
+        x_b = rng.binomial(n_b, rng.uniform(0.74, 0.86))
+        for alpha in (0.05, 0.01):
+            result = sequential_test(int(n_a), int(x_a), int(n_b), int(x_b), alpha=alpha, tau=0.05)
+            rejects = result.lower > 0 or result.upper < 0
+            assert rejects == (result.p_value <= alpha)
+            seen[rejects] += 1
+    assert min(seen.values()) > 100  # both sides of the boundary were exercised
+
+
+def test_p_value_is_one_over_the_mixture_likelihood_ratio():
+    result = sequential_test(1000, 800, 1000, 850, alpha=0.05, tau=0.05)
+    assert result.p_value == pytest.approx(1 / result.lambda_)
+    v, t2 = result.variance, 0.05**2
+    by_hand = math.sqrt(v / (v + t2)) * math.exp(t2 * 0.05**2 / (2 * v * (v + t2)))
+    assert result.lambda_ == pytest.approx(by_hand)
+
+
+def test_all_correct_in_both_arms_has_a_finite_interval_and_no_difference():
+    result = sequential_test(500, 500, 500, 500, alpha=0.05, tau=0.05)
+    assert result.d_hat == 0.0 and result.p_value == 1.0
+    assert -0.05 < result.lower < 0 < result.upper < 0.05
+    assert plain_chi2(500, 500, 500, 500) == 1.0
+    decision = decide(look(arm("champion", labelled=500, correct=500), arm("challenger", labelled=500, correct=500)))
+    assert decision.decision == "CONTINUE"
+    json.dumps(decision.to_dict(), allow_nan=False)
+
+
+def test_all_wrong_against_all_right_overflows_nothing():
+    result = sequential_test(200, 0, 200, 200, alpha=0.05, tau=0.05)
+    assert result.p_value == 0.0 and result.lambda_ == math.inf and math.isfinite(result.log_lambda)
+    assert 0.9 < result.lower <= result.d_hat == result.upper == 1.0
+    decision = decide(look(arm("champion", labelled=200, correct=0), arm("challenger", labelled=200, correct=200)))
+    assert decision.decision == "PROMOTE"
+    json.dumps(decision.to_dict(), allow_nan=False)
+
+
+def test_plain_chi2_matches_scipy_and_is_reported_as_not_peeking_safe():
+    assert plain_chi2(1000, 800, 1000, 850) == pytest.approx(chi2_contingency([[800, 200], [850, 150]])[1])
+    evidence = decide(look(arm("champion", labelled=1000, correct=800), arm("challenger", labelled=1000, correct=850)))
+    assert "not peeking-safe" in evidence.evidence["plain_chi2"]["note"]
+
+
+# --- SRM, metrics, guardrails ---------------------------------------------------------------------------------
+
+
+def test_srm_check_accepts_a_mapping_or_a_pair():
+    by_name = srm_check({"champion": 5300, "challenger": 4700}, 0.5)
+    by_pair = srm_check((5300, 4700), 0.5)
+    assert by_name == by_pair
+    assert by_pair.mismatch and by_pair.p_value < 1e-6 and by_pair.expected == (5000.0, 5000.0)
+    assert not srm_check((5030, 4970), 0.5).mismatch
+    assert not srm_check((700, 300), 0.3).mismatch
+    tiny = srm_check((3, 0), 0.5)
+    assert not tiny.mismatch and not tiny.enough_data
+
+
+def test_arm_metrics_match_sklearn_on_the_expanded_pairs():
+    cells = [("a", "a", 50), ("a", "b", 7), ("b", "b", 30), ("b", "c", 3), ("c", "a", 10)]
+    y_true = [label for label, _, count in cells for _ in range(count)]
+    y_pred = [prediction for _, prediction, count in cells for _ in range(count)]
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
+    expected = {
+        "labelled": 100,
+        "accuracy": 0.8,
+        "precision_macro": pytest.approx(precision),
+        "recall_macro": pytest.approx(recall),
+        "f1_macro": pytest.approx(f1),
+    }
+    assert arm_metrics(cells) == expected
+    assert arm_metrics([ConfusionCell(label=t, prediction=p, count=c) for t, p, c in cells]) == expected
+    assert arm_metrics([])["accuracy"] is None
+
+
+def test_error_guardrail_holds_for_equal_rates_and_breaches_past_the_margin():
+    equal = error_guardrail(10_000, 20, 10_000, 25, margin=0.01, alpha=0.05, tau=0.01)
+    assert equal.holds and equal.detail.startswith("holds")
+    worse = error_guardrail(10_000, 20, 10_000, 600, margin=0.01, alpha=0.05, tau=0.01)
+    assert not worse.holds and worse.values["cs_lower"] > 0.01
+    # Worse, but not provably by more than the margin: holds.
+    assert error_guardrail(10_000, 20, 10_000, 120, margin=0.01, alpha=0.05, tau=0.01).holds
+    assert error_guardrail(0, 0, 10, 10, margin=0.01, alpha=0.05, tau=0.01).detail.startswith("not enough data")
+
+
+def test_latency_guardrail_needs_data_and_allows_the_margin_plus_slack():
+    assert latency_guardrail(50, 40.0, 50, 400.0, margin=0.25).holds  # not enough data
+    assert latency_guardrail(500, 40.0, 500, 50.9, margin=0.25).holds  # 40 * 1.25 + 1 = 51
+    assert not latency_guardrail(500, 40.0, 500, 51.5, margin=0.25).holds
+    assert latency_guardrail(500, None, 500, 51.5, margin=0.25).holds
+
+
+# --- every decision path --------------------------------------------------------------------------------------
+
+
+def test_invalid_on_a_sample_ratio_mismatch_of_all_traffic():
+    decision = decide(
+        look(
+            arm("champion", labelled=2000, correct=1600, requests=5300),
+            arm("challenger", labelled=2000, correct=1720, requests=4700),
+        )
+    )
+    assert decision.decision == "INVALID" and decision.evidence["rule"] == "srm_all"
+    assert "all assigned traffic" in decision.reason and "p=" in decision.reason
+
+
+def test_invalid_on_a_sample_ratio_mismatch_of_the_labelled_outcomes_only():
+    decision = decide(
+        look(
+            arm("champion", labelled=2000, correct=1600, requests=5000),
+            arm("challenger", labelled=1700, correct=1460, requests=5000),
+        )
+    )
+    assert decision.evidence["srm"]["all_traffic"]["mismatch"] is False
+    assert decision.decision == "INVALID" and decision.evidence["rule"] == "srm_labelled"
+    assert "labelled outcomes" in decision.reason
+
+
+def test_rollback_on_an_error_rate_breach_even_when_more_accurate():
+    decision = decide(
+        look(
+            arm("champion", labelled=2000, correct=1600, requests=4990, errors=10),
+            arm("challenger", labelled=2000, correct=1800, requests=4700, errors=300),
+        )
+    )
+    assert decision.decision == "ROLLBACK" and decision.evidence["rule"] == "guardrail"
+    assert "error_rate BREACHED" in decision.reason
+
+
+def test_rollback_on_a_latency_breach_even_when_more_accurate():
+    decision = decide(
+        look(arm("champion", labelled=2000, correct=1600), arm("challenger", labelled=2000, correct=1800, p95=90.0))
+    )
+    assert decision.decision == "ROLLBACK" and decision.evidence["rule"] == "guardrail"
+    assert "latency_p95 BREACHED" in decision.reason
+
+
+def test_promote_when_the_confidence_sequence_is_above_zero():
+    decision = decide(accuracies(1600, 1720))
+    assert decision.decision == "PROMOTE" and decision.evidence["rule"] == "better"
+    assert decision.evidence["primary"]["cs_lower"] > 0
+    assert all(g["holds"] for g in decision.evidence["guardrails"])
+
+
+def test_rollback_when_the_challenger_is_significantly_worse():
+    decision = decide(accuracies(1720, 1600))
+    assert decision.decision == "ROLLBACK" and decision.evidence["rule"] == "worse"
+    assert decision.evidence["primary"]["cs_upper"] < 0
+
+
+def test_rollback_at_the_maximum_duration_without_a_win():
+    champion, challenger = arm("champion", labelled=2000, correct=1600), arm("challenger", labelled=2000, correct=1620)
+    assert decide(look(champion, challenger, hours=71.9)).decision == "CONTINUE"
+    decision = decide(look(champion, challenger, hours=72.0))
+    assert decision.decision == "ROLLBACK" and decision.evidence["rule"] == "max_duration"
+    assert "no win within the maximum duration" in decision.reason
+
+
+def test_continue_while_undecided_and_while_labels_are_few():
+    undecided = decide(look(arm("champion", labelled=500, correct=400), arm("challenger", labelled=500, correct=410)))
+    assert undecided.decision == "CONTINUE" and undecided.evidence["rule"] == "undecided"
+    few = MIN_LABELLED_PER_ARM - 1
+    waiting = decide(look(arm("champion", labelled=few, correct=0), arm("challenger", labelled=few, correct=few)))
+    assert waiting.decision == "CONTINUE" and waiting.evidence["rule"] == "too_few_labelled"
+    assert waiting.evidence["primary"] is None
+
+
+def test_the_evidence_explains_the_decision_and_is_json_ready():
+    decision = decide(accuracies(1600, 1720))
+    evidence = json.loads(json.dumps(decision.to_dict(), allow_nan=False))["evidence"]
+    champion, challenger = evidence["arms"]["champion"], evidence["arms"]["challenger"]
+    assert (champion["labelled"], champion["correct"], challenger["correct"]) == (2000, 1600, 1720)
+    assert challenger["accuracy"] == pytest.approx(0.86) and challenger["f1_macro"] == pytest.approx(0.86)
+    assert evidence["primary"]["d_hat"] == pytest.approx(0.06) and evidence["tau"] == 0.05
+    assert evidence["primary"]["always_valid_p"] <= 0.05 and evidence["plain_chi2"]["p_value"] < 1e-4
+    assert set(evidence["srm"]) == {"all_traffic", "labelled"}
+    assert [g["name"] for g in evidence["guardrails"]] == ["error_rate", "latency_p95"]
+    assert evidence["plan"]["mde"] == 0.05 and evidence["elapsed_hours"] == 5.0
+    assert evidence["samples"] == {
+        "labelled_per_arm": 2000,
+        "planned_per_arm": 1750,
+        "fixed_horizon_per_arm": 906,
+        "fraction_of_plan": pytest.approx(2000 / 1750),
+    }
+
+
+def test_evidence_from_outcomes_fills_a_missing_arm_and_reads_naive_times_as_utc():
+    outcomes = Outcomes(
+        model_name="m",
+        experiment_id="v1-vs-v2",
+        champion_version="1",
+        challenger_version="2",
+        ab_split_b=0.5,
+        arms=[arm("champion", labelled=30, correct=20)],
+        started_at=START,
+    )
+    evidence = evidence_from_outcomes(outcomes, plan(), datetime(2024, 6, 1, 14, 30))
+    assert evidence.elapsed_hours == 2.5
+    assert (evidence.challenger.version, evidence.challenger.assigned, evidence.challenger.labelled) == ("2", 0, 0)
+    # 60 requests to the champion and none to the challenger of a 50/50 split is a broken assignment.
+    assert decide(evidence).decision == "INVALID"
+    no_start = evidence_from_outcomes(msgspec.structs.replace(outcomes, started_at=None), plan(), START)
+    assert no_start.elapsed_hours is None

@@ -1,0 +1,180 @@
+"""Guardrail metrics per arm: model errors (recorded, answered with a 500), latency percentiles, confusion cells."""
+
+from collections import Counter
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
+
+from serving.services.store import ArmCounts, InferenceRow, PredictionErrorRow, Store, prediction_errors
+
+SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+LARGE = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+
+
+def expected_arm(records: list[dict], arm: str, version: str, errors: int = 0) -> dict:
+    """What /experiment/outcomes should say about one arm, recomputed from the inference log."""
+    mine = [r for r in records if r["arm"] == arm]
+    labelled = [r for r in mine if r["label"] is not None]
+    latencies = [r["latency_ms"] for r in mine]
+    cells = Counter((r["label"], r["prediction"]) for r in labelled)
+    return {
+        "arm": arm,
+        "model_version": version,
+        "requests": len(mine),
+        "labelled": len(labelled),
+        "correct": sum(r["label"] == r["prediction"] for r in labelled),
+        "incorrect": sum(r["label"] != r["prediction"] for r in labelled),
+        "errors": errors,
+        "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
+        "confusion": [{"label": lb, "prediction": pr, "count": n} for (lb, pr), n in sorted(cells.items())],
+    }
+
+
+async def test_a_failing_arm_answers_500_and_counts_its_errors(make_app, make_source, settings):
+    source = make_source(champion="1", challenger="2")
+    source.failing.add("2")
+    failed: list[dict] = []
+    async with AsyncTestClient(app=make_app(source=source)) as client:
+        for i in range(40):
+            labels = {"label": "setosa" if i % 3 else "versicolor"} if i % 2 else {}
+            body = {"user_id": f"u{i}", "features": SETOSA if i % 4 else LARGE, **labels}
+            response = await client.post("/predict", json=body)
+            if response.status_code == 200:
+                assert response.json()["arm"] == "champion"
+                continue
+            error = response.json()
+            request_id = error["extra"]["request_id"]
+            assert (response.status_code, error) == (
+                500,
+                {
+                    "status_code": 500,
+                    "detail": f"model Iris v2 (challenger arm) failed to predict: RuntimeError "
+                    f"(request {request_id}; see the router log)",
+                    "extra": {
+                        "request_id": request_id,
+                        "arm": "challenger",
+                        "model_version": "2",
+                        "experiment_id": "v1-vs-v2",
+                    },
+                },
+            )
+            failed.append({"request_id": request_id, "user_id": f"u{i}"})
+        records = (await client.get("/inferences")).json()["records"]
+        outcomes = (await client.get("/experiment/outcomes")).json()
+
+    assert 5 < len(failed) < 35
+    assert len(records) == 40 - len(failed)  # failures are not in the inference log...
+    assert outcomes["arms"] == [
+        expected_arm(records, "champion", "1"),
+        {**expected_arm([], "challenger", "2"), "errors": len(failed)},  # ...but count against their arm
+    ]
+    store = Store(settings.store_url())
+    store.open()
+    with store.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(prediction_errors).order_by(prediction_errors.c.ts))]
+    store.close()
+    assert [{k: v for k, v in r.items() if k != "ts"} for r in rows] == [
+        {
+            **f,
+            "arm": "challenger",
+            "model_name": "Iris",
+            "model_version": "2",
+            "experiment_id": "v1-vs-v2",
+            "error": "RuntimeError: model artifact is corrupt",
+        }
+        for f in failed
+    ]
+
+
+async def test_outcomes_report_latency_percentiles_and_confusion_per_arm(client):
+    for i in range(50):
+        features = SETOSA if i % 3 else LARGE
+        label = {"label": ["setosa", "versicolor", "virginica"][i % 3]} if i % 5 else {}
+        assert (await client.post("/predict", json={"user_id": f"u{i}", "features": features, **label})).is_success
+    records = (await client.get("/inferences")).json()["records"]
+    arms = (await client.get("/experiment/outcomes")).json()["arms"]
+    assert arms == [expected_arm(records, "champion", "1"), expected_arm(records, "challenger", "2")]
+    # Both arms saw every kind of cell: right, wrong, and the odd/even version's own wrong class.
+    assert all(len(a["confusion"]) >= 3 for a in arms)
+
+
+@pytest.fixture
+def store(db_path):
+    store = Store(f"sqlite:///{db_path}")
+    store.open()
+    yield store
+    store.close()
+
+
+def test_store_aggregates_one_experiment_per_arm(store):
+    now = datetime.now(UTC)
+
+    def answered(i: int, arm: str, experiment_id: str, label: str | None, prediction: str, latency: float) -> None:
+        store.record(
+            InferenceRow(
+                request_id=f"r{i}",
+                ts=now,
+                user_id=f"u{i}",
+                arm=arm,
+                model_name="Iris",
+                model_version="1" if arm == "champion" else "2",
+                experiment_id=experiment_id,
+                features={},
+                prediction=prediction,
+                label=label,
+                latency_ms=latency,
+            )
+        )
+
+    def failed(i: int, arm: str, experiment_id: str) -> None:
+        store.record_error(
+            PredictionErrorRow(
+                request_id=f"e{i}",
+                ts=now,
+                user_id=f"u{i}",
+                arm=arm,
+                model_name="Iris",
+                model_version="2",
+                experiment_id=experiment_id,
+                error="x" * 10_000,
+            )
+        )
+
+    # Champion: latencies 1..100 ms; labels b, a, none in turn; predictions a, a, b, b in turn.
+    for i in range(100):
+        label = ["b", "a", None][i % 3]
+        answered(i, "champion", "v1-vs-v2", label, "a" if i % 4 < 2 else "b", float(i + 1))
+    # Challenger: only failures. Another experiment: ignored.
+    for i in range(3):
+        failed(i, "challenger", "v1-vs-v2")
+    answered(1000, "champion", "v1", "a", "a", 1e6)
+    failed(1000, "champion", "v1")
+
+    labelled_pairs = Counter((["b", "a", None][i % 3], "a" if i % 4 < 2 else "b") for i in range(100) if i % 3 != 2)
+    assert store.outcomes("v1-vs-v2") == {
+        "champion": ArmCounts(
+            requests=100,
+            labelled=67,
+            correct=labelled_pairs[("a", "a")] + labelled_pairs[("b", "b")],
+            incorrect=labelled_pairs[("a", "b")] + labelled_pairs[("b", "a")],
+            errors=0,
+            latency_p50_ms=50.5,
+            latency_p95_ms=pytest.approx(95.05),
+            confusion=(
+                ("a", "a", labelled_pairs[("a", "a")]),
+                ("a", "b", labelled_pairs[("a", "b")]),
+                ("b", "a", labelled_pairs[("b", "a")]),
+                ("b", "b", labelled_pairs[("b", "b")]),
+            ),
+        ),
+        "challenger": ArmCounts(requests=0, labelled=0, correct=0, incorrect=0, errors=3),
+    }
+    assert labelled_pairs == {("b", "a"): 17, ("a", "a"): 17, ("b", "b"): 17, ("a", "b"): 16}
+    assert store.labelled_per_arm("v1-vs-v2") == {"champion": 67}
+    with store.engine.connect() as conn:
+        lengths = conn.execute(sa.select(sa.func.length(prediction_errors.c.error))).scalars().all()
+    assert set(lengths) == {4000}  # long error texts are cut
