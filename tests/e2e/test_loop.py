@@ -105,3 +105,34 @@ def test_the_promotion_rests_on_counts_the_router_recorded(demo):
         decision["champion_correct"] / decision["champion_labelled"]
     )
     assert decision["p_value"] < 0.05
+
+
+def test_every_look_is_recorded_and_the_promotion_is_in_the_alias_history(demo):
+    _, summary, home = demo
+    decision = summary["decision"]
+    experiment = f"v{decision['champion_version']}-vs-v{decision['challenger_version']}"
+    latest = json.loads((home / "reports" / "ab" / experiment / "latest.json").read_text())
+    assert (latest["decision"], latest["decision_id"]) == ("PROMOTE", decision["decision_id"])
+    assert latest["evidence"]["plain_chi2"]["note"].startswith("not peeking-safe")
+    assert latest["evidence"]["plan"]["challenger_version"] == decision["challenger_version"]
+    assert len(list((home / "reports" / "ab" / experiment).glob("*.png"))) == summary["looks"]
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    looks = client.search_runs(
+        [client.get_experiment_by_name("driftloop-ab").experiment_id],
+        filter_string=f"tags.experiment_id = '{experiment}'",
+    )
+    assert {run.data.tags["decision_id"] for run in looks} >= {decision["decision_id"]}
+    history = client.search_runs(
+        [client.get_experiment_by_name("driftloop-alias-history").experiment_id],
+        filter_string=f"tags.decision_id = '{decision['decision_id']}'",
+    )
+    moves = {(r.data.tags["alias"], r.data.tags["from_version"], r.data.tags["to_version"]) for r in history}
+    assert moves == {
+        ("champion", decision["champion_version"], decision["challenger_version"]),
+        ("challenger", decision["challenger_version"], ""),
+    }
+    challenger = client.get_model_version("IrisClassifier", decision["challenger_version"]).tags
+    assert int(challenger["driftloop.plan.min_samples_per_arm"]) > 0
+    # One turn of the loop: the drift event's id travelled through retrain and the plan into the decision.
+    assert challenger["driftloop.loop_id"] == decision["loop_id"] != ""
