@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.schedule_seconds:
         overrides["demo_schedule_seconds"] = args.schedule_seconds
     settings = StackSettings(**overrides)
+    # Also when started in the background, where SIGINT arrives ignored and Python would keep ignoring it.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     timeline = Timeline()
     try:
