@@ -50,9 +50,21 @@ def decide(outcomes: Outcomes, plan: ExperimentPlan) -> experiment.Decision:
     return experiment.decide(experiment.evidence_from_outcomes(outcomes, plan, datetime.now(UTC)))
 
 
+NAN = float("nan")
+
+
+def _primary(evidence: dict) -> dict:
+    """The primary test's numbers; NaN before both arms have enough labelled outcomes to test."""
+    return evidence["primary"] or {k: NAN for k in ("d_hat", "cs_lower", "cs_upper", "always_valid_p")}
+
+
+def _p(value: float | None) -> float:
+    return NAN if value is None else value
+
+
 def _point(at: datetime, evidence: dict) -> dict:
     arms = evidence["arms"]
-    point = {"at": at, **{k: evidence["primary"][k] for k in ("d_hat", "cs_lower", "cs_upper")}}
+    point = {"at": at, **{k: _primary(evidence)[k] for k in ("d_hat", "cs_lower", "cs_upper")}}
     for arm in ("champion", "challenger"):
         low, high = ab_report.wilson(arms[arm]["correct"], arms[arm]["labelled"])
         point |= {f"{arm}_accuracy": arms[arm]["accuracy"] or 0.0, f"{arm}_low": low, f"{arm}_high": high}
@@ -88,7 +100,9 @@ def record_look(
     ab = client.get_experiment_by_name(AB_EXPERIMENT)
     ab_id = ab.experiment_id if ab else client.create_experiment(AB_EXPERIMENT)
     earlier = client.search_runs(
-        [ab_id], filter_string=f"tags.experiment_id = '{outcomes.experiment_id}'", max_results=1000
+        [ab_id],
+        filter_string=f"tags.experiment_id = '{outcomes.experiment_id}' and tags.model_name = '{model_name}'",
+        max_results=1000,
     )
     points = [
         {k: run.data.metrics[k] for k in run.data.metrics}
@@ -101,12 +115,12 @@ def record_look(
         points, folder / f"{stamp}.png", title=f"{model_name} {outcomes.experiment_id}: look {len(points)}"
     )
     metrics = {k: float(v) for k, v in points[-1].items() if k != "at" and v is not None}
-    primary, arms = decision.evidence["primary"], decision.evidence["arms"]
+    primary, arms = _primary(decision.evidence), decision.evidence["arms"]
     metrics |= {
         "always_valid_p": primary["always_valid_p"],
-        "plain_chi2_p": decision.evidence["plain_chi2"]["p_value"],
-        "srm_p_all": decision.evidence["srm"]["all_traffic"]["p_value"] or 1.0,
-        "srm_p_labelled": decision.evidence["srm"]["labelled"]["p_value"] or 1.0,
+        "plain_chi2_p": _p(decision.evidence["plain_chi2"]["p_value"]),
+        "srm_p_all": _p(decision.evidence["srm"]["all_traffic"]["p_value"]),
+        "srm_p_labelled": _p(decision.evidence["srm"]["labelled"]["p_value"]),
         **{f"{arm}_labelled": arms[arm]["labelled"] for arm in arms},
     }
     with mlflow.start_run(
@@ -192,14 +206,15 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         ],
         description=f"**{decision.decision}** ({ev['rule']}): {decision.reason}",
     )
+    primary = _primary(ev)
     guardrails = "\n".join(f"- {'holds' if g['holds'] else '**breached**'}: {g['detail']}" for g in ev["guardrails"])
     create_markdown_artifact(
         key="ab-summary",
         markdown=(
             f"# A/B look: {model_name} {outcomes.experiment_id}\n\n**{decision.decision}**: {decision.reason}\n\n"
-            f"- lift {ev['primary']['d_hat']:+.4f}, 95% always-valid CS [{ev['primary']['cs_lower']:+.4f}, "
-            f"{ev['primary']['cs_upper']:+.4f}], always-valid p {ev['primary']['always_valid_p']:.3g}\n"
-            f"- plain chi-squared p {ev['plain_chi2']['p_value']:.3g} (not peeking-safe, for reference)\n"
+            f"- lift {primary['d_hat']:+.4f}, 95% always-valid CS [{primary['cs_lower']:+.4f}, "
+            f"{primary['cs_upper']:+.4f}], always-valid p {primary['always_valid_p']:.3g} (NaN: too few labels yet)\n"
+            f"- plain chi-squared p {_p(ev['plain_chi2']['p_value']):.3g} (not peeking-safe, for reference)\n"
             f"- SRM p: all traffic {ev['srm']['all_traffic']['p_value']}, labelled {ev['srm']['labelled']['p_value']}"
             f" (threshold {plan.srm_threshold})\n"
             f"- samples {ev['samples']['labelled_per_arm']} of {plan.min_samples_per_arm} planned per arm; "
@@ -218,7 +233,7 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         decision=decision.decision,
         champion_version=outcomes.champion_version,
         challenger_version=version,
-        p_value=ev["primary"]["always_valid_p"],
+        p_value=ev["primary"]["always_valid_p"] if ev["primary"] else None,
         reason=decision.reason,
         champion_labelled=champion_arm["labelled"],
         champion_correct=champion_arm["correct"],

@@ -38,6 +38,8 @@ normal approximation of each arm's accuracy is meaningless, and a CS that wide c
 """
 MIN_LATENCY_REQUESTS = 100
 """Answered requests per arm before the p95 latency guardrail can be breached (a p95 of fewer is a few points)."""
+ERROR_GUARDRAIL_TAU = 0.1
+"""Mixing scale of the error-rate guardrail's confidence sequence."""
 LATENCY_SLACK_MS = 1.0
 """Default absolute slack of the latency guardrail (plans carry their own)."""
 """Absolute slack of the latency guardrail, so that sub-millisecond jitter on a fast model is not a breach."""
@@ -514,8 +516,9 @@ def decide(evidence: Evidence) -> Decision:
     """Decide on one look at the cumulative counts; safe to call at every look.
 
     In order:
-      1. sample ratio mismatch on all assigned traffic, then on the labelled subset -> INVALID;
+      1. sample ratio mismatch on all assigned traffic -> INVALID;
       2. a breached guardrail (error rate, p95 latency) -> ROLLBACK;
+      2b. sample ratio mismatch on the labelled subset -> INVALID;
       3. the confidence sequence of the accuracy lift entirely above 0 -> PROMOTE, entirely below -> ROLLBACK
          (only once both arms have `MIN_LABELLED_PER_ARM` labelled outcomes);
       4. the plan's maximum duration reached -> ROLLBACK (no win in time);
@@ -532,8 +535,9 @@ def decide(evidence: Evidence) -> Decision:
     tau = plan.mde if evidence.tau is None else evidence.tau
     srm_all = srm_check((a.assigned, b.assigned), plan.ab_split_b, plan.srm_threshold)
     srm_labelled = srm_check((a.labelled, b.labelled), plan.ab_split_b, plan.srm_threshold)
-    # The error guardrail's effect of interest is the margin, so its mixture is centred on that scale.
-    tau_errors = plan.guardrail_error_margin if plan.guardrail_error_margin > 0 else tau
+    # The error guardrail is there to catch a broken challenger fast: its mixture scale is set for gross
+    # failures (tens of percent) rather than for excesses near the margin, which it still catches, later.
+    tau_errors = ERROR_GUARDRAIL_TAU
     guardrails = [
         error_guardrail(
             a.assigned,
@@ -561,20 +565,26 @@ def decide(evidence: Evidence) -> Decision:
     def verdict(decision: DecisionName, rule: str, reason: str) -> Decision:
         return Decision(decision, reason, record | {"rule": rule})
 
-    for name, srm in (("all assigned traffic", srm_all), ("labelled outcomes", srm_labelled)):
-        if srm.mismatch:
-            share = srm.observed[1] / sum(srm.observed)
-            return verdict(
-                "INVALID",
-                "srm_all" if srm is srm_all else "srm_labelled",
-                f"sample ratio mismatch on {name}: champion {srm.observed[0]}, challenger {srm.observed[1]} "
-                f"(challenger share {share:.3f}, planned {plan.ab_split_b}), p={srm.p_value:.2g} < "
-                f"{plan.srm_threshold}; the comparison cannot be trusted",
-            )
+    def mismatch(name: str, srm: SrmResult) -> Decision:
+        share = srm.observed[1] / sum(srm.observed)
+        return verdict(
+            "INVALID",
+            "srm_all" if srm is srm_all else "srm_labelled",
+            f"sample ratio mismatch on {name}: champion {srm.observed[0]}, challenger {srm.observed[1]} "
+            f"(challenger share {share:.3f}, planned {plan.ab_split_b}), p={srm.p_value:.2g} < "
+            f"{plan.srm_threshold}; the comparison cannot be trusted",
+        )
+
+    if srm_all.mismatch:
+        return mismatch("all assigned traffic", srm_all)
+    # Guardrails before the labelled SRM: a challenger that fails most requests has few labelled outcomes, and
+    # that skew must read as the breach it is, not as an untrustworthy experiment that keeps serving.
     breached = [g for g in guardrails if not g.holds]
     if breached:
         details = "; ".join(f"{g.name} {g.detail}" for g in breached)
         return verdict("ROLLBACK", "guardrail", f"guardrail breached: {details}")
+    if srm_labelled.mismatch:
+        return mismatch("labelled outcomes", srm_labelled)
     summary = _summary(a, b, test, plan)
     if test is not None and test.lower > 0:
         return verdict("PROMOTE", "better", f"challenger better: {summary}; guardrails hold")

@@ -131,7 +131,8 @@ async def test_no_model_is_503_with_a_clear_detail(make_app, make_source):
 
 
 async def test_out_of_range_numbers_are_a_client_error(client):
-    content = b'{"user_id": "u", "features": {"sepal_length": 1e999, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}}'
+    features = b'{"sepal_length": 1e999, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}'
+    content = b'{"user_id": "u", "features": ' + features + b"}"
     response = await client.post("/predict", content=content, headers={"content-type": "application/json"})
     assert_error_body(response, 400, ["out of range"])
     assert (await client.get("/experiment/outcomes")).json()["arms"][0]["errors"] == 0

@@ -1,0 +1,393 @@
+"""Fixtures of the flow integration tests: a Prefect test server, a throwaway MLflow registry and a live router.
+
+The router is the real app (`serving.app.create_app`) served by uvicorn on a free port; only its models are stubs:
+it resolves the `champion`/`challenger` aliases in the test's MLflow registry like production does, and serves a
+stub with a chosen behaviour for each version, so an A/B experiment can be given any outcome with a few requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import mlflow.tracking.fluent
+import numpy as np
+import pandas as pd
+import pytest
+import uvicorn
+from mlflow import MlflowClient
+
+from contracts.api import Arm, ExperimentPlan
+from contracts.registry import ALIAS_HISTORY_EXPERIMENT, CHALLENGER, CHAMPION
+from flows import settings as flow_settings
+from flows.lib import experiment, registry
+from flows.lib.data import IRIS_FEATURES, IRIS_TARGET, load_dataset
+from flows.lib.router import RouterClient
+from serving.app import create_app
+from serving.services.assignment import assign_arm
+from serving.services.models import FeatureSpec, ModelSource, ServedModel
+from serving.services.store import Store
+from serving.settings import RouterSettings
+
+TRAINING_EXPERIMENT = "driftloop"
+"""The flows' default `mlflow_experiment`."""
+AB_EXPERIMENT = "driftloop-ab"
+SALT = "flow-tests"
+
+# --- Prefect ---------------------------------------------------------------------------------------------------
+
+_HARNESS: dict[str, str] = {}
+"""The one harness of the session. tests/automations re-exports the fixture below: pytest then keeps one fixture per
+conftest, and this module-level record makes both use the same server instead of starting a second one."""
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real Prefect server (subprocess, temporary SQLite) that this process's flows, events and clients use.
+
+    Returns:
+        Its API URL. It is not exported to subprocesses: pass it explicitly to any.
+    """
+    if "api_url" in _HARNESS:
+        return _HARNESS["api_url"]
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    stack = contextlib.ExitStack()
+    # Torn down when pytest unconfigures, after every session fixture of every conftest that uses it.
+    request.config.add_cleanup(stack.close)
+    saved = os.environ.get("DO_NOT_TRACK")
+    os.environ["DO_NOT_TRACK"] = "1"  # the server subprocess inherits the environment: no telemetry offline
+    stack.callback(lambda: os.environ.pop("DO_NOT_TRACK") if saved is None else os.environ.update(DO_NOT_TRACK=saved))
+    stack.enter_context(
+        temporary_settings(
+            updates={
+                PREFECT_HOME: tmp_path_factory.mktemp("prefect-home"),
+                PREFECT_SERVER_ANALYTICS_ENABLED: False,
+                # Events reach the database within half a second instead of five, so tests poll briefly.
+                PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL: 0.5,
+            }
+        )
+    )
+    stack.enter_context(prefect_test_harness(server_startup_timeout=60))
+    _HARNESS["api_url"] = PREFECT_API_URL.value()
+    stack.callback(_HARNESS.clear)
+    return _HARNESS["api_url"]
+
+
+def read_events(resource_id: str, names: list[str], *, expect: int, timeout: float = 10.0) -> list[Any]:
+    """The events named `names` about one resource, oldest first, once at least `expect` of them have landed.
+
+    Events reach the server through a background worker and its persister in batches: poll until they are there.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(
+                EventFilter(
+                    # `until` defaults to the filter's creation: build one per poll.
+                    occurred=EventOccurredFilter(since=datetime.now(UTC) - timedelta(hours=1), until=datetime.now(UTC)),
+                    event=EventNameFilter(name=names),
+                    resource=EventResourceFilter(id=[resource_id]),
+                ),
+                limit=50,
+            )
+            found = sorted(page.events, key=lambda e: e.occurred)
+            if len(found) >= expect or time.monotonic() > deadline:
+                return found
+            time.sleep(0.25)
+
+
+# --- MLflow ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def iris() -> pd.DataFrame:
+    return load_dataset("iris", IRIS_TARGET)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(iris: pd.DataFrame):
+    """A small fitted sklearn pipeline: what gets registered (the router serves stubs in its place)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=200)).fit(iris[IRIS_FEATURES], iris[IRIS_TARGET])
+
+
+@pytest.fixture
+def model_name() -> str:
+    """A registered model name of this test alone (Prefect events of every test land on one server)."""
+    return f"IrisAB{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database with its schema created (the migrations take most of a second: run them once)."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path) -> Iterator[str]:
+    """A real MLflow store (SQLite and local artifacts under tmp_path) as the process's tracking URI.
+
+    The experiments the flows write to are created up front with their artifacts under tmp_path; MLflow's
+    globals and MLFLOW_* variables are restored afterwards.
+    """
+    root = tmp_path / "mlflow"
+    root.mkdir()
+    shutil.copyfile(empty_mlflow_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    saved_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    monkeypatch.chdir(tmp_path)  # anything MLflow writes relative to the cwd lands here, not in the repo
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    for name in (TRAINING_EXPERIMENT, AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT):
+        client.create_experiment(name, artifact_location=(root / "artifacts" / name).as_uri())
+    try:
+        yield uri
+    finally:
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            del os.environ[key]
+        os.environ.update(saved_env)
+
+
+@pytest.fixture
+def registered(tracking_uri: str, model_name: str, iris: pd.DataFrame, tiny_pipeline) -> str:
+    """`model_name` with versions 1 and 2 logged and registered, champion=1 and challenger=2 (recorded moves)."""
+    registry.configure(tracking_uri, TRAINING_EXPERIMENT)
+    for version in ("1", "2"):
+        logged = registry.log_candidate(
+            pipeline=tiny_pipeline,
+            train_data=iris,
+            reference=iris,
+            target=IRIS_TARGET,
+            model_name=model_name,
+            params={"model": "lr"},
+            metrics={"holdout_accuracy": 0.95},
+            run_name=f"candidate {version}",
+        )
+        assert str(logged.version) == version
+    registry.move_alias(model_name, CHAMPION, "1", reason="bootstrap", loop_id="loop-0")
+    registry.move_alias(model_name, CHALLENGER, "2", reason="passed the quality gate", loop_id="loop-1")
+    return model_name
+
+
+# --- router ------------------------------------------------------------------------------------------------------
+
+EASY, HARD, POISON = 5.0, 6.0, 7.0
+"""Sepal lengths that mark a flower's kind: every stub is right on EASY, a weak one is wrong on HARD, a fragile one
+raises on POISON. The true species follows the petal length (setosa below 2.5 cm, else versicolor)."""
+KINDS = {"easy": EASY, "hard": HARD, "poison": POISON}
+
+
+def flower(kind: str, i: int) -> tuple[dict[str, float], str]:
+    """Features of the i-th flower of a kind, and its true species (alternating)."""
+    setosa = i % 2 == 0
+    features = {
+        "sepal_length": KINDS[kind],
+        "sepal_width": 3.0,
+        "petal_length": 1.4 if setosa else 4.5,
+        "petal_width": 0.2 if setosa else 1.5,
+    }
+    return features, "setosa" if setosa else "versicolor"
+
+
+class StubModel:
+    """Knows the true species; `weak` gets HARD flowers wrong, `fragile` raises on POISON, `delay` slows each call."""
+
+    def __init__(self, *, weak: bool = False, fragile: bool = False, delay: float = 0.0) -> None:
+        self.weak, self.fragile, self.delay = weak, fragile, delay
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fragile and (frame["sepal_length"] == POISON).any():
+            raise RuntimeError("stub model: cannot score this flower")
+        truth = np.where(frame["petal_length"] < 2.5, "setosa", "versicolor")
+        return np.where(frame["sepal_length"] == HARD, "virginica", truth) if self.weak else truth
+
+
+class StubbedSource(ModelSource):
+    """The router's MLflow alias resolution on the test registry, with a stub model for each version."""
+
+    def __init__(self, tracking_uri: str, model_name: str, models: dict[str, StubModel]) -> None:
+        super().__init__(tracking_uri, model_name)
+        self.models = models
+
+    def load(self, version: str) -> ServedModel:
+        features = tuple(FeatureSpec(name, "double") for name in IRIS_FEATURES)
+        return ServedModel(name=self.model_name, version=version, features=features, estimator=self.models[version])
+
+
+class EventRecorder:
+    """Stands in for the router's Prefect emitter and keeps what it would have sent."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, *, event: str, resource: dict, related: list, payload: dict) -> None:
+        self.events.append({"event": event, "resource": resource, "related": related, "payload": payload})
+
+
+@dataclass
+class Router:
+    """A running router and what a test needs to drive it."""
+
+    url: str
+    settings: RouterSettings
+    emitted: EventRecorder
+    http: httpx.Client
+    _next_user: int = 0
+
+    def client(self) -> RouterClient:
+        return RouterClient(self.url)
+
+    def store(self) -> Store:
+        """A second handle on the router's inference log (as a replica would open it)."""
+        store = Store(self.settings.store_url())
+        store.open()
+        return store
+
+    def users(self, arm: Arm, split_b: float) -> Iterator[str]:
+        """Fresh user ids that the router's deterministic hash sends to `arm` at this split."""
+        while True:
+            self._next_user += 1
+            user = f"user-{self._next_user}"
+            if assign_arm(user, salt=SALT, split_b=split_b, has_challenger=True) == arm:
+                yield user
+
+    def send(self, arm: Arm, kind: str, n: int, *, labelled: int | None = None, split_b: float = 0.5) -> list[int]:
+        """Send `n` flowers of a kind from users of `arm`, the first `labelled` (default all) with their label.
+
+        Returns:
+            The status codes (200 answered, 500 the model raised: the router records it against the arm).
+        """
+        labelled = n if labelled is None else labelled
+        users = self.users(arm, split_b)
+        codes = []
+        for i in range(n):
+            features, species = flower(kind, i)
+            body = {"user_id": next(users), "features": features} | ({"label": species} if i < labelled else {})
+            response = self.http.post("/predict", json=body)
+            assert response.status_code in (200, 500), response.text
+            served = response.json() if response.status_code == 200 else response.json()["extra"]
+            assert served["arm"] == arm, served
+            codes.append(response.status_code)
+        return codes
+
+
+@pytest.fixture
+def start_router(
+    tmp_path: Path, tracking_uri: str, model_name: str
+) -> Iterator[Callable[[dict[str, StubModel]], Router]]:
+    """Start the real router app on a free port, serving the given stub per version; stopped after the test."""
+    started: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
+
+    def start(models: dict[str, StubModel]) -> Router:
+        settings = RouterSettings(
+            _env_file=None,
+            home=tmp_path / "router",
+            mlflow_tracking_uri=tracking_uri,
+            router_store_url=f"sqlite:///{tmp_path / 'router.db'}",
+            model_name=model_name,
+            ab_split_b=0.5,
+            assignment_salt=SALT,
+            model_refresh_seconds=0,  # aliases are re-read at start, on /models/reload and when an experiment ends
+        )
+        emitted = EventRecorder()
+        app = create_app(
+            settings,
+            model_source=StubbedSource(tracking_uri, model_name, models),
+            store=Store(settings.store_url()),
+            event_emitter=emitted,
+        )
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))  # handed to uvicorn bound: no race for the port
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        http = httpx.Client(base_url=url, timeout=10.0)
+        started.append((server, thread, http))
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if http.get("/health").status_code in (200, 503):
+                    break
+            assert time.monotonic() < deadline and thread.is_alive(), "the router did not come up"
+            time.sleep(0.05)
+        return Router(url=url, settings=settings, emitted=emitted, http=http)
+
+    yield start
+    for server, thread, http in started:
+        http.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def flow_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tracking_uri: str) -> Iterator[Callable[[Router], Path]]:
+    """Point the flows' settings at a router, the test registry and a home under tmp_path; returns that home."""
+    home = tmp_path / "home"
+
+    def point(router: Router) -> Path:
+        monkeypatch.setenv("DRIFTLOOP_ROUTER_URL", router.url)
+        monkeypatch.setenv("DRIFTLOOP_MLFLOW_TRACKING_URI", tracking_uri)
+        monkeypatch.setenv("DRIFTLOOP_HOME", str(home))
+        flow_settings.get_settings.cache_clear()
+        return home
+
+    yield point
+    flow_settings.get_settings.cache_clear()
+
+
+def make_plan(**changes: Any) -> ExperimentPlan:
+    """A plan for v1 vs v2 as the retrain flow makes it: 50/50 split, a 20-point lift from a 50% baseline."""
+    sequential_n, fixed_n = experiment.plan_sample_size(baseline=0.5, mde=0.2, alpha=0.05, power=0.8)
+    values: dict[str, Any] = {
+        "champion_version": "1",
+        "challenger_version": "2",
+        "alpha": 0.05,
+        "power": 0.8,
+        "mde": 0.2,
+        "baseline": 0.5,
+        "min_samples_per_arm": sequential_n,
+        "fixed_horizon_samples_per_arm": fixed_n,
+        "ab_split_b": 0.5,
+        "max_duration_hours": 24.0,
+        "srm_threshold": 0.001,
+        "guardrail_error_margin": 0.01,
+        "guardrail_latency_margin": 0.5,
+        "guardrail_latency_slack_ms": 5.0,
+        "loop_id": "loop-1",
+    }
+    return ExperimentPlan(**(values | changes))

@@ -1,0 +1,327 @@
+"""The ab_evaluation flow in-process on real parts: Prefect test server, MLflow SQLite registry, the router over HTTP.
+
+Each test registers versions 1 (champion) and 2 (challenger), serves them through the real router with stub models
+of a chosen behaviour, gives the router a plan, sends labelled traffic from users the assignment hash puts on the
+arm wanted, runs the flow once and checks everything it touched: registry aliases, tags and history, the router,
+the reports, the MLflow run and the Prefect events.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from contracts import events
+from contracts.registry import (
+    CHALLENGER,
+    CHAMPION,
+    TAG_DECISION,
+    TAG_DECISION_ID,
+    TAG_PREVIOUS_CHAMPION,
+    TAG_REPLACED_BY,
+)
+from flows.ab_evaluation import AB_EXPERIMENT, ab_evaluation
+from flows.lib import registry
+from tests.flows.conftest import Router, StubModel, make_plan, read_events
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+EXPERIMENT = "v1-vs-v2"
+DECISION_EVENTS = [
+    events.EXPERIMENT_DECIDED,
+    events.MODEL_PROMOTED,
+    events.MODEL_ROLLED_BACK,
+    events.EXPERIMENT_INVALID,
+]
+SETUP_MOVES = [("champion", "", "1", ""), ("challenger", "", "2", "")]
+
+
+@pytest.fixture
+def experiment(
+    registered: str, start_router: Callable[..., Router], flow_env: Callable[[Router], Path]
+) -> Callable[..., tuple[Router, Path]]:
+    """Start the router on the registered versions with these stubs, give it the plan, point the flows at it."""
+
+    def start(champion: StubModel, challenger: StubModel, **plan: object) -> tuple[Router, Path]:
+        router = start_router({"1": champion, "2": challenger})
+        with router.client() as client:
+            assert client.experiment().status == "running"
+            client.set_plan(make_plan(**plan))
+        return router, flow_env(router)
+
+    return start
+
+
+def aliases(model_name: str) -> dict[str, str | None]:
+    found = {alias: registry.get_version(model_name, alias) for alias in (CHAMPION, CHALLENGER)}
+    return {alias: None if v is None else str(v.version) for alias, v in found.items()}
+
+
+def moves(model_name: str) -> list[tuple[str, str, str, str]]:
+    return [
+        (m["alias"], m["from_version"], m["to_version"], m["decision_id"]) for m in registry.alias_history(model_name)
+    ]
+
+
+def health(router: Router) -> dict:
+    return router.http.get("/health").json()
+
+
+def ended(router: Router) -> tuple[str | None, str | None]:
+    """How the router's record of the experiment ended: (decision, reason), or (None, None) while it runs."""
+    store = router.store()
+    try:
+        row = store.get_experiment(EXPERIMENT)
+    finally:
+        store.close()
+    assert row is not None and row.started_at is not None
+    return row.end_decision, row.end_reason
+
+
+def expected_payload(result: dict, model_name: str) -> dict:
+    arms = result["evidence"]["arms"]
+    return {
+        "model_name": model_name,
+        "decision_id": result["decision_id"],
+        "loop_id": "loop-1",
+        "experiment_id": EXPERIMENT,
+        "decision": result["decision"],
+        "champion_version": "1",
+        "challenger_version": "2",
+        "p_value": result["evidence"]["primary"]["always_valid_p"],
+        "reason": result["reason"],
+        "champion_labelled": arms["champion"]["labelled"],
+        "champion_correct": arms["champion"]["correct"],
+        "challenger_labelled": arms["challenger"]["labelled"],
+        "challenger_correct": arms["challenger"]["correct"],
+        "report_url": result["run_url"],
+    }
+
+
+def assert_look_recorded(result: dict, model_name: str, home: Path) -> None:
+    """The JSON report, latest.json, the plot, and one MLflow run in driftloop-ab with both as artifacts."""
+    folder = home / "reports" / "ab" / EXPERIMENT
+    report, latest, plot = Path(result["report"]), Path(result["latest"]), Path(result["plot"])
+    assert (latest, report.parent, plot.parent) == (folder / "latest.json", folder, folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([report.name, "latest.json", plot.name])
+    assert plot.suffix == ".png" and plot.read_bytes().startswith(b"\x89PNG")
+    written = json.loads(latest.read_text())
+    assert json.loads(report.read_text()) == written
+    assert written == {
+        "decision_id": result["decision_id"],
+        "loop_id": "loop-1",
+        "model_name": model_name,
+        "experiment_id": EXPERIMENT,
+        "at": written["at"],
+        "decision": result["decision"],
+        "reason": result["reason"],
+        "evidence": result["evidence"],
+    }
+
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(AB_EXPERIMENT).experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert result["run_url"] == f"mlflow run {run.info.run_id}"
+    tags = {k: run.data.tags[k] for k in ("experiment_id", "decision", "decision_id", "loop_id", "model_name")}
+    assert tags == {
+        "experiment_id": EXPERIMENT,
+        "decision": result["decision"],
+        "decision_id": result["decision_id"],
+        "loop_id": "loop-1",
+        "model_name": model_name,
+    }
+    arms = result["evidence"]["arms"]
+    assert {k: run.data.metrics[k] for k in ("champion_labelled", "challenger_labelled")} == {
+        "champion_labelled": arms["champion"]["labelled"],
+        "challenger_labelled": arms["challenger"]["labelled"],
+    }
+    artifacts = {sub: [f.path for f in client.list_artifacts(run.info.run_id, sub)] for sub in ("plot", "report")}
+    assert artifacts == {"plot": [f"plot/{plot.name}"], "report": [f"report/{report.name}"]}
+
+
+def assert_events(result: dict, model_name: str, then: str) -> None:
+    """`driftloop.experiment.decided`, then `then`, both with the decision's payload, on the harness server."""
+    found = read_events(f"{events.RESOURCE_PREFIX}{model_name}", DECISION_EVENTS, expect=2)
+    assert [e.event for e in found] == [events.EXPERIMENT_DECIDED, then]
+    payload = expected_payload(result, model_name)
+    assert [e.payload for e in found] == [payload, payload]
+    for event in found:
+        related = {r.id for r in event.related}
+        assert f"{events.RESOURCE_PREFIX}{model_name}.version.2" in related
+
+
+def test_a_better_challenger_is_promoted_everywhere(experiment, model_name):
+    router, home = experiment(champion=StubModel(weak=True), challenger=StubModel())
+    # The champion gets every second flower wrong (50%), the challenger none: a lift of 0.5 on 30 per arm.
+    router.send("champion", "easy", 15)
+    router.send("champion", "hard", 15)
+    router.send("challenger", "easy", 15)
+    router.send("challenger", "hard", 15)
+
+    result = ab_evaluation(model_name=model_name)
+
+    assert (result["decision"], result["evidence"]["rule"]) == ("PROMOTE", "better")
+    assert result["experiment_id"] == EXPERIMENT
+    arms = result["evidence"]["arms"]
+    assert {arm: (arms[arm]["labelled"], arms[arm]["correct"]) for arm in arms} == {
+        "champion": (30, 15),
+        "challenger": (30, 30),
+    }
+    assert result["evidence"]["primary"]["cs_lower"] > 0
+    decision_id = result["decision_id"]
+
+    assert aliases(model_name) == {CHAMPION: "2", CHALLENGER: None}
+    client = MlflowClient()
+    new, old = (client.get_model_version(model_name, v).tags for v in ("2", "1"))
+    assert {k: new[k] for k in (TAG_PREVIOUS_CHAMPION, TAG_DECISION_ID, TAG_DECISION)} == {
+        TAG_PREVIOUS_CHAMPION: "1",
+        TAG_DECISION_ID: decision_id,
+        TAG_DECISION: f"promoted: {result['reason']}",
+    }
+    assert {k: old[k] for k in (TAG_REPLACED_BY, TAG_DECISION_ID)} == {
+        TAG_REPLACED_BY: "2",
+        TAG_DECISION_ID: decision_id,
+    }
+    assert moves(model_name) == [
+        *SETUP_MOVES,
+        ("champion", "1", "2", decision_id),
+        ("challenger", "2", "", decision_id),
+    ]
+
+    # The router ended the experiment with the decision and reloaded: v2 alone serves.
+    assert ended(router) == ("PROMOTE", result["reason"])
+    assert health(router) == {
+        "status": "ok",
+        "model_name": model_name,
+        "champion_version": "2",
+        "challenger_version": None,
+    }
+    with router.client() as client:
+        current = client.experiment()
+    assert (current.experiment_id, current.status, current.challenger_version) == ("v2", "none", None)
+
+    assert_look_recorded(result, model_name, home)
+    assert_events(result, model_name, events.MODEL_PROMOTED)
+
+
+@pytest.mark.parametrize(
+    "challenger,traffic,guardrail",
+    [
+        # 80% of the challenger's requests raise (recorded as errors); labels on 16 per arm keep the arms balanced.
+        pytest.param(StubModel(fragile=True), {"poison": 64, "easy": 16}, "error_rate", id="errors"),
+        # A challenger 30 ms slower per call than a millisecond champion, over the 100 answered requests per arm
+        # the latency guardrail waits for.
+        pytest.param(StubModel(delay=0.03), {"easy": 100}, "latency_p95", id="latency"),
+    ],
+)
+def test_a_challenger_breaching_a_guardrail_is_rolled_back(experiment, model_name, challenger, traffic, guardrail):
+    router, home = experiment(champion=StubModel(), challenger=challenger)
+    answered = traffic.get("easy", 0)
+    router.send("champion", "easy", sum(traffic.values()), labelled=answered)
+    for kind, n in traffic.items():
+        codes = router.send("challenger", kind, n)
+        assert set(codes) == ({500} if kind == "poison" else {200})
+
+    result = ab_evaluation(model_name=model_name)
+
+    assert (result["decision"], result["evidence"]["rule"]) == ("ROLLBACK", "guardrail")
+    breached = [g["name"] for g in result["evidence"]["guardrails"] if not g["holds"]]
+    assert breached == [guardrail]
+    decision_id = result["decision_id"]
+
+    assert aliases(model_name) == {CHAMPION: "1", CHALLENGER: None}
+    tags = MlflowClient().get_model_version(model_name, "2").tags
+    assert {k: tags[k] for k in (TAG_DECISION, TAG_DECISION_ID)} == {
+        TAG_DECISION: f"rolled back: {result['reason']}",
+        TAG_DECISION_ID: decision_id,
+    }
+    assert moves(model_name) == [*SETUP_MOVES, ("challenger", "2", "", decision_id)]
+
+    assert router.http.get("/config").json() == {"ab_split_b": 0.0}
+    assert ended(router) == ("ROLLBACK", result["reason"])
+    assert health(router) == {
+        "status": "ok",
+        "model_name": model_name,
+        "champion_version": "1",
+        "challenger_version": None,
+    }
+
+    assert_look_recorded(result, model_name, home)
+    assert_events(result, model_name, events.MODEL_ROLLED_BACK)
+
+
+def test_a_sample_ratio_mismatch_invalidates_the_experiment_and_moves_nothing(experiment, model_name):
+    # A better challenger, but the plan splits 50/50 and the challenger got 12 of 112 users.
+    router, home = experiment(champion=StubModel(weak=True), challenger=StubModel())
+    router.send("champion", "hard", 100)
+    router.send("challenger", "easy", 12)
+
+    result = ab_evaluation(model_name=model_name)
+
+    assert (result["decision"], result["evidence"]["rule"]) == ("INVALID", "srm_all")
+    assert result["evidence"]["srm"]["all_traffic"]["observed"] == [100, 12]
+    assert json.loads(Path(result["latest"]).read_text())["decision"] == "INVALID"
+
+    assert aliases(model_name) == {CHAMPION: "1", CHALLENGER: "2"}
+    assert TAG_DECISION not in MlflowClient().get_model_version(model_name, "2").tags
+    assert moves(model_name) == SETUP_MOVES
+    assert router.http.get("/config").json() == {"ab_split_b": 0.5}
+    assert ended(router) == (None, None)
+    assert health(router)["challenger_version"] == "2"
+
+    assert_look_recorded(result, model_name, home)
+    assert_events(result, model_name, events.EXPERIMENT_INVALID)
+
+
+@pytest.mark.parametrize("registry_challenger", ["none", "2"], ids=["no-challenger", "router-not-serving-it"])
+def test_without_an_experiment_served_the_flow_writes_nothing(
+    registered, start_router, flow_env, model_name, registry_challenger
+):
+    registry.move_alias(model_name, CHALLENGER, None, reason="test: no experiment")
+    router = start_router({"1": StubModel(), "2": StubModel()})
+    if registry_challenger != "none":  # set after the router loaded its models (it refreshes on demand only)
+        registry.move_alias(model_name, CHALLENGER, registry_challenger, reason="test: not yet served")
+    home = flow_env(router)
+    history = moves(model_name)
+
+    result = ab_evaluation(model_name=model_name)
+
+    assert result == {
+        "decision": "NO_EXPERIMENT",
+        "registry_challenger": registry_challenger,
+        "router_challenger": "none",
+    }
+    assert not home.exists()
+    assert MlflowClient().search_runs([MlflowClient().get_experiment_by_name(AB_EXPERIMENT).experiment_id]) == []
+    assert moves(model_name) == history
+    assert aliases(model_name) == {CHAMPION: "1", CHALLENGER: None if registry_challenger == "none" else "2"}
+    assert read_events(f"{events.RESOURCE_PREFIX}{model_name}", DECISION_EVENTS, expect=1, timeout=1.0) == []
+
+
+@pytest.mark.parametrize(
+    "challenger_kind,expected",
+    [
+        # A challenger that fails every request has no labelled outcomes: the guardrail, not the labelled SRM, speaks.
+        pytest.param("poison", ("ROLLBACK", "guardrail"), id="challenger-fails-every-request"),
+        pytest.param(None, ("INVALID", "srm_all"), id="all-traffic-on-the-champion"),
+    ],
+)
+def test_looks_without_labelled_outcomes_on_an_arm_still_decide(
+    experiment, model_name, monkeypatch, challenger_kind, expected
+):
+    module = importlib.import_module("flows.ab_evaluation")
+    monkeypatch.setattr(module, "record_look", module.record_look.with_options(retries=0))  # fail fast
+    router, _ = experiment(champion=StubModel(), challenger=StubModel(fragile=True))
+    router.send("champion", "easy", 40)
+    if challenger_kind:
+        router.send("challenger", challenger_kind, 40)
+
+    result = ab_evaluation(model_name=model_name)
+
+    assert (result["decision"], result["evidence"]["rule"]) == expected
