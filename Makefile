@@ -6,7 +6,9 @@ ARGS ?=
 .PHONY: demo test install uv lint format deploy clean
 
 uv:
-	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv 2>/dev/null \
+		|| $(PYTHON) -m pip install --quiet --user uv 2>/dev/null \
+		|| { echo "could not install uv with $(PYTHON) -m pip: install it (pipx install uv, or your package manager) and rerun"; exit 1; }
 
 install: uv
 	$(UV) sync --frozen --python $(PYTHON)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sys
+import argparse
+import os
 import uuid
 from pathlib import Path
 
@@ -40,6 +41,8 @@ async def _deployment_ids(names: set[str]) -> dict[str, uuid.UUID]:
 def apply(folder: Path = HERE) -> list[Automation]:
     """Create or update every automation in `folder` on the server that PREFECT_API_URL names."""
     defs = definitions(folder)
+    if not defs:
+        raise SystemExit(f"no automation definitions (*.yaml) in {folder}")
     names = {a["deployment"] for _, d in defs for a in d.get("actions", []) if "deployment" in a}
     ids = run_coro_as_sync(_deployment_ids(names))
     applied = []
@@ -58,5 +61,15 @@ def apply(folder: Path = HERE) -> list[Automation]:
     return applied
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("folder", nargs="?", type=Path, default=HERE, help="folder of *.yaml definitions")
+    args = parser.parse_args(argv)
+    if not os.environ.get("PREFECT_API_URL"):
+        # Without it Prefect would start a throwaway server and "apply" to nothing.
+        raise SystemExit("PREFECT_API_URL is not set: point it at the Prefect server to apply the automations to")
+    apply(args.folder)
+
+
 if __name__ == "__main__":
-    apply(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
+    main()

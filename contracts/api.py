@@ -89,6 +89,10 @@ class ArmOutcome(msgspec.Struct, kw_only=True):
     incorrect: int
     errors: int = 0
     """Requests assigned to this arm whose prediction failed (answered with a 5xx, recorded all the same)."""
+    users: int = 0
+    """Distinct users assigned to this arm (users, not requests, are the unit of randomisation)."""
+    labelled_users: int = 0
+    """Distinct users of this arm with at least one labelled request."""
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     """Latency percentiles of the answered requests (None with no request)."""
@@ -117,9 +121,9 @@ class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     srm_threshold: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.001
     guardrail_error_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.01
     """Non-inferiority margin of the challenger's error rate (absolute)."""
-    guardrail_latency_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.25
+    guardrail_latency_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.5
     """Non-inferiority margin of the challenger's p95 latency (relative to the champion's)."""
-    guardrail_latency_slack_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
+    guardrail_latency_slack_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 20.0
     """Absolute slack of the latency guardrail on top of the relative margin."""
     loop_id: str = ""
     """Links the drift event, the retrain run, this experiment and its decision."""

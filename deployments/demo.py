@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import signal
 import sys
 import time
@@ -112,7 +113,7 @@ class Watcher:
     async def run(self) -> None:
         """Poll the Prefect event log once a second until cancelled."""
         from prefect.client.orchestration import get_client
-        from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+        from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventOrder
 
         async with get_client() as client:
             while True:
@@ -121,6 +122,7 @@ class Watcher:
                         filter=EventFilter(
                             occurred=EventOccurredFilter(since=self.since, until=datetime.now(UTC)),
                             event=EventNameFilter(prefix=["driftloop.", "prefect.flow-run."]),
+                            order=EventOrder.ASC,  # oldest first, so `since` never skips a page
                         ),
                         limit=50,
                     )
@@ -308,6 +310,9 @@ def _raise_interrupt(*_: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep-running", action="store_true", help="keep the services up after the loop closed")
+    parser.add_argument(
+        "--keep-state", action="store_true", help="start from the last run's state instead of a clean home folder"
+    )
     parser.add_argument("--timeout", type=float, help="seconds before giving up (DRIFTLOOP_DEMO_TIMEOUT_SECONDS)")
     parser.add_argument("--schedule-seconds", type=int, help="drift and A/B interval (DRIFTLOOP_DEMO_SCHEDULE_SECONDS)")
     args = parser.parse_args(argv)
@@ -323,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     timeline = Timeline()
+    if settings.home.exists() and not args.keep_state:
+        # The demo tells a story from "no model" to "promoted challenger": a champion left by the last run has
+        # already learnt the drift, so it would rightly never lose. Start clean unless told otherwise.
+        shutil.rmtree(settings.home)
+        timeline.log(f"cleared {settings.home} (the last run's state; --keep-state keeps it)")
     try:
         with Stack(settings, log=timeline.log) as stack:
             for name, url in urls(settings).items():

@@ -217,6 +217,7 @@ class Stack:
             self._spawn(service)
         self._wait_healthy(prefect)
         self.log("prefect is up")
+        self._recover_interrupted_runs()
         self._run(
             str(BIN / "prefect"), "work-pool", "create", s.work_pool, "--type", "process", "--overwrite",
             what="creating the work pool",
@@ -231,6 +232,37 @@ class Stack:
             self.log(f"{service.name} is up")
         self._wait_worker()
         self.log("worker is polling")
+
+    def _recover_interrupted_runs(self) -> None:
+        """Crash the runs a previous session's stop cut short and free the deployment slots they held.
+
+        Stopping kills the worker with its flow runs, so their state stays Running and their deployment's
+        concurrency slot stays taken; with `CANCEL_NEW` every later run would then be cancelled.
+        """
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Crashed
+
+        async def recover() -> int:
+            async with get_client() as client:
+                active = FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING])
+                runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=active)))
+                for run in runs:
+                    await client.set_flow_run_state(
+                        run.id, Crashed(message="the local stack stopped while this run was active"), force=True
+                    )
+                for limit in await client.read_global_concurrency_limits(limit=200):
+                    if limit.name.startswith("deployment:") and limit.active_slots:
+                        await client.update_global_concurrency_limit(
+                            limit.name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                        )
+                return len(runs)
+
+        crashed = asyncio.run(recover())
+        if crashed:
+            self.log(f"marked {crashed} run(s) interrupted by the last stop as Crashed and freed their slots")
 
     def _wait_worker(self) -> None:
         from prefect.client.orchestration import get_client
@@ -270,6 +302,14 @@ class Stack:
 
     def stop(self) -> None:
         """Stop every started process, newest first; SIGKILL whatever outlives its grace period."""
+        # A second Ctrl-C must not interrupt the shutdown and leave servers holding their ports.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._stop_all()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop_all(self) -> None:
         for service in reversed(self.services):
             process = service.process
             if process is None or process.poll() is not None:

@@ -5,8 +5,14 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import msgspec
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.api import ExperimentPlan
+
+# The plan's defaults live once, in the contract the router validates plans against.
+_PLAN = {f.name: f.default for f in msgspec.structs.fields(ExperimentPlan) if f.default is not msgspec.NODEFAULT}
 
 
 class FlowSettings(BaseSettings):
@@ -44,12 +50,18 @@ class FlowSettings(BaseSettings):
     ab_mde: float = Field(0.05, description="Minimum detectable effect: absolute accuracy lift planned for.")
     ab_split_b: float = Field(0.5, description="Share of users sent to the challenger during an experiment.")
     ab_max_duration_hours: float = Field(72.0, description="An experiment without a win by then is rolled back.")
-    ab_srm_threshold: float = Field(0.001, description="Sample ratio mismatch when the chi-squared p is below this.")
-    ab_guardrail_error_margin: float = Field(0.01, description="Allowed extra error rate of the challenger (absolute).")
-    ab_guardrail_latency_margin: float = Field(
-        0.5, description="Allowed extra p95 latency of the challenger (relative)."
+    ab_srm_threshold: float = Field(
+        _PLAN["srm_threshold"], description="Sample ratio mismatch when the chi-squared p is below this."
     )
-    ab_guardrail_latency_slack_ms: float = Field(20.0, description="Allowed extra p95 latency on top (absolute, ms).")
+    ab_guardrail_error_margin: float = Field(
+        _PLAN["guardrail_error_margin"], description="Allowed extra error rate of the challenger (absolute)."
+    )
+    ab_guardrail_latency_margin: float = Field(
+        _PLAN["guardrail_latency_margin"], description="Allowed extra p95 latency of the challenger (relative)."
+    )
+    ab_guardrail_latency_slack_ms: float = Field(
+        _PLAN["guardrail_latency_slack_ms"], description="Allowed extra p95 latency on top (absolute, ms)."
+    )
 
 
 @lru_cache

@@ -12,6 +12,12 @@ from serving.settings import get_settings
 def main() -> None:
     """Serve `serving.app:create_app` on `router_host:router_port` until interrupted."""
     settings = get_settings()
+    # Unpickling a PyCaret pipeline imports pycaret, which opens `logs.log` in the working directory unless
+    # told otherwise; set this before uvicorn imports the app (and so anything that loads a model).
+    if "PYCARET_CUSTOM_LOGGING_PATH" not in os.environ:
+        log_dir = (settings.home / "logs").resolve()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PYCARET_CUSTOM_LOGGING_PATH"] = str(log_dir / "pycaret.log")
     # MLflow's HTTP client retries for minutes by default; a router would rather keep serving its
     # current models and retry on the next refresh. Explicit environment values still win.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

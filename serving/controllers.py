@@ -277,7 +277,7 @@ class ExperimentController(Controller):
     def outcomes(
         self, store: Store, models: ModelManager, experiments: ExperimentService, settings: RouterSettings
     ) -> Outcomes:
-        """Per arm of the current experiment: requests, labels, correct, errors, latency percentiles, confusion."""
+        """Per arm of the current experiment: requests, labels, errors, users, latency percentiles, confusion."""
         current = models.current
         _require_champion(current)
         experiment = experiments.current(current)
@@ -298,6 +298,8 @@ class ExperimentController(Controller):
                     correct=c.correct,
                     incorrect=c.incorrect,
                     errors=c.errors,
+                    users=c.users,
+                    labelled_users=c.labelled_users,
                     latency_p50_ms=c.latency_p50_ms,
                     latency_p95_ms=c.latency_p95_ms,
                     confusion=[ConfusionCell(label=lb, prediction=pr, count=n) for lb, pr, n in c.confusion],

@@ -40,8 +40,6 @@ MIN_LATENCY_REQUESTS = 100
 """Answered requests per arm before the p95 latency guardrail can be breached (a p95 of fewer is a few points)."""
 ERROR_GUARDRAIL_TAU = 0.1
 """Mixing scale of the error-rate guardrail's confidence sequence."""
-LATENCY_SLACK_MS = 1.0
-"""Default absolute slack of the latency guardrail (plans carry their own)."""
 """Absolute slack of the latency guardrail, so that sub-millisecond jitter on a fast model is not a breach."""
 MIN_SRM_EXPECTED = 5
 """Expected count per arm below which the chi-squared SRM test is not run (its usual validity condition)."""
@@ -391,12 +389,12 @@ def latency_guardrail(
     p95_b: float | None,
     *,
     margin: float,
-    slack_ms: float = LATENCY_SLACK_MS,
+    slack_ms: float,
 ) -> GuardrailResult:
     """p95 latency guardrail: the challenger's p95 must stay within (1 + margin) of the champion's, + slack.
 
     A comparison of two reported percentiles, not a test: it waits for `MIN_LATENCY_REQUESTS` answered requests
-    per arm and is generous on purpose (a 25% margin by default), since the router reports no spread.
+    per arm and is generous on purpose, since the router reports no spread.
 
     Args:
         requests_a: Answered requests of the champion.
@@ -437,11 +435,25 @@ class ArmEvidence:
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     confusion: tuple[tuple[str, str, int], ...] = ()
+    users: int | None = None
+    """Distinct users assigned (None: one request per user, as in the simulations)."""
+    labelled_users: int | None = None
+    """Distinct users with a labelled request (None: as `labelled`)."""
 
     @property
     def assigned(self) -> int:
         """Requests assigned to this arm: answered plus failed."""
         return self.requests + self.errors
+
+    @property
+    def assigned_units(self) -> int:
+        """Units of randomisation assigned to this arm: users when the router reports them, else requests."""
+        return self.assigned if self.users is None else self.users
+
+    @property
+    def labelled_units(self) -> int:
+        """Users (or, without user counts, requests) of this arm with a label."""
+        return self.labelled if self.labelled_users is None else self.labelled_users
 
     @classmethod
     def from_outcome(cls, outcome: ArmOutcome | None, version: str) -> ArmEvidence:
@@ -457,6 +469,9 @@ class ArmEvidence:
             latency_p50_ms=outcome.latency_p50_ms,
             latency_p95_ms=outcome.latency_p95_ms,
             confusion=tuple(_cell(c) for c in outcome.confusion),
+            # 0 users with traffic means a router that does not count users: fall back to requests.
+            users=outcome.users or None,
+            labelled_users=outcome.labelled_users or None,
         )
 
 
@@ -533,8 +548,10 @@ def decide(evidence: Evidence) -> Decision:
     """
     plan, a, b = evidence.plan, evidence.champion, evidence.challenger
     tau = plan.mde if evidence.tau is None else evidence.tau
-    srm_all = srm_check((a.assigned, b.assigned), plan.ab_split_b, plan.srm_threshold)
-    srm_labelled = srm_check((a.labelled, b.labelled), plan.ab_split_b, plan.srm_threshold)
+    # Users are what the router randomises, so the ratio is checked on users: requests per user vary, and a
+    # request-level test would flag heavy users as a mismatch.
+    srm_all = srm_check((a.assigned_units, b.assigned_units), plan.ab_split_b, plan.srm_threshold)
+    srm_labelled = srm_check((a.labelled_units, b.labelled_units), plan.ab_split_b, plan.srm_threshold)
     # The error guardrail is there to catch a broken challenger fast: its mixture scale is set for gross
     # failures (tens of percent) rather than for excesses near the margin, which it still catches, later.
     tau_errors = ERROR_GUARDRAIL_TAU
@@ -575,8 +592,16 @@ def decide(evidence: Evidence) -> Decision:
             f"{plan.srm_threshold}; the comparison cannot be trusted",
         )
 
+    if (srm_all.mismatch or srm_labelled.mismatch) and timed_out:
+        # An experiment that cannot be trusted must not hold traffic forever.
+        return verdict(
+            "ROLLBACK",
+            "max_duration",
+            f"still invalid at the maximum duration ({plan.max_duration_hours} h): "
+            f"sample ratio mismatch (p all {srm_all.p_value}, labelled {srm_labelled.p_value})",
+        )
     if srm_all.mismatch:
-        return mismatch("all assigned traffic", srm_all)
+        return mismatch("assigned users", srm_all)
     # Guardrails before the labelled SRM: a challenger that fails most requests has few labelled outcomes, and
     # that skew must read as the breach it is, not as an untrustworthy experiment that keeps serving.
     breached = [g for g in guardrails if not g.holds]
@@ -584,7 +609,7 @@ def decide(evidence: Evidence) -> Decision:
         details = "; ".join(f"{g.name} {g.detail}" for g in breached)
         return verdict("ROLLBACK", "guardrail", f"guardrail breached: {details}")
     if srm_labelled.mismatch:
-        return mismatch("labelled outcomes", srm_labelled)
+        return mismatch("labelled users", srm_labelled)
     summary = _summary(a, b, test, plan)
     if test is not None and test.lower > 0:
         return verdict("PROMOTE", "better", f"challenger better: {summary}; guardrails hold")

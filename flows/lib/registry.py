@@ -280,6 +280,11 @@ def alias_history(model_name: str) -> list[dict[str, str]]:
     return [{k: run.data.tags.get(k, "") for k in keys} | {"run_id": run.info.run_id} for run in runs]
 
 
+def _recorded_move(model_name: str, alias: str, decision_id: str) -> dict[str, str] | None:
+    """The history record of this decision's move of `alias`, if an earlier try wrote it."""
+    return next((m for m in alias_history(model_name) if m["alias"] == alias and m["decision_id"] == decision_id), None)
+
+
 def move_alias(
     model_name: str,
     alias: str,
@@ -292,19 +297,30 @@ def move_alias(
 ) -> str | None:
     """Point `alias` at `version` (or remove it when `version` is None) and record the move.
 
+    A move made by a decision is recorded first and then made, and a retry finds the record by decision id:
+    a failure between the two never loses the record nor writes it twice.
+
     Returns:
         The version the alias pointed to before, or None.
     """
-    current = get_version(model_name, alias)
-    previous = str(current.version) if current is not None else None
     target = None if version is None else str(version)
-    if previous == target:
-        return previous
+    earlier = _recorded_move(model_name, alias, decision_id) if decision_id else None
+    if earlier is not None:
+        previous = earlier["from_version"] or None
+    else:
+        current = get_version(model_name, alias)
+        previous = str(current.version) if current is not None else None
+        if previous == target:
+            return previous
+        move = AliasMove(model_name, alias, previous, target, reason, decision_id, loop_id, evidence or {})
+        if decision_id:
+            record_move(move)
     if target is None:
         delete_alias(model_name, alias)
     else:
         set_alias(model_name, alias, target)
-    record_move(AliasMove(model_name, alias, previous, target, reason, decision_id, loop_id, evidence or {}))
+    if not decision_id and earlier is None:
+        record_move(move)
     return previous
 
 
@@ -337,23 +353,25 @@ def promote(
     """
     version = str(version)
     client = _client()
-    client.get_model_version(model_name, version)  # fail before touching aliases if it doesn't exist
+    target = client.get_model_version(model_name, version)  # fail before touching aliases if it doesn't exist
     current = get_version(model_name, CHAMPION)
     # ModelVersion.version is an int from some calls and a str from others: compare as str.
     if current is not None and str(current.version) == version:
-        previous = current.tags.get(TAG_PREVIOUS_CHAMPION) or None
+        # Already champion (a retry, or a repeat): the tags were written before the alias moved.
+        previous = target.tags.get(TAG_PREVIOUS_CHAMPION) or None
+        if decision_id and target.tags.get(TAG_DECISION_ID) != decision_id:
+            return previous  # promoted earlier by another decision: nothing to do
     else:
         previous = str(current.version) if current is not None else None
-        move_alias(
-            model_name, CHAMPION, version, reason=reason, decision_id=decision_id, loop_id=loop_id,
-            evidence=evidence,
-        )  # fmt: skip
+        # Tags first: whatever fails after this, a retry still knows what the move replaced.
         tags = {TAG_DECISION: f"promoted: {reason}", TAG_DECISION_ID: decision_id}
         if previous is not None:
             tags[TAG_PREVIOUS_CHAMPION] = previous
             tag_version(model_name, previous, {TAG_REPLACED_BY: version, TAG_DECISION_ID: decision_id})
         tag_version(model_name, version, tags)
-    move_alias(model_name, CHALLENGER, None, reason=f"promoted to {CHAMPION}", decision_id=decision_id, loop_id=loop_id)
+    moved = {"decision_id": decision_id, "loop_id": loop_id, "evidence": evidence}
+    move_alias(model_name, CHAMPION, version, reason=reason, **moved)
+    move_alias(model_name, CHALLENGER, None, reason=f"promoted to {CHAMPION}: {reason}", **moved)
     return previous
 
 

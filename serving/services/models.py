@@ -6,6 +6,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 _FLOAT_TYPES = {"double": "float64", "float": "float32"}
 _INT_TYPES = {"long": "int64", "integer": "int32"}
+_INT_RANGES = {name: (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) for name, dtype in _INT_TYPES.items()}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+WARM_UP_PREDICTIONS = 5
+"""Predictions run on a freshly loaded version before it serves (cold pipelines answer several times slower)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,21 +58,38 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _coerce(value: FeatureValue, type_name: str) -> tuple[bool, FeatureValue]:
-    """Check one value against a signature type; returns (ok, value converted for the model)."""
+def _coerce(value: FeatureValue, type_name: str) -> tuple[str | None, FeatureValue]:
+    """Check one value against a signature type.
+
+    Returns:
+        (problem, value converted for the model); `problem` is None when the value fits, else what was
+        wrong with it (`got string`, `got integer out of range`) for the error message.
+    """
     # bool is an int subclass in Python but never a valid number for a model column.
     if type_name in _FLOAT_TYPES:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return True, float(value)
-        return False, value
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return f"got {_json_type(value)}", value
+        try:
+            # JSON integers have no size limit: 10**400 decodes fine but fits no float.
+            converted = float(value)
+        except OverflowError:
+            return f"got {_json_type(value)} out of range", value
+        if type_name == "float" and abs(converted) > _FLOAT32_MAX:
+            return f"got {_json_type(value)} out of range", value
+        return None, converted
     if type_name in _INT_TYPES:
-        return isinstance(value, int) and not isinstance(value, bool), value
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"got {_json_type(value)}", value
+        low, high = _INT_RANGES[type_name]
+        if not low <= value <= high:
+            return "got integer out of range", value
+        return None, value
     if type_name == "boolean":
-        return isinstance(value, bool), value
+        return (None if isinstance(value, bool) else f"got {_json_type(value)}"), value
     if type_name == "string":
-        return isinstance(value, str), value
+        return (None if isinstance(value, str) else f"got {_json_type(value)}"), value
     # Types JSON cannot carry natively (datetime, binary, ...) are passed through for the model to judge.
-    return True, value
+    return None, value
 
 
 def native_label(value: Any) -> Label:
@@ -127,9 +149,9 @@ class ServedModel:
             if spec.name not in features:
                 row[spec.name] = None
                 continue
-            ok, converted = _coerce(features[spec.name], spec.type)
-            if not ok:
-                wrong[spec.name] = f"expected {spec.type}, got {_json_type(features[spec.name])}"
+            problem, converted = _coerce(features[spec.name], spec.type)
+            if problem is not None:
+                wrong[spec.name] = f"expected {spec.type}, {problem}"
             row[spec.name] = converted
         if missing or unknown or wrong:
             problems = []
@@ -302,7 +324,11 @@ class ModelSource:
         return str(version.version)
 
     def load(self, version: str) -> ServedModel:
-        """Load a version with `mlflow.sklearn` and read its feature schema from the signature.
+        """Load a version with `mlflow.sklearn`, read its feature schema from the signature and warm it up.
+
+        The warm-up runs a few predictions on the version's logged input example (see `warm_up`), so the
+        first live requests do not carry the cold-start cost; a version without an example skips it, and a
+        failing warm-up is logged and never stops the load.
 
         Args:
             version: Registered model version.
@@ -332,13 +358,111 @@ class ModelSource:
             tracking_uri=self.tracking_uri,
         )
         estimator = mlflow.sklearn.load_model(local)
-        features = features_from_signature(Model.load(local).signature, f"{self.model_name} v{version}")
+        meta = Model.load(local)
+        features = features_from_signature(meta.signature, f"{self.model_name} v{version}")
         served = ServedModel(name=self.model_name, version=version, features=features, estimator=estimator)
+        # Before the version is cached (and so before any swap serves it): pay the cold start here.
+        _warm_up_logged(served, meta, local)
         self._cache[version] = served
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         logger.info("loaded %s v%s from %s", self.model_name, version, artifact_uri)
         return served
+
+
+def example_row(example: Any, features: tuple[FeatureSpec, ...]) -> dict[str, FeatureValue] | None:
+    """The first row of a logged input example as request features, or None for a shape we cannot read.
+
+    Args:
+        example: What `mlflow.models.Model.load_input_example` returned (DataFrame, dict, ndarray, ...).
+        features: The signature's columns (names for column-less arrays).
+
+    Returns:
+        Column name to plain Python value (numpy scalars unwrapped).
+    """
+    row: dict[str, Any]
+    if isinstance(example, pd.DataFrame):
+        if example.empty:
+            return None
+        row = example.iloc[0].to_dict()
+    elif isinstance(example, Mapping):
+        row = {str(k): (v[0] if isinstance(v, list | tuple | np.ndarray) and len(v) else v) for k, v in example.items()}
+    elif isinstance(example, np.ndarray) and example.ndim in (1, 2) and example.size:
+        values = example if example.ndim == 1 else example[0]
+        if len(values) != len(features):
+            return None
+        row = {f.name: v for f, v in zip(features, values, strict=True)}
+    else:
+        return None
+    return {name: (v.item() if isinstance(v, np.generic) else v) for name, v in row.items()}
+
+
+def warm_up(served: ServedModel, example: Any, *, rounds: int = WARM_UP_PREDICTIONS) -> int:
+    """Run `rounds` predictions on the first row of an input example, through the path live requests take.
+
+    Args:
+        served: The freshly loaded version.
+        example: Its logged input example.
+        rounds: How many predictions to run.
+
+    Returns:
+        The number of predictions run (0 when the example's shape is not readable).
+
+    Raises:
+        InvalidFeatures: The example does not match the signature.
+        Exception: Whatever the model raises.
+    """
+    features = example_row(example, served.features)
+    if features is None:
+        logger.warning(
+            "%s v%s: cannot read a row from its input example (%s); no warm-up",
+            served.name,
+            served.version,
+            type(example).__name__,
+        )
+        return 0
+    row = served.check(features)
+    for _ in range(rounds):
+        served.predict(row)
+    return rounds
+
+
+def _warm_up_logged(served: ServedModel, meta: Any, model_dir: str) -> None:
+    """Warm a loaded version up on its logged input example; only ever logs (a failure must not block loading)."""
+    try:
+        example = meta.load_input_example(model_dir)
+    except Exception as exc:
+        logger.warning(
+            "%s v%s: could not read its input example, no warm-up: %s: %s",
+            served.name,
+            served.version,
+            type(exc).__name__,
+            exc,
+        )
+        return
+    if example is None:
+        logger.debug("%s v%s has no input example: no warm-up", served.name, served.version)
+        return
+    started = time.perf_counter()
+    try:
+        n = warm_up(served, example)
+    except Exception as exc:
+        logger.warning(
+            "%s v%s: warm-up on its input example failed (loading anyway): %s: %s",
+            served.name,
+            served.version,
+            type(exc).__name__,
+            exc,
+        )
+        return
+    if n:
+        logger.info(
+            "%s v%s warmed up with %d predictions in %.1f ms",
+            served.name,
+            served.version,
+            n,
+            (time.perf_counter() - started) * 1000,
+        )
 
 
 def _is_not_found(exc: Exception) -> bool:

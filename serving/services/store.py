@@ -141,6 +141,10 @@ class ArmCounts:
     correct: int
     incorrect: int
     errors: int = 0
+    users: int = 0
+    """Distinct users with at least one answered or failed request."""
+    labelled_users: int = 0
+    """Distinct users with at least one labelled request."""
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     confusion: tuple[tuple[str, str, int], ...] = ()
@@ -318,7 +322,7 @@ class Store:
             conn.execute(sa.insert(prediction_errors).values(**values))
 
     def outcomes(self, experiment_id: str) -> dict[str, ArmCounts]:
-        """Per-arm counts, errors, latency percentiles and confusion cells of one experiment.
+        """Per-arm counts, errors, distinct users, latency percentiles and confusion cells of one experiment.
 
         Counts and confusion cells are aggregated in SQL; the percentiles are numpy's (linear interpolation)
         over the experiment's latencies, since SQLite has no percentile function.
@@ -342,12 +346,23 @@ class Store:
                 sa.func.count(c.label).label("labelled"),
                 count_if(sa.and_(labelled, c.label == c.prediction)).label("correct"),
                 count_if(sa.and_(labelled, c.label != c.prediction)).label("incorrect"),
+                # COUNT(DISTINCT CASE WHEN label IS NOT NULL THEN user_id END): NULLs are not counted.
+                sa.func.count(sa.distinct(sa.case((labelled, c.user_id)))).label("labelled_users"),
             )
             .where(c.experiment_id == experiment_id)
             .group_by(c.arm)
         )
         errors = (
             sa.select(e.arm, sa.func.count().label("errors")).where(e.experiment_id == experiment_id).group_by(e.arm)
+        )
+        # A user counts for an arm whether their requests were answered or only failed: users are the unit
+        # of randomisation, so the SRM check needs them all.
+        arm_users = sa.union(
+            sa.select(c.arm, c.user_id).where(c.experiment_id == experiment_id),
+            sa.select(e.arm, e.user_id).where(e.experiment_id == experiment_id),
+        ).subquery()
+        users = sa.select(arm_users.c.arm, sa.func.count(sa.distinct(arm_users.c.user_id)).label("users")).group_by(
+            arm_users.c.arm
         )
         latencies = sa.select(c.arm, c.latency_ms).where(c.experiment_id == experiment_id)
         confusion = (
@@ -359,6 +374,7 @@ class Store:
         with self.engine.connect() as conn:
             count_rows = {r.arm: r for r in conn.execute(counts)}
             error_counts = {r.arm: int(r.errors) for r in conn.execute(errors)}
+            user_counts = {r.arm: int(r.users) for r in conn.execute(users)}
             by_arm: dict[str, list[float]] = {}
             for r in conn.execute(latencies):
                 by_arm.setdefault(r.arm, []).append(float(r.latency_ms))
@@ -374,6 +390,8 @@ class Store:
                 correct=int(r.correct) if r else 0,
                 incorrect=int(r.incorrect) if r else 0,
                 errors=error_counts.get(arm, 0),
+                users=user_counts.get(arm, 0),
+                labelled_users=int(r.labelled_users) if r else 0,
                 latency_p50_ms=_percentile(by_arm.get(arm, []), 50),
                 latency_p95_ms=_percentile(by_arm.get(arm, []), 95),
                 confusion=tuple(cells.get(arm, ())),

@@ -2,6 +2,7 @@
 
 import socket
 import sys
+import time
 
 import pytest
 
@@ -42,7 +43,9 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path):
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     service = Service("worker", [sys.executable, "-c", code], None, None, tmp_path / "w.log", kill_grace_seconds=0.5)
     stack._spawn(service)
+    deadline = time.monotonic() + 30
     while "up" not in service.log_tail():
-        pass
+        assert time.monotonic() < deadline, service.log_tail()
+        time.sleep(0.05)
     stack.stop()
     assert service.process.returncode == -9

@@ -224,10 +224,10 @@ def test_error_guardrail_holds_for_equal_rates_and_breaches_past_the_margin():
 
 
 def test_latency_guardrail_needs_data_and_allows_the_margin_plus_slack():
-    assert latency_guardrail(50, 40.0, 50, 400.0, margin=0.25).holds  # not enough data
-    assert latency_guardrail(500, 40.0, 500, 50.9, margin=0.25).holds  # 40 * 1.25 + 1 = 51
-    assert not latency_guardrail(500, 40.0, 500, 51.5, margin=0.25).holds
-    assert latency_guardrail(500, None, 500, 51.5, margin=0.25).holds
+    assert latency_guardrail(50, 40.0, 50, 400.0, margin=0.25, slack_ms=1.0).holds  # not enough data
+    assert latency_guardrail(500, 40.0, 500, 50.9, margin=0.25, slack_ms=1.0).holds  # 40 * 1.25 + 1 = 51
+    assert not latency_guardrail(500, 40.0, 500, 51.5, margin=0.25, slack_ms=1.0).holds
+    assert latency_guardrail(500, None, 500, 51.5, margin=0.25, slack_ms=1.0).holds
 
 
 # --- every decision path --------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_invalid_on_a_sample_ratio_mismatch_of_all_traffic():
         )
     )
     assert decision.decision == "INVALID" and decision.evidence["rule"] == "srm_all"
-    assert "all assigned traffic" in decision.reason and "p=" in decision.reason
+    assert "assigned users" in decision.reason and "p=" in decision.reason
 
 
 def test_invalid_on_a_sample_ratio_mismatch_of_the_labelled_outcomes_only():
@@ -253,7 +253,7 @@ def test_invalid_on_a_sample_ratio_mismatch_of_the_labelled_outcomes_only():
     )
     assert decision.evidence["srm"]["all_traffic"]["mismatch"] is False
     assert decision.decision == "INVALID" and decision.evidence["rule"] == "srm_labelled"
-    assert "labelled outcomes" in decision.reason
+    assert "labelled users" in decision.reason
 
 
 def test_rollback_on_an_error_rate_breach_even_when_more_accurate():
@@ -341,3 +341,29 @@ def test_evidence_from_outcomes_fills_a_missing_arm_and_reads_naive_times_as_utc
     assert decide(evidence).decision == "INVALID"
     no_start = evidence_from_outcomes(msgspec.structs.replace(outcomes, started_at=None), plan(), START)
     assert no_start.elapsed_hours is None
+
+
+def test_the_sample_ratio_is_checked_on_users_not_requests():
+    # Balanced users, but the champion's users happen to be heavier: requests alone would cry mismatch.
+    champion = msgspec.structs.replace(
+        arm("champion", labelled=2000, correct=1600, requests=6000), users=500, labelled_users=450
+    )
+    challenger = msgspec.structs.replace(
+        arm("challenger", labelled=1500, correct=1200, requests=4000), users=505, labelled_users=455
+    )
+    decision = decide(look(champion, challenger))
+    assert decision.evidence["srm"]["all_traffic"]["observed"] == [500, 505]
+    assert decision.evidence["srm"]["labelled"]["observed"] == [450, 455]
+    assert decision.decision != "INVALID"
+
+
+def test_an_experiment_still_invalid_at_the_maximum_duration_is_rolled_back():
+    decision = decide(
+        look(
+            arm("champion", labelled=2000, correct=1600, requests=5300),
+            arm("challenger", labelled=2000, correct=1600, requests=4700),
+            hours=80.0,
+        )
+    )
+    assert (decision.decision, decision.evidence["rule"]) == ("ROLLBACK", "max_duration")
+    assert "still invalid at the maximum duration" in decision.reason

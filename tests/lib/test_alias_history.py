@@ -71,3 +71,26 @@ def test_retiring_the_challenger_removes_its_alias_tags_it_and_records_the_move(
         CHALLENGER, "3", "", "guardrail breached", "loop-2",
     )  # fmt: skip
     assert registry.retire_challenger(model, reason="nothing to retire") is None
+
+
+def test_a_promotion_retried_after_a_failed_alias_write_keeps_one_record_and_its_tags(model, monkeypatch):
+    registry.move_alias(model, CHALLENGER, "3", reason="passed the gate", loop_id="loop-3")
+    real_set_alias, calls = registry.set_alias, []
+
+    def flaky(name, alias, version):
+        calls.append(alias)
+        if len(calls) == 1:
+            raise ConnectionError("registry went away")
+        real_set_alias(name, alias, version)
+
+    monkeypatch.setattr(registry, "set_alias", flaky)
+    with pytest.raises(ConnectionError):
+        registry.promote(model, "3", reason="CS above 0", decision_id="d-4", loop_id="loop-3")
+    assert registry.promote(model, "3", reason="CS above 0", decision_id="d-4", loop_id="loop-3") == "2"
+
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(model, CHAMPION).version) == "3"
+    assert client.get_model_version(model, "3").tags[TAG_PREVIOUS_CHAMPION] == "2"
+    moves = [(m["alias"], m["from_version"], m["to_version"]) for m in registry.alias_history(model)
+             if m["decision_id"] == "d-4"]  # fmt: skip
+    assert moves == [(CHAMPION, "2", "3"), (CHALLENGER, "3", "")]

@@ -32,8 +32,8 @@ FULL_PLAN = {
     "metric": "accuracy",
     "srm_threshold": 0.001,
     "guardrail_error_margin": 0.01,
-    "guardrail_latency_margin": 0.25,
-    "guardrail_latency_slack_ms": 1.0,
+    "guardrail_latency_margin": 0.5,
+    "guardrail_latency_slack_ms": 20.0,
 }
 NO_RECORD = {"started_at": None, "plan": None, "sample_reached_at": None, "ended_at": None, "end_reason": None}
 SAMPLE_REACHED = {
@@ -420,6 +420,8 @@ async def test_promotion_half_done_serves_only_the_new_version(make_app, source,
                     "correct": 30,
                     "incorrect": 0,
                     "errors": 0,
+                    "users": 30,
+                    "labelled_users": 30,
                     "latency_p50_ms": float(np.percentile(latencies, 50)),
                     "latency_p95_ms": float(np.percentile(latencies, 95)),
                     "confusion": [{"label": "setosa", "prediction": "setosa", "count": 30}],

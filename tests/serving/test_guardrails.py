@@ -28,6 +28,8 @@ def expected_arm(records: list[dict], arm: str, version: str, errors: int = 0) -
         "correct": sum(r["label"] == r["prediction"] for r in labelled),
         "incorrect": sum(r["label"] != r["prediction"] for r in labelled),
         "errors": errors,
+        "users": len({r["user_id"] for r in mine}),
+        "labelled_users": len({r["user_id"] for r in labelled}),
         "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
         "confusion": [{"label": lb, "prediction": pr, "count": n} for (lb, pr), n in sorted(cells.items())],
@@ -70,7 +72,8 @@ async def test_a_failing_arm_answers_500_and_counts_its_errors(make_app, make_so
     assert len(records) == 40 - len(failed)  # failures are not in the inference log...
     assert outcomes["arms"] == [
         expected_arm(records, "champion", "1"),
-        {**expected_arm([], "challenger", "2"), "errors": len(failed)},  # ...but count against their arm
+        # ...but count against their arm, and so do their users (one request each here).
+        {**expected_arm([], "challenger", "2"), "errors": len(failed), "users": len(failed)},
     ]
     store = Store(settings.store_url())
     store.open()
@@ -162,6 +165,8 @@ def test_store_aggregates_one_experiment_per_arm(store):
             correct=labelled_pairs[("a", "a")] + labelled_pairs[("b", "b")],
             incorrect=labelled_pairs[("a", "b")] + labelled_pairs[("b", "a")],
             errors=0,
+            users=100,
+            labelled_users=67,
             latency_p50_ms=50.5,
             latency_p95_ms=pytest.approx(95.05),
             confusion=(
@@ -171,7 +176,7 @@ def test_store_aggregates_one_experiment_per_arm(store):
                 ("b", "b", labelled_pairs[("b", "b")]),
             ),
         ),
-        "challenger": ArmCounts(requests=0, labelled=0, correct=0, incorrect=0, errors=3),
+        "challenger": ArmCounts(requests=0, labelled=0, correct=0, incorrect=0, errors=3, users=3),
     }
     assert labelled_pairs == {("b", "a"): 17, ("a", "a"): 17, ("b", "b"): 17, ("a", "b"): 16}
     assert store.labelled_per_arm("v1-vs-v2") == {"champion": 67}

@@ -1,5 +1,7 @@
 """The real MLflow ModelSource behind the app, on a SQLite tracking store in tmp_path."""
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +9,7 @@ from litestar.testing import AsyncTestClient
 
 from contracts.registry import CHALLENGER, CHAMPION
 from serving.app import create_app
+from serving.services.models import WARM_UP_PREDICTIONS, ModelSource, ServedModel
 from serving.services.store import Store
 
 pytestmark = pytest.mark.slow
@@ -19,7 +22,7 @@ def iris_like(rows: int = 90) -> pd.DataFrame:
     return pd.DataFrame(rng.uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], size=(rows, 4)), columns=COLUMNS)
 
 
-def register(tracking_uri: str, experiment_id: str, model, X, y) -> str:
+def register(tracking_uri: str, experiment_id: str, model, X, y, input_example=None) -> str:
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
@@ -31,6 +34,7 @@ def register(tracking_uri: str, experiment_id: str, model, X, y) -> str:
             model,
             name="model",
             signature=infer_signature(X, y),
+            input_example=input_example,
             serialization_format="cloudpickle",
             pip_requirements=["scikit-learn"],
             registered_model_name="Iris",
@@ -101,3 +105,61 @@ async def test_real_registry_champion_then_both_arms(tmp_path, monkeypatch, sett
         outcomes = (await router.get("/experiment/outcomes")).json()
         assert [(a["arm"], a["model_version"]) for a in outcomes["arms"]] == [("champion", v1), ("challenger", v2)]
         assert sum(a["requests"] for a in outcomes["arms"]) == 40
+
+
+def test_load_warms_a_version_up_on_its_input_example(tmp_path, monkeypatch, caplog):
+    from mlflow import MlflowClient
+    from sklearn.tree import DecisionTreeClassifier
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment_id = MlflowClient(tracking_uri).create_experiment(
+        "warm-up", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+    X = iris_like()
+    y = np.where(X["petal_length"] < 2.5, "setosa", "versicolor")
+    tree = DecisionTreeClassifier(random_state=0).fit(X, y)
+    with_example = register(tracking_uri, experiment_id, tree, X, y, input_example=X.head(3))
+    without_example = register(tracking_uri, experiment_id, tree, X, y)
+
+    # Count the predictions made while loading, through the path live requests take.
+    seen: list[tuple[str, dict]] = []
+    predict = ServedModel.predict
+
+    def counting(self, row):
+        seen.append((self.version, dict(row)))
+        return predict(self, row)
+
+    monkeypatch.setattr(ServedModel, "predict", counting)
+    source = ModelSource(tracking_uri, "Iris")
+    source.open()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="serving.services.models"):
+            served = source.load(with_example)
+            assert [v for v, _ in seen] == [with_example] * WARM_UP_PREDICTIONS
+            first = X.iloc[0].to_dict()
+            assert all(row == first for _, row in seen)
+
+            seen.clear()
+            source.load(with_example)  # cached: no second warm-up
+            assert seen == []
+            source.load(without_example)
+            assert seen == []
+            assert f"Iris v{without_example} has no input example: no warm-up" in caplog.text
+
+            # A failing warm-up is logged and never blocks the load.
+            def broken(self, row):
+                raise RuntimeError("cold model fell over")
+
+            monkeypatch.setattr(ServedModel, "predict", broken)
+            source.close()
+            source.open()
+            reloaded = source.load(with_example)
+        assert reloaded.version == served.version == with_example
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "serving.services.models"]
+        assert [r.getMessage() for r in warnings] == [
+            f"Iris v{with_example}: warm-up on its input example failed (loading anyway): "
+            "RuntimeError: cold model fell over"
+        ]
+    finally:
+        source.close()

@@ -1,7 +1,14 @@
 """Model lifecycle: alias changes picked up by the refresh loop and /models/reload, health, OpenAPI."""
 
 import anyio
+import numpy as np
+import pandas as pd
+import pytest
 from litestar.testing import AsyncTestClient
+
+from serving.errors import InvalidFeatures
+from serving.services.models import WARM_UP_PREDICTIONS, FeatureSpec, ServedModel, warm_up
+from tests.serving.conftest import StubModel
 
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
@@ -99,3 +106,49 @@ async def test_openapi_lists_every_path(client):
     }
     tags = {tuple(op["tags"]) for item in schema["paths"].values() for op in item.values()}
     assert tags == {("inference",), ("config",), ("experiment",), ("models",)}
+
+
+def stub_served(types=None) -> ServedModel:
+    types = types or dict.fromkeys(IRIS, "double")
+    return ServedModel(
+        name="Iris", version="1", features=tuple(FeatureSpec(n, t) for n, t in types.items()), estimator=StubModel()
+    )
+
+
+@pytest.mark.parametrize(
+    "example",
+    [
+        pd.DataFrame([IRIS, {**IRIS, "petal_length": 5.0}]),
+        {name: [value, 9.9] for name, value in IRIS.items()},
+        IRIS,
+        np.array([list(IRIS.values()), [9.9] * 4]),
+    ],
+    ids=["dataframe", "dict of lists", "dict", "ndarray"],
+)
+def test_warm_up_predicts_the_first_example_row(example):
+    served = stub_served()
+    assert warm_up(served, example) == WARM_UP_PREDICTIONS
+    frames = served.estimator.frames
+    assert len(frames) == WARM_UP_PREDICTIONS
+    assert all(f.to_dict("records") == [IRIS] for f in frames)
+
+
+def test_warm_up_skips_examples_it_cannot_read():
+    served = stub_served()
+    assert warm_up(served, "free text") == 0
+    assert warm_up(served, pd.DataFrame(columns=list(IRIS))) == 0
+    assert warm_up(served, np.array([1.0, 2.0])) == 0  # no column names and the wrong width
+    assert served.estimator.frames == []
+
+
+def test_warm_up_checks_the_example_against_the_signature():
+    with pytest.raises(InvalidFeatures, match="petal_width"):
+        warm_up(stub_served(), {k: v for k, v in IRIS.items() if k != "petal_width"})
+
+
+def test_float32_columns_reject_numbers_a_float32_cannot_hold():
+    served = stub_served({**dict.fromkeys(IRIS, "double"), "sepal_length": "float"})
+    assert served.check({**IRIS, "sepal_length": 3.0e38})["sepal_length"] == 3.0e38
+    with pytest.raises(InvalidFeatures) as err:
+        served.check({**IRIS, "sepal_length": 1e39})
+    assert err.value.extra["wrong_type"] == {"sepal_length": "expected float, got number out of range"}

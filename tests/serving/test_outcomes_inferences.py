@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import numpy as np
 from litestar.testing import AsyncTestClient
 
+from serving.services.assignment import assign_arm
+
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 LARGE = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 ARMS = ("champion", "challenger")
@@ -13,7 +15,10 @@ ARMS = ("champion", "challenger")
 
 async def test_outcomes_count_what_was_posted(client):
     before = datetime.now(UTC)
-    expected = {arm: {"requests": 0, "labelled": 0, "correct": 0, "incorrect": 0, "errors": 0} for arm in ARMS}
+    expected = {
+        arm: {"requests": 0, "labelled": 0, "correct": 0, "incorrect": 0, "errors": 0, "users": 0, "labelled_users": 0}
+        for arm in ARMS
+    }
     cells: dict[str, Counter[tuple[str, str]]] = {arm: Counter() for arm in ARMS}
     for i in range(60):
         features = SETOSA if i % 2 else LARGE
@@ -22,10 +27,12 @@ async def test_outcomes_count_what_was_posted(client):
         served = (await client.post("/predict", json={"user_id": f"u{i}", "features": features, **inline})).json()
         counts = expected[served["arm"]]
         counts["requests"] += 1
+        counts["users"] += 1  # one request per user
         if i % 3 == 1:
             await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
         if i % 3 in (0, 1):
             counts["labelled"] += 1
+            counts["labelled_users"] += 1
             counts["correct" if served["prediction"] == "setosa" else "incorrect"] += 1
             cells[served["arm"]][("setosa", served["prediction"])] += 1
     records = (await client.get("/inferences")).json()["records"]
@@ -65,6 +72,8 @@ async def test_outcomes_list_loaded_arms_with_zeros(client):
         "correct": 0,
         "incorrect": 0,
         "errors": 0,
+        "users": 0,
+        "labelled_users": 0,
         "latency_p50_ms": None,
         "latency_p95_ms": None,
         "confusion": [],
@@ -128,3 +137,50 @@ async def test_records_survive_a_restart(make_app):
         assert [r["request_id"] for r in records] == [served["request_id"]]
         feedback = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
         assert feedback.json()["correct"] is True
+
+
+def users_of(arm: str, n: int) -> list[str]:
+    """The first `n` user ids the test salt assigns to an arm at a 50% split."""
+    found = []
+    for i in range(1000):
+        if assign_arm(f"user-{i}", salt="test-salt", split_b=0.5, has_challenger=True) == arm:
+            found.append(f"user-{i}")
+        if len(found) == n:
+            return found
+    raise AssertionError(f"fewer than {n} users on {arm}")
+
+
+async def test_outcomes_count_distinct_users_not_requests(client):
+    # Three users make ten requests: two champion users (4 and 3 requests), one challenger user (3).
+    alice, bob = users_of("champion", 2)
+    (carol,) = users_of("challenger", 1)
+    plan = [alice, bob, carol, alice, bob, carol, alice, bob, carol, alice]
+    for i, user in enumerate(plan):
+        # Only alice's first request and every one of carol's carry a label; bob never labels.
+        label = {"label": "setosa"} if (user == alice and i == 0) or user == carol else {}
+        response = await client.post("/predict", json={"user_id": user, "features": SETOSA, **label})
+        assert response.status_code == 200
+    arms = (await client.get("/experiment/outcomes")).json()["arms"]
+    keys = ("arm", "requests", "labelled", "users", "labelled_users")
+    assert [{k: a[k] for k in keys} for a in arms] == [
+        {"arm": "champion", "requests": 7, "labelled": 1, "users": 2, "labelled_users": 1},
+        {"arm": "challenger", "requests": 3, "labelled": 3, "users": 1, "labelled_users": 1},
+    ]
+
+
+async def test_outcomes_users_include_users_whose_requests_only_failed(make_app, make_source):
+    source = make_source(champion="1", challenger="2")
+    source.failing.add("2")
+    (alice,) = users_of("champion", 1)
+    carol, dave = users_of("challenger", 2)
+    async with AsyncTestClient(app=make_app(source=source)) as client:
+        for user in (alice, alice, carol, carol, dave):
+            response = await client.post("/predict", json={"user_id": user, "features": SETOSA, "label": "setosa"})
+            assert response.status_code == (200 if user == alice else 500)
+        arms = (await client.get("/experiment/outcomes")).json()["arms"]
+    keys = ("arm", "requests", "labelled", "errors", "users", "labelled_users")
+    assert [{k: a[k] for k in keys} for a in arms] == [
+        {"arm": "champion", "requests": 2, "labelled": 2, "errors": 0, "users": 1, "labelled_users": 1},
+        # Failed requests are never labelled, but their users were assigned to the arm all the same.
+        {"arm": "challenger", "requests": 0, "labelled": 0, "errors": 3, "users": 2, "labelled_users": 0},
+    ]

@@ -3,6 +3,8 @@
 import pytest
 from litestar.testing import AsyncTestClient
 
+from serving.services.models import FeatureSpec, ServedModel
+
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
@@ -136,3 +138,63 @@ async def test_out_of_range_numbers_are_a_client_error(client):
     response = await client.post("/predict", content=content, headers={"content-type": "application/json"})
     assert_error_body(response, 400, ["out of range"])
     assert (await client.get("/experiment/outcomes")).json()["arms"][0]["errors"] == 0
+
+
+async def assert_nothing_recorded(client):
+    assert (await client.get("/inferences")).json()["records"] == []
+    arms = (await client.get("/experiment/outcomes")).json()["arms"]
+    assert [(a["requests"], a["errors"], a["users"]) for a in arms] == [(0, 0, 0), (0, 0, 0)]
+
+
+async def test_integer_too_big_for_a_double_is_a_wrong_type(client):
+    # JSON integers have no size limit: 10**400 decodes, but no float holds it.
+    response = await client.post("/predict", json={"user_id": "u", "features": {**IRIS, "petal_width": 10**400}})
+    assert_error_body(response, 422, ["petal_width expected double, got integer out of range"])
+    assert response.json()["extra"]["wrong_type"] == {"petal_width": "expected double, got integer out of range"}
+    await assert_nothing_recorded(client)
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@pytest.fixture
+def typed_source(make_source):
+    """A registry whose versions take `petal_length` as double, `sepal_length` as long, `sepal_width` as integer."""
+    types = {"sepal_length": "long", "sepal_width": "integer", "petal_length": "double", "petal_width": "double"}
+
+    class TypedSource(make_source):
+        def load(self, version):
+            served = super().load(version)
+            features = tuple(FeatureSpec(f.name, types[f.name]) for f in served.features)
+            return ServedModel(name=served.name, version=served.version, features=features, estimator=served.estimator)
+
+    return TypedSource(champion="1", challenger="2")
+
+
+@pytest.mark.parametrize(
+    "column,value,ok",
+    [
+        ("sepal_length", INT64_MAX, True),
+        ("sepal_length", INT64_MIN, True),
+        ("sepal_length", INT64_MAX + 1, False),
+        ("sepal_length", INT64_MIN - 1, False),
+        ("sepal_length", 10**400, False),
+        ("sepal_width", INT32_MAX, True),
+        ("sepal_width", INT32_MIN, True),
+        ("sepal_width", INT32_MAX + 1, False),
+        ("sepal_width", INT32_MIN - 1, False),
+    ],
+)
+async def test_integers_outside_the_signature_type_are_a_wrong_type(make_app, typed_source, column, value, ok):
+    features = {"sepal_length": 5, "sepal_width": 3, "petal_length": 1.4, "petal_width": 0.2, column: value}
+    async with AsyncTestClient(app=make_app(source=typed_source)) as client:
+        response = await client.post("/predict", json={"user_id": "u", "features": features})
+        if ok:
+            assert response.status_code == 200, response.text
+            assert (await client.get("/inferences")).json()["records"][0]["features"][column] == value
+            return
+        expected = "long" if column == "sepal_length" else "integer"
+        assert_error_body(response, 422, [f"{column} expected {expected}, got integer out of range"])
+        assert response.json()["extra"]["wrong_type"] == {column: f"expected {expected}, got integer out of range"}
+        await assert_nothing_recorded(client)
