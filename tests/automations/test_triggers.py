@@ -142,7 +142,9 @@ def test_retrain_runs_once_per_model_within_its_window(applied, deployments):
     emit(events.DRIFT_DETECTED, drift(other, loop_id="other"))  # another model: its own run
 
     assert [r.parameters["loop_id"] for r in runs_of(retrain_id, other, expect=1)] == ["other"]
-    runs = runs_of(retrain_id, model_name, expect=2, timeout=2.0)
+    assert len(runs_of(retrain_id, model_name, expect=1, timeout=30.0)) == 1
+    # Give a second run time to appear if the window failed to dedupe (a loaded CI machine is slow to act).
+    runs = runs_of(retrain_id, model_name, expect=2, timeout=5.0)
     # The trigger service may take the two quick events in either order: the one it takes first fires.
     assert len(runs) == 1 and runs[0].parameters["loop_id"] in {"first", "again"}
 
