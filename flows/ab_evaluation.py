@@ -11,21 +11,18 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
-import msgspec
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from contracts import events
 from contracts.api import ExperimentEnd, ExperimentPlan, Outcomes
-from contracts.registry import CHALLENGER, TAG_PLAN_PREFIX
+from contracts.registry import CHALLENGER
 from flows.lib import ab_report, experiment, registry
 from flows.lib.router import RouterClient
 from flows.settings import FlowSettings, get_settings
 from flows.tasks import connect_mlflow, emit, find_version, mlflow_run_url, run_name
 
-AB_EXPERIMENT = "driftloop-ab"
-"""MLflow experiment with one run per A/B look."""
+AB_EXPERIMENT = ab_report.AB_EXPERIMENT
 IO = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
 
 
@@ -39,36 +36,13 @@ def fetch_outcomes(settings: FlowSettings) -> Outcomes:
 @task(**IO)
 def plan_from_registry(model_name: str, version: str) -> ExperimentPlan | None:
     """The plan kept as tags on the challenger's version (used when the router lost it)."""
-    tags = mlflow.MlflowClient().get_model_version(model_name, version).tags
-    fields = {k.removeprefix(TAG_PLAN_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PLAN_PREFIX)}
-    return msgspec.convert(fields, ExperimentPlan, strict=False) if fields else None
+    return registry.plan_of(model_name, version)
 
 
 @task
 def decide(outcomes: Outcomes, plan: ExperimentPlan) -> experiment.Decision:
     """SRM check, guardrails, then the always-valid test of the primary metric."""
     return experiment.decide(experiment.evidence_from_outcomes(outcomes, plan, datetime.now(UTC)))
-
-
-NAN = float("nan")
-
-
-def _primary(evidence: dict) -> dict:
-    """The primary test's numbers; NaN before both arms have enough labelled outcomes to test."""
-    return evidence["primary"] or {k: NAN for k in ("d_hat", "cs_lower", "cs_upper", "always_valid_p")}
-
-
-def _p(value: float | None) -> float:
-    return NAN if value is None else value
-
-
-def _point(at: datetime, evidence: dict) -> dict:
-    arms = evidence["arms"]
-    point = {"at": at, **{k: _primary(evidence)[k] for k in ("d_hat", "cs_lower", "cs_upper")}}
-    for arm in ("champion", "challenger"):
-        low, high = ab_report.wilson(arms[arm]["correct"], arms[arm]["labelled"])
-        point |= {f"{arm}_accuracy": arms[arm]["accuracy"] or 0.0, f"{arm}_low": low, f"{arm}_high": high}
-    return point
 
 
 @task(**IO)
@@ -82,64 +56,13 @@ def record_look(
     reports_dir: Path,
     tracking_uri: str,
 ) -> dict[str, str]:
-    """Write the JSON report, plot the history of this experiment and log the look as an MLflow run."""  # fmt: skip
-    now = datetime.now(UTC)
-    stamp = now.strftime("%Y%m%dT%H%M%S")
-    report = {
-        "decision_id": decision_id,
-        "loop_id": loop_id,
-        "model_name": model_name,
-        "experiment_id": outcomes.experiment_id,
-        "at": now.isoformat(),
-        **decision.to_dict(),
-    }
-    folder = reports_dir / "ab" / outcomes.experiment_id
-    path, latest = ab_report.write_report(report, folder, stamp)
-
-    client = mlflow.MlflowClient()
-    ab = client.get_experiment_by_name(AB_EXPERIMENT)
-    ab_id = ab.experiment_id if ab else client.create_experiment(AB_EXPERIMENT)
-    earlier = client.search_runs(
-        [ab_id],
-        filter_string=f"tags.experiment_id = '{outcomes.experiment_id}' and tags.model_name = '{model_name}'",
-        max_results=1000,
-    )
-    points = [
-        {k: run.data.metrics[k] for k in run.data.metrics}
-        | {"at": datetime.fromtimestamp(run.info.start_time / 1000, UTC)}
-        for run in earlier
-        if "cs_lower" in run.data.metrics and "champion_low" in run.data.metrics
-    ]
-    points.append(_point(now, decision.evidence))
-    plot = ab_report.plot_history(
-        points, folder / f"{stamp}.png", title=f"{model_name} {outcomes.experiment_id}: look {len(points)}"
-    )
-    metrics = {k: float(v) for k, v in points[-1].items() if k != "at" and v is not None}
-    primary, arms = _primary(decision.evidence), decision.evidence["arms"]
-    metrics |= {
-        "always_valid_p": primary["always_valid_p"],
-        "plain_chi2_p": _p(decision.evidence["plain_chi2"]["p_value"]),
-        "srm_p_all": _p(decision.evidence["srm"]["all_traffic"]["p_value"]),
-        "srm_p_labelled": _p(decision.evidence["srm"]["labelled"]["p_value"]),
-        **{f"{arm}_labelled": arms[arm]["labelled"] for arm in arms},
-    }
-    with mlflow.start_run(
-        experiment_id=ab_id,
-        run_name=f"{outcomes.experiment_id} look {len(points)}: {decision.decision}",
-        tags={
-            "experiment_id": outcomes.experiment_id,
-            "decision": decision.decision,
-            "decision_id": decision_id,
-            "loop_id": loop_id,
-            "model_name": model_name,
-            "reason": decision.reason[:5000],
-        },
-    ) as run:
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN-free
-        mlflow.log_artifact(str(path), artifact_path="report")
-        mlflow.log_artifact(str(plot), artifact_path="plot")
-    return {"report": str(path.resolve()), "latest": str(latest.resolve()), "plot": str(plot.resolve()),
-            "run_url": mlflow_run_url(tracking_uri, run.info.run_id)}  # fmt: skip
+    """Write the JSON report, plot the history of this experiment and log the look as an MLflow run."""
+    logged = ab_report.log_look(
+        decision.to_dict(), experiment_id=outcomes.experiment_id, decision_id=decision_id, loop_id=loop_id,
+        model_name=model_name, reports_dir=reports_dir,
+    )  # fmt: skip
+    run_url = mlflow_run_url(tracking_uri, logged.pop("mlflow_experiment_id"), logged.pop("run_id"))
+    return logged | {"run_url": run_url}
 
 
 @task(**IO)
@@ -206,7 +129,7 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         ],
         description=f"**{decision.decision}** ({ev['rule']}): {decision.reason}",
     )
-    primary = _primary(ev)
+    primary, plain_p = ab_report.primary_numbers(ev), ab_report.nan_if_none(ev["plain_chi2"]["p_value"])
     guardrails = "\n".join(f"- {'holds' if g['holds'] else '**breached**'}: {g['detail']}" for g in ev["guardrails"])
     create_markdown_artifact(
         key="ab-summary",
@@ -214,7 +137,7 @@ def ab_evaluation(model_name: str | None = None) -> dict:
             f"# A/B look: {model_name} {outcomes.experiment_id}\n\n**{decision.decision}**: {decision.reason}\n\n"
             f"- lift {primary['d_hat']:+.4f}, 95% always-valid CS [{primary['cs_lower']:+.4f}, "
             f"{primary['cs_upper']:+.4f}], always-valid p {primary['always_valid_p']:.3g} (NaN: too few labels yet)\n"
-            f"- plain chi-squared p {_p(ev['plain_chi2']['p_value']):.3g} (not peeking-safe, for reference)\n"
+            f"- plain chi-squared p {plain_p:.3g} (not peeking-safe, for reference)\n"
             f"- SRM p: all traffic {ev['srm']['all_traffic']['p_value']}, labelled {ev['srm']['labelled']['p_value']}"
             f" (threshold {plan.srm_threshold})\n"
             f"- samples {ev['samples']['labelled_per_arm']} of {plan.min_samples_per_arm} planned per arm; "

@@ -41,7 +41,7 @@ def save_report(result, *, model_name: str, version: str, reports_dir: Path, tra
         mlflow.log_metrics({"drift_share": result.drift_share, "drifted_columns": len(result.drifted_columns)})
         mlflow.log_params({"model_name": model_name, "champion_version": version})
         mlflow.log_artifact(str(path), artifact_path="drift_report")
-    return str(path.resolve()), mlflow_run_url(tracking_uri, run.info.run_id)
+    return str(path.resolve()), mlflow_run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
 
 
 @flow(name="drift", flow_run_name=run_name("drift"), log_prints=True)

@@ -5,13 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import mlflow
 import pandas as pd
 from prefect import task
 from prefect.events import emit_event
 
 from contracts import events
-from contracts import registry as contract
 from flows.lib import data, registry
 from flows.lib.router import RouterClient
 from flows.settings import FlowSettings, get_settings
@@ -148,12 +146,8 @@ def frame_from_traffic(records: list, reference: pd.DataFrame, target: str, *, l
     return frame
 
 
-def mlflow_run_url(tracking_uri: str, run_id: str) -> str:
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """A link to a run in the MLflow UI (or its id when the store has no UI)."""
-    run = mlflow.get_run(run_id)
     if tracking_uri.startswith("http"):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"mlflow run {run_id}"
-
-
-ALIASES = (contract.CHAMPION, contract.CHALLENGER)

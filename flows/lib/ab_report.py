@@ -1,13 +1,18 @@
-"""Reports of A/B looks: the JSON record, a markdown summary, and the plot of the metric per arm over time."""
+"""Reports of A/B looks: the JSON record, the plot of the metric per arm over time, and the MLflow run per look."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from scipy.stats import binomtest
+
+AB_EXPERIMENT = "driftloop-ab"
+"""MLflow experiment with one run per A/B look."""
+NAN = float("nan")
 
 
 def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -69,3 +74,106 @@ def plot_history(points: list[dict[str, Any]], path: Path, *, title: str) -> Pat
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def primary_numbers(evidence: dict[str, Any]) -> dict[str, float]:
+    """The primary test's numbers; NaN before both arms have enough labelled outcomes to test."""
+    return evidence["primary"] or {k: NAN for k in ("d_hat", "cs_lower", "cs_upper", "always_valid_p")}
+
+
+def nan_if_none(value: float | None) -> float:
+    """A p-value for a metric: NaN where there was nothing to test (0.0 stays 0.0)."""
+    return NAN if value is None else value
+
+
+def look_point(at: datetime, evidence: dict[str, Any]) -> dict[str, Any]:
+    """One look as a point of the history plot: accuracy per arm with its Wilson band, and the lift with its CS."""
+    arms = evidence["arms"]
+    point = {"at": at, **{k: primary_numbers(evidence)[k] for k in ("d_hat", "cs_lower", "cs_upper")}}
+    for arm in ("champion", "challenger"):
+        low, high = wilson(arms[arm]["correct"], arms[arm]["labelled"])
+        point |= {f"{arm}_accuracy": arms[arm]["accuracy"] or 0.0, f"{arm}_low": low, f"{arm}_high": high}
+    return point
+
+
+def log_look(
+    decision: dict[str, Any],
+    *,
+    experiment_id: str,
+    decision_id: str,
+    loop_id: str,
+    model_name: str,
+    reports_dir: Path,
+) -> dict[str, str]:
+    """Write one look's JSON report, plot this experiment's history and log the look as an MLflow run.
+
+    Args:
+        decision: `Decision.to_dict()` of this look.
+        experiment_id: The router's experiment (`v{champion}-vs-v{challenger}`).
+        decision_id: Identifies this look's decision.
+        loop_id: The turn of the loop the challenger came from.
+        model_name: Registered model name.
+        reports_dir: Folder under which `ab/<experiment_id>/` holds the reports and plots.
+
+    Returns:
+        Paths of the report, `latest.json` and the plot, and the MLflow run's id and experiment id.
+    """
+    now = datetime.now(UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%S")
+    report = {
+        "decision_id": decision_id,
+        "loop_id": loop_id,
+        "model_name": model_name,
+        "experiment_id": experiment_id,
+        "at": now.isoformat(),
+        **decision,
+    }
+    folder = reports_dir / "ab" / experiment_id
+    path, latest = write_report(report, folder, stamp)
+
+    client = mlflow.MlflowClient()
+    ab = client.get_experiment_by_name(AB_EXPERIMENT)
+    ab_id = ab.experiment_id if ab else client.create_experiment(AB_EXPERIMENT)
+    earlier = client.search_runs(
+        [ab_id],
+        filter_string=f"tags.experiment_id = '{experiment_id}' and tags.model_name = '{model_name}'",
+        max_results=1000,
+    )
+    evidence = decision["evidence"]
+    points = [
+        dict(run.data.metrics) | {"at": datetime.fromtimestamp(run.info.start_time / 1000, UTC)}
+        for run in earlier
+        if "cs_lower" in run.data.metrics and "champion_low" in run.data.metrics
+    ]
+    points.append(look_point(now, evidence))
+    plot = plot_history(points, folder / f"{stamp}.png", title=f"{model_name} {experiment_id}: look {len(points)}")
+    metrics = {k: float(v) for k, v in points[-1].items() if k != "at" and v is not None}
+    metrics |= {
+        "always_valid_p": primary_numbers(evidence)["always_valid_p"],
+        "plain_chi2_p": nan_if_none(evidence["plain_chi2"]["p_value"]),
+        "srm_p_all": nan_if_none(evidence["srm"]["all_traffic"]["p_value"]),
+        "srm_p_labelled": nan_if_none(evidence["srm"]["labelled"]["p_value"]),
+        **{f"{arm}_labelled": values["labelled"] for arm, values in evidence["arms"].items()},
+    }
+    with mlflow.start_run(
+        experiment_id=ab_id,
+        run_name=f"{experiment_id} look {len(points)}: {decision['decision']}",
+        tags={
+            "experiment_id": experiment_id,
+            "decision": decision["decision"],
+            "decision_id": decision_id,
+            "loop_id": loop_id,
+            "model_name": model_name,
+            "reason": decision["reason"][:5000],
+        },
+    ) as run:
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN-free
+        mlflow.log_artifact(str(path), artifact_path="report")
+        mlflow.log_artifact(str(plot), artifact_path="plot")
+    return {
+        "report": str(path.resolve()),
+        "latest": str(latest.resolve()),
+        "plot": str(plot.resolve()),
+        "run_id": run.info.run_id,
+        "mlflow_experiment_id": ab_id,
+    }

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import msgspec
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from contracts.api import ExperimentPlan
 from contracts.registry import (
     ALIAS_HISTORY_EXPERIMENT,
     CHALLENGER,
@@ -28,6 +30,7 @@ from contracts.registry import (
     REFERENCE_FILE,
     TAG_DECISION,
     TAG_DECISION_ID,
+    TAG_PLAN_PREFIX,
     TAG_PREVIOUS_CHAMPION,
     TAG_REPLACED_BY,
     TAG_TARGET,
@@ -390,3 +393,10 @@ def retire_challenger(
     return move_alias(
         model_name, CHALLENGER, None, reason=reason, decision_id=decision_id, loop_id=loop_id, evidence=evidence
     )
+
+
+def plan_of(model_name: str, version: str | int) -> ExperimentPlan | None:
+    """The experiment plan kept as `driftloop.plan.*` tags on a version, or None when it has none."""
+    tags = _client().get_model_version(model_name, str(version)).tags
+    fields = {k.removeprefix(TAG_PLAN_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PLAN_PREFIX)}
+    return msgspec.convert(fields, ExperimentPlan, strict=False) if fields else None
