@@ -27,6 +27,7 @@ from contracts.api import (
     Health,
     InferencePage,
     InferenceRecord,
+    LatencyBucket,
     Outcomes,
     PredictRequest,
     PredictResponse,
@@ -134,10 +135,13 @@ class InferenceController(Controller):
         served = current.for_arm(arm)
         assert served is not None
         row = served.check(data.features)
+        # CPU time of this thread in the model call: the model's own cost, which a busy machine does not inflate.
+        cpu_started = time.thread_time()
         try:
             prediction = served.predict(row)
         except Exception as exc:
             raise _prediction_failed(store, served, arm, current.experiment_id, data.user_id, exc) from exc
+        compute_ms = (time.thread_time() - cpu_started) * 1000
         latency_ms = (time.perf_counter() - started) * 1000
         request_id = uuid.uuid4().hex
         store.record(
@@ -153,6 +157,7 @@ class InferenceController(Controller):
                 prediction=str(prediction),
                 label=None if data.label is None else str(data.label),
                 latency_ms=latency_ms,
+                compute_ms=compute_ms,
             )
         )
         return PredictResponse(
@@ -211,6 +216,7 @@ class InferenceController(Controller):
                     prediction=r.prediction,
                     label=r.label,
                     latency_ms=r.latency_ms,
+                    compute_ms=r.compute_ms,
                 )
                 for r in rows
             ]
@@ -275,9 +281,17 @@ class ExperimentController(Controller):
 
     @get("/outcomes", operation_id="get_outcomes", sync_to_thread=True, responses={503: _NO_MODEL})
     def outcomes(
-        self, store: Store, models: ModelManager, experiments: ExperimentService, settings: RouterSettings
+        self,
+        store: Store,
+        models: ModelManager,
+        experiments: ExperimentService,
+        settings: RouterSettings,
+        bucket_seconds: Annotated[
+            int, Parameter(ge=1, le=86_400, description="Width of the latency buckets in seconds.")
+        ] = 60,
     ) -> Outcomes:
-        """Per arm of the current experiment: requests, labels, errors, users, latency percentiles, confusion."""
+        """Per arm of the current experiment: requests, labels, errors, users, latency percentiles, confusion, and
+        latency per time bucket."""
         current = models.current
         _require_champion(current)
         experiment = experiments.current(current)
@@ -314,6 +328,17 @@ class ExperimentController(Controller):
             arms=arms,
             started_at=experiment.started_at,
             plan=experiment.plan,
+            bucket_seconds=bucket_seconds,
+            latency_buckets=[
+                LatencyBucket(
+                    start=b.start,
+                    arm=b.arm,
+                    requests=b.requests,
+                    latency_p95_ms=b.latency_p95_ms,
+                    compute_ms_median=b.compute_ms_median,
+                )
+                for b in store.latency_buckets(experiment.experiment_id, bucket_seconds)
+            ],
         )
 
 

@@ -56,6 +56,8 @@ inferences = sa.Table(
     sa.Column("prediction", sa.Text(), nullable=False),
     sa.Column("label", sa.Text(), nullable=True),
     sa.Column("latency_ms", sa.Float(), nullable=False),
+    # CPU time of the model call: what the model costs, which a busy machine does not inflate (latency it does).
+    sa.Column("compute_ms", sa.Float(), nullable=True),
 )
 
 router_config = sa.Table(
@@ -116,6 +118,18 @@ class InferenceRow:
     prediction: str
     label: str | None
     latency_ms: float
+    compute_ms: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyBucketRow:
+    """Latency and compute time of one arm's answered requests within one time bucket."""
+
+    start: datetime
+    arm: Arm
+    requests: int
+    latency_p95_ms: float
+    compute_ms_median: float | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +192,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Add nullable columns that a store created by an older router lacks (create_all never alters a table)."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+            except sa.exc.DatabaseError:
+                pass  # another replica added it first
+            logger.info("added column %s.%s to an older store", table.name, column.name)
+
+
 def _row(mapping: Any) -> InferenceRow:
     return InferenceRow(**{col.name: mapping[col.name] for col in inferences.columns})
 
@@ -234,6 +265,7 @@ class Store:
         except sa.exc.DatabaseError:
             # Another replica may have created the tables between our check and our CREATE.
             metadata.create_all(engine)
+        _add_missing_columns(engine)
         self._engine = engine
         logger.info("inference store open at %s", url.render_as_string(hide_password=True))
 
@@ -397,6 +429,37 @@ class Store:
                 confusion=tuple(cells.get(arm, ())),
             )
         return result
+
+    def latency_buckets(self, experiment_id: str, bucket_seconds: int) -> list[LatencyBucketRow]:
+        """Per arm and time bucket of one experiment: answered requests, p95 latency and median compute time.
+
+        Args:
+            experiment_id: e.g. `v3-vs-v4`.
+            bucket_seconds: Width of the buckets, aligned to the epoch.
+
+        Returns:
+            One row per (bucket, arm) that answered requests, oldest bucket first.
+        """
+        c = inferences.c
+        stmt = sa.select(c.arm, c.ts, c.latency_ms, c.compute_ms).where(c.experiment_id == experiment_id)
+        groups: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(stmt):
+                key = (int(r.ts.timestamp()) // bucket_seconds, r.arm)
+                latencies, computes = groups.setdefault(key, ([], []))
+                latencies.append(float(r.latency_ms))
+                if r.compute_ms is not None:
+                    computes.append(float(r.compute_ms))
+        return [
+            LatencyBucketRow(
+                start=datetime.fromtimestamp(index * bucket_seconds, UTC),
+                arm=arm,
+                requests=len(latencies),
+                latency_p95_ms=float(np.percentile(latencies, 95)),
+                compute_ms_median=float(np.median(computes)) if computes else None,
+            )
+            for (index, arm), (latencies, computes) in sorted(groups.items())
+        ]
 
     def labelled_per_arm(self, experiment_id: str) -> dict[str, int]:
         """Labelled requests per arm of one experiment (the cheap part of `outcomes`, for the refresh loop)."""
