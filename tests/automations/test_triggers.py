@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from automations.apply import apply, definitions
 from contracts import events
 from flows.ab_evaluation import ab_evaluation
+from flows.notify import notify
 from flows.retrain import retrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -32,6 +33,7 @@ POOL = "driftloop"
 DEPLOYMENTS: dict[str, tuple[Flow, str]] = {
     "retrain/retrain": (retrain, "flows/retrain.py:retrain"),
     "ab-evaluation/ab-evaluation": (ab_evaluation, "flows/ab_evaluation.py:ab_evaluation"),
+    "notify/notify": (notify, "flows/notify.py:notify"),
 }
 
 
