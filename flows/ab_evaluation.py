@@ -29,7 +29,7 @@ IO = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
 @task(**IO)
 def fetch_outcomes(settings: FlowSettings) -> Outcomes:
     """Outcome counts per arm of the router's current experiment, with its plan and start."""
-    with RouterClient(settings.router_url, timeout=settings.http_timeout_seconds) as router:
+    with RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds) as router:
         return router.outcomes()
 
 
@@ -80,7 +80,7 @@ def roll_back(model_name: str, *, reason: str, decision_id: str, loop_id: str, e
 @task(**IO)
 def end_at_router(settings: FlowSettings, end: ExperimentEnd, *, split: float | None) -> None:
     """End the experiment at the router (it reloads the aliases at once); after a rollback, set the split."""
-    with RouterClient(settings.router_url, timeout=settings.http_timeout_seconds) as router:
+    with RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds) as router:
         if split is not None:
             router.set_split(split)
         router.end_experiment(end)

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from contracts import events
 from contracts.api import ExperimentPlan
-from contracts.registry import CHALLENGER, CHAMPION, TAG_GATE, TAG_LOOP_ID, TAG_PLAN_PREFIX
+from contracts.registry import CHALLENGER, CHAMPION, TAG_GATE, TAG_LOOP_ID, plan_tags
 from flows.lib import experiment
 from flows.lib.router import RouterClient
 from flows.settings import FlowSettings, get_settings
@@ -68,7 +68,7 @@ def plan_experiment(
 @task(retries=3, retry_delay_seconds=[2, 5, 10])
 def send_plan(settings: FlowSettings, plan: ExperimentPlan) -> None:
     """Give the router the plan (it keeps it with the experiment and sets the split)."""
-    with RouterClient(settings.router_url, timeout=settings.http_timeout_seconds) as router:
+    with RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds) as router:
         router.set_plan(plan)
 
 
@@ -159,7 +159,7 @@ def retrain(
             settings, champion_version=champion["version"], challenger_version=version, baseline=baseline,
             loop_id=loop_id,
         )  # fmt: skip
-        tags |= {f"{TAG_PLAN_PREFIX}{k}": str(v) for k, v in msgspec.structs.asdict(plan).items()}
+        tags |= plan_tags(plan)
     tag_version(model_name, version, tags)
     if plan is not None:
         # The plan reaches the router before the alias, so the experiment has it from its first request.

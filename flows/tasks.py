@@ -52,7 +52,7 @@ def load_reference(model_name: str, alias: str) -> pd.DataFrame:
 def fetch_traffic(settings: FlowSettings, *, limit: int, minutes: float | None, labelled: bool | None) -> list:
     """The newest logged requests from the router's inference log."""
     since = datetime.now(UTC) - timedelta(minutes=minutes) if minutes else None
-    with RouterClient(settings.router_url, timeout=settings.http_timeout_seconds) as router:
+    with RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds) as router:
         return router.inferences(limit=limit, since=since, labelled=labelled)
 
 

@@ -13,6 +13,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from contracts.api import ExperimentPlan
 from serving.app import create_app
 from serving.services.models import FeatureSpec, ServedModel
 from serving.services.store import Store
@@ -51,6 +52,11 @@ class StubSource:
         self.broken = False
         self.failing: set[str] = set()
         """Versions whose model raises on every prediction."""
+        self.unloadable: set[str] = set()
+        """Versions whose artifact cannot be loaded."""
+        self.plans: dict[str, ExperimentPlan] = {}
+        """Plan tags by version."""
+        self.classes: frozenset[str] | None = frozenset({"setosa", "versicolor", "virginica"})
         self.opened = False
 
     def open(self) -> None:
@@ -64,8 +70,15 @@ class StubSource:
             raise ConnectionError("registry unreachable")
         return self.aliases.get(alias)
 
+    def plan(self, version: str) -> ExperimentPlan | None:
+        if self.broken:
+            raise ConnectionError("registry unreachable")
+        return self.plans.get(version)
+
     def load(self, version: str) -> ServedModel:
         self.loads[version] += 1
+        if version in self.unloadable:
+            raise OSError(f"cannot unpickle the artifact of v{version}: file:///secret/artifacts/{version}/model.pkl")
         # Even versions predict virginica for large petals, odd ones versicolor: arms are tellable apart.
         model = self.models.setdefault(
             version,
@@ -74,7 +87,9 @@ class StubSource:
             else StubModel("virginica" if int(version) % 2 == 0 else "versicolor"),
         )
         features = tuple(FeatureSpec(name, "double") for name in FEATURES)
-        return ServedModel(name=self.model_name, version=version, features=features, estimator=model)
+        return ServedModel(
+            name=self.model_name, version=version, features=features, estimator=model, classes=self.classes
+        )
 
 
 @pytest.fixture
@@ -98,6 +113,7 @@ def settings(tmp_path: Path, db_path: Path) -> RouterSettings:
         ab_split_b=0.5,
         assignment_salt="test-salt",
         model_refresh_seconds=0,
+        outbox_interval_seconds=0,
     )
 
 
@@ -112,14 +128,22 @@ class EventRecorder:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self.ids: list[str] = []
         self.fail = False
 
     def __call__(
-        self, *, event: str, resource: dict[str, str], related: list[dict[str, str]], payload: dict[str, Any]
+        self,
+        *,
+        event: str,
+        resource: dict[str, str],
+        related: list[dict[str, str]],
+        payload: dict[str, Any],
+        event_id: str,
     ) -> None:
         if self.fail:
             raise ConnectionError("prefect unreachable")
         self.events.append({"event": event, "resource": resource, "related": related, "payload": payload})
+        self.ids.append(event_id)
 
 
 @pytest.fixture
