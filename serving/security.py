@@ -42,17 +42,17 @@ class Authorizer:
         Args:
             tokens: The router's settings (or any `RouterTokens`).
         """
-        configured: dict[Scope, SecretStr | None] = {
+        configured: dict[Scope, SecretStr | str | None] = {
             "admin": tokens.router_admin_token,
             "label": tokens.router_label_token,
             "read": tokens.router_read_token,
             "client": tokens.router_client_token,
         }
-        self._tokens = {
-            scope: value.get_secret_value().encode()
-            for scope, value in configured.items()
-            if value is not None and value.get_secret_value()
-        }
+        self._tokens: dict[Scope, bytes] = {}
+        for scope, value in configured.items():
+            plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if plain:
+                self._tokens[scope] = plain.encode()
 
     @property
     def enabled(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,16 @@ def emit_prefect_event(
     """
     resource_id = resource.get("prefect.resource.id")
     if not os.environ.get("PREFECT_API_URL"):
-        logger.info("PREFECT_API_URL is not set: skipped event %s about %s, payload %s", event, resource_id, payload)
-        return
-    # Imported here: prefect takes about a second to import, and a router without Prefect never needs it.
+        # Checked before importing prefect (a second of imports) for a router that runs without it.
+        from_settings = None
+        if "prefect" in sys.modules:
+            from prefect.settings import PREFECT_API_URL
+
+            from_settings = PREFECT_API_URL.value()
+        if not from_settings:
+            skipped = "PREFECT_API_URL is not set: skipped event %s about %s, payload %s"
+            logger.info(skipped, event, resource_id, payload)
+            return
     from prefect.client.orchestration import get_client
     from prefect.events import Event
 
