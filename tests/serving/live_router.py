@@ -19,7 +19,14 @@ def main() -> None:
     settings = RouterSettings(_env_file=None)
     check_bind(settings.router_host, settings)
     app = create_app(settings, model_source=StubSource(settings.model_name, champion="1", challenger="2"))
-    uvicorn.run(app, host=settings.router_host, port=settings.router_port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.router_host,
+        port=settings.router_port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,  # a loaded CI machine can leave a keep-alive connection idle for seconds
+    )
 
 
 if __name__ == "__main__":
