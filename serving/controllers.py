@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post, put
+from litestar import Controller, MediaType, Request, Response, get, post, put
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
@@ -300,7 +300,9 @@ class ModelController(Controller):
         experiments.refresh()
         return _health(experiments.models)
 
-    @get("/metrics", operation_id="get_metrics", sync_to_thread=False, include_in_schema=True)
-    def metrics(self, metrics: RouterMetrics) -> Response[bytes]:
+    @get("/metrics", operation_id="get_metrics", sync_to_thread=False, media_type=MediaType.TEXT)
+    def metrics(self, metrics: RouterMetrics) -> Response[str]:
         """Prometheus metrics in the text exposition format."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # Litestar appends the charset to text types itself: pass the exposition type without it.
+        media_type = CONTENT_TYPE_LATEST.split("; charset")[0]
+        return Response(generate_latest(metrics.registry).decode(), media_type=media_type)
