@@ -116,8 +116,10 @@ class ExperimentConflict(RouterError):
 
 _URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)]*")
 _USERINFO = re.compile(r"[^\s/@:'\"]+:[^\s/@'\"]+@")
+_HOST = re.compile(r"\b(host|port|url)(=|: )('[^']*'|\"[^\"]*\"|[^\s,)]+)")
 
 
 def redact(text: str) -> str:
-    """Text safe for a client: URIs (which may carry hosts, paths or credentials) become `<uri>`."""
-    return _URI.sub("<uri>", _USERINFO.sub("", text))
+    """Text safe for a client: URIs (which may carry hosts, paths or credentials) become `<uri>`, and
+    `host=...`, `port=...`, `url: ...` as urllib3 quotes them become `host=<redacted>`."""
+    return _HOST.sub(r"\1\2<redacted>", _URI.sub("<uri>", _USERINFO.sub("", text)))

@@ -16,9 +16,10 @@ from contracts.events import (
     model_version_resource,
 )
 from contracts.registry import TAG_PLAN_PREFIX
-from serving.errors import ExperimentConflict, InvalidPlan, ModelSourceError, RouterError, redact
+from serving.errors import ExperimentConflict, InvalidPlan, ModelSourceError, RouterError
 from serving.services import views
 from serving.services.models import ModelManager, ModelSet
+from serving.services.models.manager import public_reason
 from serving.services.store import ExperimentRow, NewEvent, Store
 
 logger = logging.getLogger(__name__)
@@ -253,9 +254,11 @@ class ExperimentService:
         except RouterError:
             raise
         except Exception as exc:
+            logger.error(
+                "could not read the plan tags of v%s: %s: %s", plan.challenger_version, type(exc).__name__, exc
+            )
             raise ModelSourceError(
-                f"could not read the plan tags of v{plan.challenger_version} from the registry: "
-                f"{redact(f'{type(exc).__name__}: {exc}')[:300]}"
+                f"could not read the plan tags of v{plan.challenger_version} from the registry: {public_reason(exc)}"
             ) from exc
         where = f"{self.model_name} v{plan.challenger_version}"
         if tagged is None:

@@ -27,7 +27,7 @@ class EventRelay:
         emit: EventEmitter,
         replica_id: str,
         max_backoff: float = 60.0,
-        lease: float = 30.0,
+        lease: float = 120.0,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         """Tie the relay to a store and an emitter.

@@ -102,6 +102,16 @@ def _v(version: str | None) -> str:
     return f"v{version}" if version else "none"
 
 
+def public_reason(exc: BaseException) -> str:
+    """What a client may read about a failure: our own messages, else only the exception's type.
+
+    Registry and artifact errors quote hosts, ports, paths and sometimes credentials; the log has them.
+    """
+    if isinstance(exc, RouterError):
+        return redact(exc.detail)[:300]
+    return f"{type(exc).__name__} (details in the router log)"
+
+
 class ModelManager:
     """Holds the current `ModelSet` and swaps it when the registry aliases move.
 
@@ -168,9 +178,8 @@ class ModelManager:
         try:
             served = self.source.load(version)
         except Exception as exc:
-            detail = exc.detail if isinstance(exc, RouterError) else f"{type(exc).__name__}: {exc}"
-            reason = f"{alias} v{version} failed to load: {redact(detail)[:300]}"
-            logger.error("%s", reason, exc_info=not isinstance(exc, RouterError))
+            reason = f"{alias} v{version} failed to load: {public_reason(exc)}"
+            logger.error("%s: %s: %s", reason, type(exc).__name__, exc, exc_info=not isinstance(exc, RouterError))
             self._failed[version] = (self.clock(), reason)
             if self.on_load_failure is not None:
                 self.on_load_failure(alias)
@@ -194,12 +203,12 @@ class ModelManager:
                 champion_v = self.source.resolve(CHAMPION)
                 challenger_v = self.source.resolve(CHALLENGER)
             except Exception as exc:
-                detail = exc.detail if isinstance(exc, RouterError) else f"{type(exc).__name__}: {exc}"
-                reason = f"the registry could not be read: {redact(detail)[:300]}"
+                logger.error("could not read the aliases: %s: %s", type(exc).__name__, exc)
+                reason = f"the registry could not be read: {public_reason(exc)}"
                 self._swap(ModelSet(previous.model_name, previous.champion, previous.challenger, (reason,)))
                 raise ModelSourceError(
                     f"could not refresh the {CHAMPION}/{CHALLENGER} aliases of {self.source.model_name}: "
-                    f"{redact(detail)[:300]}"
+                    f"{public_reason(exc)}"
                 ) from exc
             self.last_refresh_ok = self.clock()
             # Both aliases on one version (mid-promotion) is not an experiment.
