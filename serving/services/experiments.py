@@ -10,7 +10,9 @@ import msgspec
 
 from contracts.api import Experiment, ExperimentEnd, ExperimentPlan, Outcomes
 from contracts.events import (
+    EXPERIMENT_GUARDRAIL_BREACHED,
     EXPERIMENT_SAMPLE_REACHED,
+    GuardrailBreachedPayload,
     SampleReachedPayload,
     model_resource,
     model_version_resource,
@@ -18,6 +20,7 @@ from contracts.events import (
 from contracts.registry import TAG_PLAN_PREFIX
 from serving.errors import ExperimentConflict, InvalidPlan, ModelSourceError, RouterError
 from serving.services import views
+from serving.services.guardrails import error_breach
 from serving.services.models import ModelManager, ModelSet
 from serving.services.models.manager import public_reason
 from serving.services.store import ExperimentRow, NewEvent, Store
@@ -60,6 +63,8 @@ class ExperimentService:
         self.clock = clock
         self._checked: set[str] = set()
         """Experiments whose stored plan this process compared with the registry's tags."""
+        self._breached: set[str] = set()
+        """Experiments whose guardrail breach this process queued (or found queued)."""
 
     @property
     def model_name(self) -> str:
@@ -99,6 +104,7 @@ class ExperimentService:
                     at=self.clock(),
                 )
             self._check_sample(row)
+            self._check_guardrails(row)
         except Exception:
             logger.exception("could not update experiment %s in the store; next refresh retries", exp_id)
 
@@ -180,6 +186,41 @@ class ExperimentService:
                 champion,
                 challenger,
             )
+
+    def _check_guardrails(self, row: ExperimentRow) -> None:
+        """Queue `guardrail_breached` once when the challenger's error rate breaches the plan's margin."""
+        if row.plan is None or row.ended_at is not None or row.experiment_id in self._breached:
+            return
+        breach = error_breach(
+            msgspec.convert(row.plan, ExperimentPlan), self.store.log.errors_per_arm(row.experiment_id)
+        )
+        if breach is None:
+            return
+        payload = GuardrailBreachedPayload(
+            model_name=row.model_name,
+            experiment_id=row.experiment_id,
+            champion_version=row.champion_version,
+            challenger_version=row.challenger_version,
+            guardrail=breach.guardrail,
+            detail=breach.detail,
+            champion_requests=breach.champion[0],
+            champion_errors=breach.champion[1],
+            challenger_requests=breach.challenger[0],
+            challenger_errors=breach.challenger[1],
+        )
+        event = NewEvent(
+            key=f"{EXPERIMENT_GUARDRAIL_BREACHED}:{row.model_name}:{row.experiment_id}",
+            event=EXPERIMENT_GUARDRAIL_BREACHED,
+            resource=model_resource(row.model_name),
+            related=[model_version_resource(row.model_name, row.challenger_version)],
+            payload=payload.model_dump(mode="json"),
+        )
+        # Keyed per experiment: of all replicas and refreshes, one event is queued.
+        if self.store.outbox.add(event, self.clock()):
+            logger.warning(
+                "experiment %s: guardrail %s breached: %s", row.experiment_id, breach.guardrail, breach.detail
+            )
+        self._breached.add(row.experiment_id)
 
     def current(self, snapshot: ModelSet | None = None) -> Experiment:
         """The experiment being served: a champion alone is status `none`; a pair shows its stored record.

@@ -14,6 +14,7 @@ from contracts.api import ExperimentPlan
 from serving.app import refresh_once, relay_once
 from serving.services.assignment import assign_arm
 from serving.services.events import emit_prefect_event
+from tests.serving.stubs import BrokenModel
 
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 PLAN = {
@@ -505,4 +506,47 @@ async def test_promotion_half_done_serves_only_the_new_version(make_app, source,
         await refresh_once(app.state.experiments)
         assert (await client.get("/health")).json()["challenger_version"] is None
     assert source.loads == {"1": 1, "2": 1}
+    assert emitted.events == []
+
+
+async def test_a_breached_error_guardrail_is_reported_once(make_app, source, emitted):
+    source.failing.add("2")  # the challenger raises on every prediction
+    app = make_app()
+    async with AsyncTestClient(app=app) as client:
+        await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1000))
+        for user in users_of("champion", 30, "a") + users_of("challenger", 30, "b"):
+            await client.post("/predict", json={"user_id": user, "features": IRIS})
+        for _ in range(3):
+            await refresh_once(app.state.experiments)
+            await relay_once(app.state.relay)
+    [event] = emitted.events
+    assert event["event"] == "driftloop.experiment.guardrail_breached"
+    assert {k: v for k, v in event["payload"].items() if k != "detail"} == {
+        "model_name": "Iris",
+        "experiment_id": "v1-vs-v2",
+        "champion_version": "1",
+        "challenger_version": "2",
+        "guardrail": "error_rate",
+        "champion_requests": 30,
+        "champion_errors": 0,
+        "challenger_requests": 30,
+        "challenger_errors": 30,
+    }
+    assert event["payload"]["detail"].startswith("BREACHED: error rate 1.0000 vs champion 0.0000")
+
+
+async def test_a_few_errors_within_the_margin_are_no_breach(make_app, source, emitted):
+    app = make_app()
+    async with AsyncTestClient(app=app) as client:
+        await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1000))
+        for user in users_of("champion", 20, "a") + users_of("challenger", 20, "b"):
+            await client.post("/predict", json={"user_id": user, "features": IRIS})
+        # One failure among many answers is no proof of a worse challenger.
+        app.state.models.current.challenger.estimator.predict = BrokenModel().predict
+        failed = await client.post("/predict", json={"user_id": users_of("challenger", 1, "c")[0], "features": IRIS})
+        assert failed.status_code == 500
+        await refresh_once(app.state.experiments)
+        await relay_once(app.state.relay)
+        arms = (await client.get("/experiment/outcomes")).json()["arms"]
+    assert [(a["arm"], a["errors"]) for a in arms] == [("champion", 0), ("challenger", 1)]
     assert emitted.events == []

@@ -207,6 +207,16 @@ class InferenceLog:
             )
         return result
 
+    def errors_per_arm(self, experiment_id: str) -> dict[str, tuple[int, int]]:
+        """(assigned, failed) requests per arm of one experiment: answered plus failed, and failed alone."""
+        c, e = inferences.c, prediction_errors.c
+        answered = sa.select(c.arm, sa.func.count().label("n")).where(c.experiment_id == experiment_id).group_by(c.arm)
+        failed = sa.select(e.arm, sa.func.count().label("n")).where(e.experiment_id == experiment_id).group_by(e.arm)
+        with self.db.connect() as conn:
+            ok = {r.arm: int(r.n) for r in conn.execute(answered)}
+            bad = {r.arm: int(r.n) for r in conn.execute(failed)}
+        return {arm: (ok.get(arm, 0) + bad.get(arm, 0), bad.get(arm, 0)) for arm in ok.keys() | bad.keys()}
+
     def labelled_per_arm(self, experiment_id: str) -> dict[str, int]:
         """Labelled requests per arm of one experiment (the cheap part of `outcomes`, for the refresh loop)."""
         c = inferences.c
