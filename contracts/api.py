@@ -143,7 +143,12 @@ class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     guardrail_latency_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.5
     """Non-inferiority margin of the challenger's p95 latency (relative to the champion's)."""
     guardrail_latency_slack_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 20.0
-    """Absolute slack of the latency guardrail on top of the relative margin."""
+    """Absolute slack of the latency guardrail on top of the relative margin, and its practical floor: unless the
+    challenger's model also costs this much more CPU per request than the champion's, no latency difference counts."""
+    guardrail_latency_bucket_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    """Width of the time buckets in which the latency guardrail compares the arms."""
+    guardrail_latency_looks: Annotated[int, msgspec.Meta(ge=1)] = 2
+    """Consecutive looks that must see a latency breach before it rolls the challenger back."""
     loop_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
     """Links the drift event, the retrain run, this experiment and its decision."""
 
@@ -171,6 +176,23 @@ class ExperimentEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
 
 
+class LatencyBucket(msgspec.Struct, kw_only=True):
+    """Latency of one arm within one time bucket: the latency guardrail compares the arms bucket by bucket.
+
+    Both arms are served by the same processes at the same time, so a busy machine slows both within a bucket;
+    comparing bucket by bucket keeps load that comes and goes out of the comparison.
+    """
+
+    start: datetime
+    """Start of the bucket (UTC); buckets are `bucket_seconds` wide, aligned to the epoch."""
+    arm: Arm
+    requests: int
+    latency_p95_ms: float
+    """p95 of the request latency (arrival to answer) in the bucket."""
+    compute_ms_median: float | None = None
+    """Median CPU time the model call took per request (what the model itself costs, which load does not inflate)."""
+
+
 class Outcomes(msgspec.Struct, kw_only=True):
     """Outcome counts per arm for the current experiment (champion version vs challenger version)."""
 
@@ -182,6 +204,9 @@ class Outcomes(msgspec.Struct, kw_only=True):
     arms: list[ArmOutcome]
     started_at: datetime | None = None
     plan: ExperimentPlan | None = None
+    bucket_seconds: int = 60
+    latency_buckets: list[LatencyBucket] = []
+    """Per arm and time bucket, the latency and compute time of the answered requests, oldest first."""
 
     def arm(self, name: Arm) -> ArmOutcome | None:
         """The outcome of one arm, or None when that arm served nothing."""
@@ -201,6 +226,8 @@ class InferenceRecord(msgspec.Struct, kw_only=True):
     prediction: str
     label: str | None
     latency_ms: float
+    compute_ms: float | None = None
+    """CPU time of the model call for this request (None for records logged before it was measured)."""
 
 
 class InferencePage(msgspec.Struct, kw_only=True):

@@ -36,6 +36,8 @@ TAG_LOOP_ID = "driftloop.loop_id"
 TAG_PLAN_PREFIX = "driftloop.plan."
 """Version tags of a challenger: its experiment plan, one tag per field."""
 
+AB_EXPERIMENT = "driftloop-ab"
+"""MLflow experiment with one run per A/B look (tags `experiment_id`, `model_name`, `decision`)."""
 ALIAS_HISTORY_EXPERIMENT = "driftloop-alias-history"
 """MLflow experiment with one run per alias move: the append-only history of the registry."""
 

@@ -1,8 +1,10 @@
 """The demo: bring up the stack and run the whole loop once, printing a timeline and a summary.
 
-`python -m deployments.demo [--keep-running] [--timeout S] [--schedule-seconds S]`; exits 0 when the loop closed
-(drift detected, challenger trained and registered, A/B decided, challenger promoted and served), 1 when it did not
-(saying which stage did not happen), 2 when a service could not start.
+`python -m deployments.demo [--keep-running] [--timeout S] [--stall S] [--schedule-seconds S]`; exits 0 when the loop
+closed (drift detected, challenger trained and registered, A/B decided, challenger promoted and served), 1 when it did
+not (saying which stage did not happen, with the flow runs and the end of every service log), 2 when a service could
+not start. It waits as long as the loop makes progress: it gives up when no new stage happened for `--stall` seconds
+(or at the overall `--timeout`), so a slow machine gets a slow demo rather than a failed one.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shutil
 import signal
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -56,9 +60,13 @@ class Watcher:
         self.promoted: dict[str, Any] | None = None
         self.rolled_back: dict[str, Any] | None = None
         self.flow_runs: dict[str, str] = {}
+        self.progress_at = time.monotonic()
+        """When the last new stage happened (the demo's patience runs from there)."""
 
     def _stage(self, name: str) -> None:
-        self.stages.setdefault(name, self.timeline.elapsed())
+        if name not in self.stages:
+            self.stages[name] = self.timeline.elapsed()
+            self.progress_at = time.monotonic()
 
     def handle(self, name: str, resource_name: str, payload: dict[str, Any]) -> None:
         say = self.timeline.log
@@ -213,6 +221,9 @@ async def run_loop(stack: Stack, settings: StackSettings, timeline: Timeline) ->
         stop = asyncio.Event()
         traffic = asyncio.create_task(sim.run(drift=drift, stop=stop))
         while watcher.promoted is None and time.monotonic() < deadline:
+            if time.monotonic() - watcher.progress_at > settings.demo_stall_seconds:
+                timeline.log(f"no progress for {settings.demo_stall_seconds:.0f} s: giving up")
+                break
             stack.check()
             if sim.stats.ok:
                 watcher._stage("traffic")
@@ -232,13 +243,68 @@ async def run_loop(stack: Stack, settings: StackSettings, timeline: Timeline) ->
         await asyncio.sleep(1.5)  # let the last events arrive
     finally:
         watch.cancel()
-    return summarize(watcher, sim.stats, settings)
+    runs = await flow_runs()
+    return summarize(watcher, sim.stats, settings, runs)
 
 
-def summarize(watcher: Watcher, stats, settings: StackSettings) -> dict[str, Any]:
+STARTUP = re.compile(r"([0-9.]+) s of CPU from process start to the first task")
+
+
+async def flow_runs() -> list[dict[str, Any]]:
+    """Every flow run of the demo: name, deployment, state, duration, and its startup CPU from its own log."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        # Runs that were due by now: the scheduler also keeps future runs, which are not part of the story.
+        due = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)))
+        runs = await client.read_flow_runs(flow_run_filter=due, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200)
+        names = {d.id: d.name for d in await client.read_deployments()}
+        found = []
+        for run in runs:
+            startup = None
+            if run.state_name not in ("Scheduled", "Late", "Cancelled", "Pending"):
+                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=50)
+                match = next((m for log in logs if (m := STARTUP.search(log.message))), None)
+                startup = float(match.group(1)) if match else None
+            found.append(
+                {
+                    "name": run.name,
+                    "deployment": names.get(run.deployment_id, ""),
+                    "state": run.state_name,
+                    "seconds": round(run.total_run_time.total_seconds(), 1),
+                    "startup_cpu_s": startup,
+                    "message": (run.state.message or "")[:200] if run.state else "",
+                }
+            )
+        return found
+
+
+def startup_costs(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per deployment: median and max CPU seconds from process start to the first task, over its real runs."""
+    costs: dict[str, list[float]] = {}
+    for run in runs:
+        if run["startup_cpu_s"] is not None:
+            costs.setdefault(run["deployment"], []).append(run["startup_cpu_s"])
+    return {
+        name: {"runs": len(values), "median": round(statistics.median(values), 2), "max": round(max(values), 2)}
+        for name, values in sorted(costs.items())
+    }
+
+
+def summarize(watcher: Watcher, stats, settings: StackSettings, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """What happened, as JSON-ready data."""
     missing = next((f"{name}: {what}" for name, what in STAGES if name not in watcher.stages), None)
     decision = watcher.decisions[-1] if watcher.decisions else None
+    states: dict[str, int] = {}
+    for run in runs:
+        states[run["state"]] = states.get(run["state"], 0) + 1
     return {
         "closed": missing is None,
         "first_missing_stage": missing,
@@ -250,7 +316,9 @@ def summarize(watcher: Watcher, stats, settings: StackSettings) -> dict[str, Any
         "looks": len(watcher.decisions),
         "promoted": watcher.promoted,
         "rolled_back": watcher.rolled_back,
-        "flow_runs": watcher.flow_runs,
+        "flow_runs": runs,
+        "flow_run_states": states,
+        "startup_cpu_s": startup_costs(runs),
         "traffic": {
             "sent": stats.sent,
             "ok": stats.ok,
@@ -262,6 +330,19 @@ def summarize(watcher: Watcher, stats, settings: StackSettings) -> dict[str, Any
         },
         "urls": urls(settings),
     }
+
+
+def print_diagnostics(summary: dict[str, Any], stack: Stack) -> None:
+    """What a failed run needs to be understood: the stage, every flow run, the end of every service log."""
+    print(f"\nThe loop did not close. Missing stage: {summary['first_missing_stage']}")
+    print(f"Stages reached (s): {summary['stages_s']}")
+    print("Flow runs (oldest first):")
+    for run in summary["flow_runs"]:
+        startup = "" if run["startup_cpu_s"] is None else f", startup {run['startup_cpu_s']:.1f} s CPU"
+        print(f"  {run['deployment']:<14} {run['name']:<32} {run['state']:<10} {run['seconds']:6.1f} s{startup}"
+              f"{'  ' + run['message'] if run['message'] else ''}")  # fmt: skip
+    for service in stack.services:
+        print(f"\n--- last lines of {service.log_path} ---\n{service.log_tail(30)}")
 
 
 def print_summary(summary: dict[str, Any], timeline: Timeline) -> None:
@@ -291,6 +372,8 @@ def print_summary(summary: dict[str, Any], timeline: Timeline) -> None:
             f" correct; always-valid p {p} ({summary['looks']} looks)"
         )
         print(f"decision          {d['decision']}: {d['reason']}")
+    startup = ", ".join(f"{k} {v['median']:.1f} s (max {v['max']:.1f})" for k, v in summary["startup_cpu_s"].items())
+    print(f"flow runs         {summary['flow_run_states']}; CPU before the first task: {startup or 'n/a'}")
     t = summary["traffic"]
     print(
         f"traffic           {t['ok']} served, {t['failed']} failed, arms {t['arms']}, "
@@ -315,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-state", action="store_true", help="start from the last run's state instead of a clean home folder"
     )
     parser.add_argument("--timeout", type=float, help="seconds before giving up (DRIFTLOOP_DEMO_TIMEOUT_SECONDS)")
+    parser.add_argument(
+        "--stall", type=float, help="seconds without a new stage before giving up (DRIFTLOOP_DEMO_STALL_SECONDS)"
+    )
     parser.add_argument("--schedule-seconds", type=int, help="drift and A/B interval (DRIFTLOOP_DEMO_SCHEDULE_SECONDS)")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
@@ -322,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["demo_keep_running"] = True
     if args.timeout:
         overrides["demo_timeout_seconds"] = args.timeout
+    if args.stall:
+        overrides["demo_stall_seconds"] = args.stall
     if args.schedule_seconds:
         overrides["demo_schedule_seconds"] = args.schedule_seconds
     settings = StackSettings(**overrides)
@@ -341,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.set_schedules(settings.demo_schedule_seconds)
             summary = asyncio.run(run_loop(stack, settings, timeline))
             print_summary(summary, timeline)
+            if not summary["closed"]:
+                print_diagnostics(summary, stack)
             path = stack.home / "demo-summary.json"
             path.write_text(json.dumps(summary, indent=2, default=str))
             print(f"summary written to {path}")

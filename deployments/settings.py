@@ -27,9 +27,13 @@ class StackSettings(BaseSettings):
         120.0, description="How long each service may take to answer its health check."
     )
 
-    demo_schedule_seconds: int = Field(60, description="Interval of the drift and A/B schedules during the demo.")
+    demo_schedule_seconds: int = Field(30, description="Interval of the drift and A/B schedules during the demo.")
+    demo_stall_seconds: float = Field(
+        300.0,
+        description="The demo gives up (exit 1) when the loop made no progress (no new stage) for this long.",
+    )
     demo_timeout_seconds: float = Field(
-        900.0, description="The demo gives up (exit 1) when the loop has not closed by then."
+        1800.0, description="The demo gives up (exit 1) when the loop has not closed by then, progress or not."
     )
     demo_keep_running: bool = Field(False, description="Keep every service up after the loop closed (Ctrl-C stops).")
     sim_rate: float = Field(40.0, description="Requests per second the traffic simulator sends.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -17,32 +18,47 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from contracts import events
 from contracts.api import ExperimentEnd, ExperimentPlan, Outcomes
 from contracts.registry import CHALLENGER
-from flows.lib import ab_report, experiment, registry
-from flows.lib.router import RouterClient
 from flows.settings import FlowSettings, get_settings
-from flows.tasks import connect_mlflow, emit, find_version, mlflow_run_url, run_name
+from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, mlflow_run_url, report_startup, router, run_name
 
-AB_EXPERIMENT = ab_report.AB_EXPERIMENT
-IO = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
+if TYPE_CHECKING:
+    from flows.lib import experiment
+
+IO = IO_RETRIES
 
 
 @task(**IO)
-def fetch_outcomes(settings: FlowSettings) -> Outcomes:
-    """Outcome counts per arm of the router's current experiment, with its plan and start."""
-    with RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds) as router:
-        return router.outcomes()
+def fetch_outcomes(settings: FlowSettings, bucket_seconds: int | None = None) -> Outcomes:
+    """Outcome counts per arm of the router's current experiment, with its plan, start and latency buckets."""
+    with router(settings) as client:
+        return client.outcomes(bucket_seconds=bucket_seconds)
 
 
 @task(**IO)
 def plan_from_registry(model_name: str, version: str) -> ExperimentPlan | None:
     """The plan kept as tags on the challenger's version (used when the router lost it)."""
+    from flows.lib import registry
+
     return registry.plan_of(model_name, version)
 
 
+@task(**IO)
+def latency_breach_streak(model_name: str, experiment_id: str) -> int:
+    """Consecutive latest looks of this experiment whose latency guardrail saw a breach (from their MLflow runs)."""
+    from flows.lib import ab_report
+
+    return ab_report.latency_breach_streak(model_name, experiment_id)
+
+
 @task
-def decide(outcomes: Outcomes, plan: ExperimentPlan) -> experiment.Decision:
+def decide(outcomes: Outcomes, plan: ExperimentPlan, prior_latency_breaches: int) -> experiment.Decision:
     """SRM check, guardrails, then the always-valid test of the primary metric."""
-    return experiment.decide(experiment.evidence_from_outcomes(outcomes, plan, datetime.now(UTC)))
+    from flows.lib import experiment
+
+    evidence = experiment.evidence_from_outcomes(
+        outcomes, plan, datetime.now(UTC), prior_latency_breaches=prior_latency_breaches
+    )
+    return experiment.decide(evidence)
 
 
 @task(**IO)
@@ -57,6 +73,8 @@ def record_look(
     tracking_uri: str,
 ) -> dict[str, str]:
     """Write the JSON report, plot the history of this experiment and log the look as an MLflow run."""
+    from flows.lib import ab_report
+
     logged = ab_report.log_look(
         decision.to_dict(), experiment_id=outcomes.experiment_id, decision_id=decision_id, loop_id=loop_id,
         model_name=model_name, reports_dir=reports_dir,
@@ -68,22 +86,26 @@ def record_look(
 @task(**IO)
 def promote(model_name: str, version: str, *, reason: str, decision_id: str, loop_id: str, evidence: dict) -> None:
     """Move `champion` to the challenger in one alias write, keep the old one tagged, drop `challenger`."""
+    from flows.lib import registry
+
     registry.promote(model_name, version, reason=reason, decision_id=decision_id, loop_id=loop_id, evidence=evidence)
 
 
 @task(**IO)
 def roll_back(model_name: str, *, reason: str, decision_id: str, loop_id: str, evidence: dict) -> None:
     """Stop serving the challenger: drop its alias (recorded with the decision)."""
+    from flows.lib import registry
+
     registry.retire_challenger(model_name, reason=reason, decision_id=decision_id, loop_id=loop_id, evidence=evidence)
 
 
 @task(**IO)
 def end_at_router(settings: FlowSettings, end: ExperimentEnd, *, split: float | None) -> None:
     """End the experiment at the router (it reloads the aliases at once); after a rollback, set the split."""
-    with RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds) as router:
+    with router(settings) as client:
         if split is not None:
-            router.set_split(split)
-        router.end_experiment(end)
+            client.set_split(split)
+        client.end_experiment(end)
 
 
 @flow(name="ab-evaluation", flow_run_name=run_name("ab-evaluation"), log_prints=True)
@@ -96,11 +118,16 @@ def ab_evaluation(model_name: str | None = None) -> dict:
     Returns:
         The decision with its evidence, or why there was nothing to evaluate.
     """
+    report_startup("ab-evaluation")
     settings = get_settings()
     model_name = model_name or settings.model_name
-    connect_mlflow(settings)
-
+    # The router first: without a challenger there is nothing to evaluate, and MLflow need not even be imported.
     outcomes = fetch_outcomes(settings)
+    if outcomes.challenger_version is None:
+        print(f"skipped: the router serves no challenger (experiment {outcomes.experiment_id})")
+        return {"decision": "NO_EXPERIMENT", "router_challenger": "none"}
+
+    connect_mlflow(settings)
     challenger = find_version(model_name, CHALLENGER)
     if challenger is None or outcomes.challenger_version != challenger["version"]:
         registered = challenger["version"] if challenger else "none"
@@ -111,8 +138,10 @@ def ab_evaluation(model_name: str | None = None) -> dict:
     plan = outcomes.plan or plan_from_registry(model_name, version)
     if plan is None:
         raise RuntimeError(f"{model_name} v{version} is under test without a plan (no router plan, no plan tags)")
+    if outcomes.bucket_seconds != plan.guardrail_latency_bucket_seconds:
+        outcomes = fetch_outcomes(settings, plan.guardrail_latency_bucket_seconds)
 
-    decision = decide(outcomes, plan)
+    decision = decide(outcomes, plan, latency_breach_streak(model_name, outcomes.experiment_id))
     decision_id = uuid.uuid4().hex[:12]
     where = record_look(
         decision, outcomes=outcomes, decision_id=decision_id, loop_id=plan.loop_id, model_name=model_name,
@@ -129,6 +158,8 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         ],
         description=f"**{decision.decision}** ({ev['rule']}): {decision.reason}",
     )
+    from flows.lib import ab_report
+
     primary, plain_p = ab_report.primary_numbers(ev), ab_report.nan_if_none(ev["plain_chi2"]["p_value"])
     guardrails = "\n".join(f"- {'holds' if g['holds'] else '**breached**'}: {g['detail']}" for g in ev["guardrails"])
     create_markdown_artifact(

@@ -6,13 +6,13 @@ from prefect import flow, task
 
 from contracts import events
 from contracts.registry import CHAMPION, TAG_GATE
-from flows.lib import data
 from flows.settings import get_settings
 from flows.tasks import (
     connect_mlflow,
     emit,
     find_version,
     register_candidate,
+    report_startup,
     run_name,
     set_alias,
     tag_version,
@@ -23,6 +23,8 @@ from flows.tasks import (
 @task
 def load_dataset(dataset: str, target: str):
     """Read the reference dataset (iris or a CSV/Parquet file)."""
+    from flows.lib import data
+
     return data.load_dataset(dataset, target)
 
 
@@ -37,6 +39,7 @@ def bootstrap(model_name: str | None = None, force: bool = False) -> dict:
     Returns:
         The champion's version and run id.
     """
+    report_startup("bootstrap")
     settings = get_settings()
     model_name = model_name or settings.model_name
     connect_mlflow(settings)

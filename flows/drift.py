@@ -1,20 +1,25 @@
-"""Drift flow: compare the router's recent traffic with the champion's reference and emit a drift event."""
+"""Drift flow: compare the router's recent traffic with the champion's reference and emit a drift event.
+
+The router is asked first: a check with too little traffic, or with nothing new since the last check, skips before
+MLflow or Evidently is even imported, so a scheduled run with nothing to do costs a process start and one HTTP call.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.variables import Variable
 
 from contracts import events
 from contracts.registry import CHAMPION
-from flows.lib import drift as drift_lib
 from flows.settings import get_settings
 from flows.tasks import (
+    IO_RETRIES,
     connect_mlflow,
     emit,
     fetch_traffic,
@@ -22,19 +27,44 @@ from flows.tasks import (
     frame_from_traffic,
     load_reference,
     mlflow_run_url,
+    report_startup,
     run_name,
 )
+
+
+def _checkpoint(model_name: str) -> str:
+    # Prefect variable names take lowercase letters, digits, dashes and underscores only.
+    return "driftloop-drift-checked-" + re.sub(r"[^a-z0-9_-]", "_", model_name.lower())
+
+
+@task(**IO_RETRIES)
+def last_checked(model_name: str) -> datetime | None:
+    """Time of the newest request the last completed check saw (a Prefect variable, visible in the UI)."""
+    value = Variable.get(_checkpoint(model_name))
+    return datetime.fromisoformat(value) if value else None
+
+
+@task(**IO_RETRIES)
+def mark_checked(model_name: str, newest: datetime) -> None:
+    """Remember the newest request this check saw, so the next check skips when nothing new arrived."""
+    Variable.set(_checkpoint(model_name), newest.isoformat(), overwrite=True)
 
 
 @task
 def compute_drift(reference, current, method: str | None, threshold: float | None):
     """Run Evidently's data drift preset on the window against the reference."""
+    from flows.lib import drift as drift_lib
+
     return drift_lib.compute_drift(reference, current, method=method, threshold=threshold)
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 10])
+@task(**IO_RETRIES)
 def save_report(result, *, model_name: str, version: str, reports_dir: Path, tracking_uri: str) -> tuple[str, str]:
     """Write the HTML report locally and into an MLflow run, so the MLflow UI can show it."""
+    import mlflow
+
+    from flows.lib import drift as drift_lib
+
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     path = drift_lib.save_report(result, reports_dir / f"{model_name}-v{version}-{stamp}.html")
     with mlflow.start_run(run_name=f"drift {model_name} v{version} {stamp}", tags={"driftloop.kind": "drift"}) as run:
@@ -62,22 +92,29 @@ def drift(
     Returns:
         The event payload, or a skip reason.
     """
+    report_startup("drift")
     settings = get_settings()
     model_name = model_name or settings.model_name
     window_rows = window_rows or settings.drift_window_rows
     window_minutes = window_minutes or settings.drift_window_minutes
     share_threshold = settings.drift_share_threshold if share_threshold is None else share_threshold
 
+    records = fetch_traffic(settings, limit=window_rows, minutes=window_minutes, labelled=None)
+    if len(records) < settings.drift_min_rows:
+        print(f"skipped: only {len(records)} requests in the window (need {settings.drift_min_rows})")
+        return {"skipped": f"{len(records)} rows in window"}
+    newest = max(r.ts for r in records)
+    previous = last_checked(model_name)
+    if previous is not None and newest <= previous:
+        print(f"skipped: no request since the last check (newest {newest.isoformat()})")
+        return {"skipped": "no new traffic"}
+
     connect_mlflow(settings)
     champion = find_version(model_name, CHAMPION)
     if champion is None:
-        print(f"no {CHAMPION} for {model_name} yet: nothing to compare")
+        print(f"skipped: no {CHAMPION} for {model_name} yet, nothing to compare")
         return {"skipped": "no champion"}
     reference = load_reference(model_name, CHAMPION)
-    records = fetch_traffic(settings, limit=window_rows, minutes=window_minutes, labelled=None)
-    if len(records) < settings.drift_min_rows:
-        print(f"only {len(records)} requests in the window (need {settings.drift_min_rows}): skipped")
-        return {"skipped": f"{len(records)} rows in window"}
     current = frame_from_traffic(records, reference, settings.target, labelled=False)
     features = list(current.columns)
     result = compute_drift(reference[features], current, settings.drift_method, settings.drift_column_threshold)
@@ -126,6 +163,7 @@ def drift(
         payload,
         version=champion["version"],
     )
+    mark_checked(model_name, newest)
     print(
         f"{'DRIFT DETECTED' if detected else 'no drift'}: share {result.drift_share:.2f} "
         f"({', '.join(result.drifted_columns) or 'no column'}) over {len(records)} requests; report {path}"

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from contracts import events
 from contracts.api import ExperimentPlan
 from contracts.registry import CHALLENGER, CHAMPION, TAG_GATE, TAG_LOOP_ID, plan_tags
-from flows.lib import experiment
-from flows.lib.router import RouterClient
+from flows.lib.gate import latency_budget_ms, passes_gate
 from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
+    IO_RETRIES,
     connect_mlflow,
     emit,
     fetch_traffic,
@@ -23,19 +23,40 @@ from flows.tasks import (
     frame_from_traffic,
     load_reference,
     register_candidate,
+    report_startup,
+    router,
     run_name,
     set_alias,
     tag_version,
     train_candidate,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-@task(retries=3, retry_delay_seconds=[2, 5, 10])
-def score_champion(model_name: str, data: pd.DataFrame, target: str) -> dict[str, float]:
-    """The champion's metrics on some labelled rows (the candidate's holdout, or fresh traffic)."""
-    from flows.lib import registry, training
 
-    return training.evaluate(registry.load_pipeline(model_name, CHAMPION), data, target)
+@task(**IO_RETRIES)
+def load_champion(model_name: str) -> Any:
+    """The champion's fitted pipeline from the registry."""
+    from flows.lib import registry
+
+    return registry.load_pipeline(model_name, CHAMPION)
+
+
+@task
+def measure_cost(pipeline: Any, features: pd.DataFrame) -> float:
+    """CPU ms of one single-row predict of a pipeline on this machine (median of several)."""
+    from flows.lib import training
+
+    return training.measure_serving_cost(pipeline, features).single_row_ms
+
+
+@task
+def score(pipeline: Any, data: pd.DataFrame, target: str) -> dict[str, float]:
+    """A pipeline's metrics on labelled rows (the candidate's holdout, or fresh traffic)."""
+    from flows.lib import training
+
+    return training.evaluate(pipeline, data, target)
 
 
 @task
@@ -43,6 +64,8 @@ def plan_experiment(
     settings: FlowSettings, *, champion_version: str, challenger_version: str, baseline: float, loop_id: str
 ) -> ExperimentPlan:
     """Size the A/B experiment for the challenger: alpha, power, MDE, baseline, samples, duration, guardrails."""
+    from flows.lib import experiment
+
     sequential_n, fixed_n = experiment.plan_sample_size(
         baseline=baseline, mde=settings.ab_mde, alpha=settings.ab_alpha, power=settings.ab_power
     )
@@ -65,21 +88,11 @@ def plan_experiment(
     )
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 10])
+@task(**IO_RETRIES)
 def send_plan(settings: FlowSettings, plan: ExperimentPlan) -> None:
     """Give the router the plan (it keeps it with the experiment and sets the split)."""
-    with RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds) as router:
-        router.set_plan(plan)
-
-
-def passes_gate(candidate: dict[str, float], champion: dict[str, float], min_f1: float) -> tuple[bool, str]:
-    """A candidate must reach the absolute F1 floor and match the champion on the same holdout."""
-    f1, champion_f1 = candidate["f1_macro"], champion["f1_macro"]
-    if f1 < min_f1:
-        return False, f"holdout F1 {f1:.3f} below the floor {min_f1}"
-    if f1 < champion_f1:
-        return False, f"holdout F1 {f1:.3f} below the champion's {champion_f1:.3f} on the same rows"
-    return True, f"holdout F1 {f1:.3f} >= floor {min_f1} and >= champion's {champion_f1:.3f}"
+    with router(settings) as client:
+        client.set_plan(plan)
 
 
 @flow(name="retrain", flow_run_name=run_name("retrain"), log_prints=True)
@@ -104,6 +117,7 @@ def retrain(
     Returns:
         What happened: the new version and whether it became challenger, or why nothing was trained.
     """
+    startup_cpu = report_startup("retrain")
     settings = get_settings()
     model_name = model_name or settings.model_name
     loop_id = loop_id or uuid.uuid4().hex[:12]
@@ -123,14 +137,32 @@ def retrain(
     if len(fresh) < settings.retrain_min_labelled:
         print(f"only {len(fresh)} labelled requests (need {settings.retrain_min_labelled}): not retraining")
         return {"skipped": f"{len(fresh)} labelled rows"}
+    import pandas as pd  # here, not at module level: a run that skips never pays for it
+
     training_data = pd.concat([reference, fresh], ignore_index=True)
     # The newest traffic is what the new model will see: it becomes the reference for the next drift checks.
     new_reference = fresh.head(settings.drift_window_rows) if len(fresh) >= settings.drift_min_rows else training_data
     print(f"training on {len(reference)} reference + {len(fresh)} fresh labelled rows")
 
-    result = train_candidate(training_data, settings)
-    champion_metrics = score_champion(model_name, result.holdout, settings.target)
-    passed, why = passes_gate(result.holdout_metrics, champion_metrics, settings.gate_min_f1)
+    # The winner must fit the serving budget: the guardrail's limit on what the champion costs on this machine.
+    champion_pipeline = load_champion(model_name)
+    features = training_data.drop(columns=[settings.target])
+    champion_ms = measure_cost(champion_pipeline, features)
+    budget = latency_budget_ms(
+        budget_ms=settings.retrain_latency_budget_ms,
+        champion_single_row_ms=champion_ms,
+        guardrail_margin=settings.ab_guardrail_latency_margin,
+        guardrail_slack_ms=settings.ab_guardrail_latency_slack_ms,
+    )
+    result = train_candidate(training_data, settings, latency_budget_ms=budget)
+    champion_metrics = score(champion_pipeline, result.holdout, settings.target)
+    passed, why = passes_gate(
+        result.holdout_metrics,
+        champion_metrics,
+        settings.gate_min_f1,
+        candidate_ms=result.chosen_cost.single_row_ms,
+        budget_ms=budget,
+    )
     registered = register_candidate(
         result,
         training_data=training_data,
@@ -139,6 +171,7 @@ def retrain(
         model_name=model_name,
         run_name=f"retrain {model_name} from v{champion['version']}",
         extra_metrics={f"champion_holdout_{k}": v for k, v in champion_metrics.items()}
+        | {"champion_serving_predict_ms_1row": champion_ms, "startup_cpu_seconds": startup_cpu}
         | ({"trigger_drift_share": drift_share} if drift_share is not None else {}),
         tags={
             "driftloop.trigger": "drift" if drift_share is not None else "manual",
@@ -152,7 +185,7 @@ def retrain(
     tags = {TAG_GATE: "passed" if passed else "failed", f"{TAG_GATE}.reason": why, TAG_LOOP_ID: loop_id}
     plan = None
     if passed:
-        observed = score_champion(model_name, fresh, settings.target)["accuracy"]
+        observed = score(champion_pipeline, fresh, settings.target)["accuracy"]
         # A lift of `mde` must fit under 100%: a champion already near perfect is planned against 1 - mde.
         baseline = min(observed, 1.0 - settings.ab_mde - 0.005)
         plan = plan_experiment(
@@ -171,6 +204,13 @@ def retrain(
             f"(single-look test: {plan.fixed_horizon_samples_per_arm}), at most {plan.max_duration_hours} h"
         )
     print(f"v{version} ({result.model_id}) {'is the new ' + CHALLENGER if passed else 'failed the gate'}: {why}")
+    for candidate in result.candidates:
+        print(
+            f"candidate {candidate.model_id}: CV F1 {candidate.cv_f1:.3f}, predict "
+            f"{candidate.serving_cost.single_row_ms:.1f} ms CPU per row, "
+            f"{candidate.serving_cost.batch_ms:.1f} ms per {candidate.serving_cost.batch_rows} rows"
+            f"{'' if candidate.within_budget else ' (over the budget)'}"
+        )
 
     summary = {
         "version": version,
@@ -180,6 +220,9 @@ def retrain(
         "gate_reason": why,
         "holdout": result.holdout_metrics,
         "champion_holdout": champion_metrics,
+        "predict_ms_1row": result.serving_cost.single_row_ms,
+        "champion_predict_ms_1row": champion_ms,
+        "latency_budget_ms": budget,
         "loop_id": loop_id,
         "plan": msgspec.structs.asdict(plan) if plan else None,
     }
@@ -192,6 +235,14 @@ def retrain(
             + "\n".join(
                 f"| {k} | {v:.3f} | {champion_metrics.get(k, float('nan')):.3f} |"
                 for k, v in result.holdout_metrics.items()
+            )
+            + f"\n| predict, CPU ms per row | {result.serving_cost.single_row_ms:.1f} | {champion_ms:.1f} |\n\n"
+            f"Candidates (latency budget {budget:.1f} ms CPU per row):\n\n"
+            "| model | CV F1 | CPU ms per row | CPU ms per 32 rows | within budget |\n|---|---|---|---|---|\n"
+            + "\n".join(
+                f"| {c.model_id}{' (chosen)' if c.model_id == result.model_id else ''} | {c.cv_f1:.3f} | "
+                f"{c.serving_cost.single_row_ms:.1f} | {c.serving_cost.batch_ms:.1f} | {c.within_budget} |"
+                for c in result.candidates
             )
         ),
     )

@@ -41,6 +41,14 @@ class FlowSettings(RouterTokens):
         ["lr", "dt", "rf", "et", "knn", "nb"], description="PyCaret model ids that compare_models tries."
     )
     retrain_folds: int = Field(3, description="Cross-validation folds in compare_models.")
+    retrain_candidates: int = Field(
+        3, description="The best models of compare_models whose serving cost is measured; the winner is one of them."
+    )
+    retrain_latency_budget_ms: float = Field(
+        50.0,
+        description="CPU ms a single-row predict of the winner may cost; the champion's cost under the latency "
+        "guardrail's limit tightens it.",
+    )
     retrain_min_labelled: int = Field(30, description="Fewer fresh labelled rows than this: no retrain.")
     retrain_max_labelled: int = Field(2000, description="At most this many of the newest labelled rows are used.")
     gate_min_f1: float = Field(0.7, description="A candidate must reach this holdout F1 (macro) to be a challenger.")

@@ -241,9 +241,16 @@ class ExperimentController(Controller):
         security=_SECURITY,
         responses={**_AUTH, **_STORE},
     )
-    def outcomes(self, experiments: ExperimentService) -> Outcomes:
-        """Per arm of the current experiment: requests, labels, errors, users, latency percentiles, confusion."""
-        return experiments.outcomes()
+    def outcomes(
+        self,
+        experiments: ExperimentService,
+        bucket_seconds: Annotated[
+            int, Parameter(ge=1, le=86_400, description="Width of the latency buckets in seconds.")
+        ] = 60,
+    ) -> Outcomes:
+        """Per arm of the current experiment: requests, labels, errors, users, latency percentiles, confusion, and
+        latency per time bucket."""
+        return experiments.outcomes(bucket_seconds)
 
 
 _HEALTH_503 = ResponseSpec(

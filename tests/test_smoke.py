@@ -45,3 +45,20 @@ def test_retrain_automation_passes_every_payload_key_it_templates():
     templated = {v.split("event.payload.")[1].strip(" }") for v in retrain["actions"][0]["parameters"].values()}
     assert templated == {"model_name", "drift_share", "drifted_columns", "report_url", "loop_id"}
     assert templated <= set(events.DriftPayload.model_fields)
+
+
+HEAVY = ("mlflow", "pandas", "numpy", "scipy", "sklearn", "pycaret", "evidently", "matplotlib")
+
+
+def test_flow_modules_import_nothing_heavy():
+    """Every flow run is a new process: loading a flow must cost Prefect's imports, not MLflow's or pandas'."""
+    import subprocess
+    import sys
+
+    modules = [d["entrypoint"].split(":")[0].removesuffix(".py").replace("/", ".") for d in DEPLOYMENTS]
+    code = (
+        f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        f"print(','.join(sorted(h for h in {HEAVY!r} if h in sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"flow modules import {result.stdout.strip()} at module level"

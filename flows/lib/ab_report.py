@@ -10,9 +10,11 @@ from typing import Any
 import mlflow
 from scipy.stats import binomtest
 
-AB_EXPERIMENT = "driftloop-ab"
-"""MLflow experiment with one run per A/B look."""
+from contracts.registry import AB_EXPERIMENT
+
 NAN = float("nan")
+LATENCY_BREACHED = "latency_breached"
+"""Look metric: 1 when that look's latency guardrail saw a breach (acted on or not), else 0."""
 
 
 def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -96,6 +98,30 @@ def look_point(at: datetime, evidence: dict[str, Any]) -> dict[str, Any]:
     return point
 
 
+def _looks(client: mlflow.MlflowClient, ab_id: str, model_name: str, experiment_id: str) -> list[Any]:
+    """The recorded looks of one experiment, newest first."""
+    return client.search_runs(
+        [ab_id],
+        filter_string=f"tags.experiment_id = '{experiment_id}' and tags.model_name = '{model_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+
+
+def latency_breach_streak(model_name: str, experiment_id: str) -> int:
+    """How many of this experiment's latest looks in a row saw a latency breach (0 without looks)."""
+    client = mlflow.MlflowClient()
+    ab = client.get_experiment_by_name(AB_EXPERIMENT)
+    if ab is None:
+        return 0
+    streak = 0
+    for run in _looks(client, ab.experiment_id, model_name, experiment_id):
+        if run.data.metrics.get(LATENCY_BREACHED) != 1.0:
+            break
+        streak += 1
+    return streak
+
+
 def log_look(
     decision: dict[str, Any],
     *,
@@ -134,11 +160,7 @@ def log_look(
     client = mlflow.MlflowClient()
     ab = client.get_experiment_by_name(AB_EXPERIMENT)
     ab_id = ab.experiment_id if ab else client.create_experiment(AB_EXPERIMENT)
-    earlier = client.search_runs(
-        [ab_id],
-        filter_string=f"tags.experiment_id = '{experiment_id}' and tags.model_name = '{model_name}'",
-        max_results=1000,
-    )
+    earlier = _looks(client, ab_id, model_name, experiment_id)
     evidence = decision["evidence"]
     points = [
         dict(run.data.metrics) | {"at": datetime.fromtimestamp(run.info.start_time / 1000, UTC)}
@@ -153,6 +175,7 @@ def log_look(
         "plain_chi2_p": nan_if_none(evidence["plain_chi2"]["p_value"]),
         "srm_p_all": nan_if_none(evidence["srm"]["all_traffic"]["p_value"]),
         "srm_p_labelled": nan_if_none(evidence["srm"]["labelled"]["p_value"]),
+        LATENCY_BREACHED: float(any(g["values"].get("breached_now") for g in evidence["guardrails"])),
         **{f"{arm}_labelled": values["labelled"] for arm, values in evidence["arms"].items()},
     }
     with mlflow.start_run(

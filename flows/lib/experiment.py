@@ -22,11 +22,12 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
+import numpy as np
 from scipy.optimize import brentq
-from scipy.stats import chi2_contingency, chisquare, norm
+from scipy.stats import binomtest, chi2_contingency, chisquare, norm
 from sklearn.metrics import precision_recall_fscore_support
 
-from contracts.api import ArmOutcome, ConfusionCell, ExperimentPlan, Outcomes
+from contracts.api import ArmOutcome, ConfusionCell, ExperimentPlan, LatencyBucket, Outcomes
 
 DecisionName = Literal["PROMOTE", "ROLLBACK", "CONTINUE", "INVALID"]
 
@@ -36,11 +37,13 @@ MIN_LABELLED_PER_ARM = 10
 The confidence sequence is valid at any sample size in the asymptotic sense only; below a handful of outcomes the
 normal approximation of each arm's accuracy is meaningless, and a CS that wide could not exclude 0 anyway.
 """
-MIN_LATENCY_REQUESTS = 100
-"""Answered requests per arm before the p95 latency guardrail can be breached (a p95 of fewer is a few points)."""
+MIN_BUCKET_REQUESTS = 5
+"""Answered requests per arm in a time bucket before the latency guardrail compares the arms in it."""
+MIN_MATCHED_BUCKETS = 5
+"""Time buckets with both arms compared before the latency guardrail can be breached (a sign test of fewer cannot
+reach alpha = 0.05)."""
 ERROR_GUARDRAIL_TAU = 0.1
 """Mixing scale of the error-rate guardrail's confidence sequence."""
-"""Absolute slack of the latency guardrail, so that sub-millisecond jitter on a fast model is not a breach."""
 MIN_SRM_EXPECTED = 5
 """Expected count per arm below which the chi-squared SRM test is not run (its usual validity condition)."""
 
@@ -382,41 +385,117 @@ def error_guardrail(
     return GuardrailResult("error_rate", True, f"holds: {rates}, {span}, margin {margin}", values)
 
 
+@dataclass(frozen=True)
+class BucketLatency:
+    """One arm's latency within one time bucket, as the router reports it."""
+
+    start: datetime
+    arm: str
+    requests: int
+    p95_ms: float
+    compute_ms: float | None = None
+    """Median CPU time of the model call per request (None: not measured)."""
+
+    @classmethod
+    def from_contract(cls, bucket: LatencyBucket) -> BucketLatency:
+        """From the router's `LatencyBucket`."""
+        return cls(bucket.start, bucket.arm, bucket.requests, bucket.latency_p95_ms, bucket.compute_ms_median)
+
+
+def matched_buckets(buckets: Iterable[BucketLatency]) -> list[tuple[BucketLatency, BucketLatency]]:
+    """(champion, challenger) pairs of the time buckets in which both arms answered `MIN_BUCKET_REQUESTS` requests."""
+    by_start: dict[datetime, dict[str, BucketLatency]] = {}
+    for bucket in buckets:
+        if bucket.requests >= MIN_BUCKET_REQUESTS:
+            by_start.setdefault(bucket.start, {})[bucket.arm] = bucket
+    return [
+        (arms["champion"], arms["challenger"])
+        for start, arms in sorted(by_start.items())
+        if "champion" in arms and "challenger" in arms
+    ]
+
+
 def latency_guardrail(
-    requests_a: int,
-    p95_a: float | None,
-    requests_b: int,
-    p95_b: float | None,
+    buckets: Iterable[BucketLatency],
     *,
     margin: float,
     slack_ms: float,
+    alpha: float,
+    looks_needed: int = 1,
+    prior_breaches: int = 0,
 ) -> GuardrailResult:
-    """p95 latency guardrail: the challenger's p95 must stay within (1 + margin) of the champion's, + slack.
+    """p95 latency guardrail: the challenger is slower than the champion's p95 x (1 + margin) + slack in most time
+    buckets, its model costs more than `slack_ms` extra CPU per request, and this held at `looks_needed` looks.
 
-    A comparison of two reported percentiles, not a test: it waits for `MIN_LATENCY_REQUESTS` answered requests
-    per arm and is generous on purpose, since the router reports no spread.
+    Both arms are served by the same processes at the same moments, so a busy machine slows both within a time
+    bucket: the arms are compared bucket by bucket, never across periods of different load. "Most buckets" is a
+    one-sided sign test (scipy's `binomtest`) of the buckets where the challenger's p95 is over its limit, at
+    level `alpha`. Load inflates latency, and it inflates a small difference in model cost into a large one in
+    milliseconds; the CPU time of the model call is what load does not inflate, so a latency difference counts only
+    when the challenger's model also costs more than `slack_ms` of extra CPU per request (the practical floor).
+    A breach rolls back only once it has been seen at `looks_needed` consecutive looks.
 
     Args:
-        requests_a: Answered requests of the champion.
-        p95_a: Champion's p95 latency in ms.
-        requests_b: Answered requests of the challenger.
-        p95_b: Challenger's p95 latency in ms.
-        margin: Tolerated relative increase.
-        slack_ms: Tolerated absolute increase on top (a few ms matter little to most callers).
+        buckets: Per arm and time bucket: requests, p95 latency, median compute time.
+        margin: Tolerated relative increase of the p95.
+        slack_ms: Tolerated absolute increase on top, and the floor on the extra compute time.
+        alpha: Level of the sign test.
+        looks_needed: Consecutive looks with a breach before it counts.
+        prior_breaches: Consecutive looks right before this one that saw a breach.
 
     Returns:
-        holds=False when the challenger is slower than the limit.
+        holds=False once the breach has persisted; `values["breached_now"]` says whether this look saw one.
     """
-    values = {"champion_p95_ms": p95_a, "challenger_p95_ms": p95_b, "margin": margin, "slack_ms": slack_ms}
-    if min(requests_a, requests_b) < MIN_LATENCY_REQUESTS or p95_a is None or p95_b is None:
-        detail = f"not enough data (needs {MIN_LATENCY_REQUESTS} answered requests per arm with latencies)"
+    pairs = matched_buckets(buckets)
+    values: dict = {
+        "matched_buckets": len(pairs),
+        "margin": margin,
+        "slack_ms": slack_ms,
+        "looks_needed": looks_needed,
+        "prior_breaches": prior_breaches,
+        "breached_now": False,
+    }
+    if len(pairs) < MIN_MATCHED_BUCKETS:
+        detail = (
+            f"not enough data ({len(pairs)} time buckets with {MIN_BUCKET_REQUESTS} answered requests per arm, "
+            f"needs {MIN_MATCHED_BUCKETS})"
+        )
         return GuardrailResult("latency_p95", True, detail, values)
-    limit = p95_a * (1 + margin) + slack_ms
-    values["limit_ms"] = limit
-    text = f"p95 {p95_b:.1f} ms vs champion {p95_a:.1f} ms (limit {limit:.1f} ms)"
-    if p95_b > limit:
-        return GuardrailResult("latency_p95", False, f"BREACHED: {text}", values)
-    return GuardrailResult("latency_p95", True, f"holds: {text}", values)
+    over = sum(b.p95_ms > a.p95_ms * (1 + margin) + slack_ms for a, b in pairs)
+    sign_p = float(binomtest(over, len(pairs), 0.5, alternative="greater").pvalue)
+    excess = [b.compute_ms - a.compute_ms for a, b in pairs if a.compute_ms is not None and b.compute_ms is not None]
+    compute_excess = float(np.median(excess)) if excess else None
+    champion_p95 = float(np.median([a.p95_ms for a, _ in pairs]))
+    challenger_p95 = float(np.median([b.p95_ms for _, b in pairs]))
+    slower = sign_p < alpha
+    costlier = compute_excess is None or compute_excess > slack_ms
+    breached_now = slower and costlier
+    streak = prior_breaches + 1 if breached_now else 0
+    values |= {
+        "buckets_over_limit": over,
+        "sign_test_p": sign_p,
+        "champion_p95_ms": champion_p95,
+        "challenger_p95_ms": challenger_p95,
+        "compute_excess_ms": compute_excess,
+        "breached_now": breached_now,
+        "streak": streak,
+    }
+    compute = "not measured" if compute_excess is None else f"{compute_excess:+.1f} ms CPU per request"
+    text = (
+        f"challenger p95 over {1 + margin:g} x champion's + {slack_ms:g} ms in {over} of {len(pairs)} time buckets "
+        f"(sign test p={sign_p:.3g}, median p95 {challenger_p95:.1f} vs {champion_p95:.1f} ms), model cost {compute}"
+    )
+    if breached_now and streak >= looks_needed:
+        return GuardrailResult("latency_p95", False, f"BREACHED at {streak} consecutive looks: {text}", values)
+    if breached_now:
+        return GuardrailResult(
+            "latency_p95", True, f"breach seen at {streak} of {looks_needed} looks needed, not yet acted on: {text}",
+            values,
+        )  # fmt: skip
+    why = "" if slower else "not slower in most buckets"
+    if slower and not costlier:
+        why = f"slower under load, but the model costs no more than the {slack_ms:g} ms floor"
+    return GuardrailResult("latency_p95", True, f"holds ({why}): {text}", values)
 
 
 # --- evidence and decision ------------------------------------------------------------------------------------
@@ -486,15 +565,22 @@ class Evidence:
     """Hours since the experiment started (None when the router does not know its start)."""
     tau: float | None = None
     """Mixing standard deviation of the primary test (None: the plan's mde)."""
+    latency_buckets: tuple[BucketLatency, ...] = ()
+    """Latency per arm and time bucket (none: the latency guardrail has no data and holds)."""
+    prior_latency_breaches: int = 0
+    """Consecutive looks right before this one whose latency guardrail saw a breach."""
 
 
-def evidence_from_outcomes(outcomes: Outcomes, plan: ExperimentPlan, now: datetime) -> Evidence:
+def evidence_from_outcomes(
+    outcomes: Outcomes, plan: ExperimentPlan, now: datetime, *, prior_latency_breaches: int = 0
+) -> Evidence:
     """Build the evidence from the router's outcome counts, the experiment's plan and the current time.
 
     Args:
         outcomes: The router's counts of the current experiment.
         plan: The plan made when the challenger was registered.
         now: The time of this look (naive datetimes are taken as UTC).
+        prior_latency_breaches: Consecutive earlier looks that saw a latency breach.
 
     Returns:
         The evidence for `decide()`.
@@ -507,6 +593,8 @@ def evidence_from_outcomes(outcomes: Outcomes, plan: ExperimentPlan, now: dateti
         challenger=ArmEvidence.from_outcome(outcomes.arm("challenger"), plan.challenger_version),
         plan=plan,
         elapsed_hours=elapsed,
+        latency_buckets=tuple(BucketLatency.from_contract(b) for b in outcomes.latency_buckets),
+        prior_latency_breaches=prior_latency_breaches,
     )
 
 
@@ -532,10 +620,11 @@ def decide(evidence: Evidence) -> Decision:
 
     In order:
       1. sample ratio mismatch on all assigned traffic -> INVALID;
-      2. a breached guardrail (error rate, p95 latency) -> ROLLBACK;
+      2. a breached guardrail (error rate; p95 latency seen at the plan's number of consecutive looks) -> ROLLBACK;
       2b. sample ratio mismatch on the labelled subset -> INVALID;
-      3. the confidence sequence of the accuracy lift entirely above 0 -> PROMOTE, entirely below -> ROLLBACK
-         (only once both arms have `MIN_LABELLED_PER_ARM` labelled outcomes);
+      3. the confidence sequence of the accuracy lift entirely above 0 -> PROMOTE (CONTINUE while a latency breach
+         seen at this look awaits confirmation), entirely below -> ROLLBACK (only once both arms have
+         `MIN_LABELLED_PER_ARM` labelled outcomes);
       4. the plan's maximum duration reached -> ROLLBACK (no win in time);
       5. otherwise CONTINUE.
     SRM and guardrails rest on all traffic, so they apply before the labelled minimum is reached.
@@ -566,12 +655,12 @@ def decide(evidence: Evidence) -> Decision:
             tau=tau_errors,
         ),
         latency_guardrail(
-            a.requests,
-            a.latency_p95_ms,
-            b.requests,
-            b.latency_p95_ms,
+            evidence.latency_buckets,
             margin=plan.guardrail_latency_margin,
             slack_ms=plan.guardrail_latency_slack_ms,
+            alpha=plan.alpha,
+            looks_needed=plan.guardrail_latency_looks,
+            prior_breaches=evidence.prior_latency_breaches,
         ),
     ]
     enough = min(a.labelled, b.labelled) >= MIN_LABELLED_PER_ARM
@@ -611,6 +700,12 @@ def decide(evidence: Evidence) -> Decision:
     if srm_labelled.mismatch:
         return mismatch("labelled users", srm_labelled)
     summary = _summary(a, b, test, plan)
+    pending = [g for g in guardrails if g.values.get("breached_now")]
+    if test is not None and test.lower > 0 and pending:
+        # A breach seen once is not acted on, but a challenger that may be breaching is not promoted either.
+        details = "; ".join(f"{g.name} {g.detail}" for g in pending)
+        reason = f"challenger better, but a guardrail breach awaits confirmation at the next look: {details}; {summary}"
+        return verdict("CONTINUE", "guardrail_pending", reason)
     if test is not None and test.lower > 0:
         return verdict("PROMOTE", "better", f"challenger better: {summary}; guardrails hold")
     if test is not None and test.upper < 0:

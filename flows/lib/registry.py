@@ -104,6 +104,7 @@ def log_candidate(
     metrics: dict[str, float],
     tags: dict[str, str] | None = None,
     run_name: str,
+    tables: dict[str, dict[str, list]] | None = None,
 ) -> ModelVersion:
     """Log a trained pipeline in one MLflow run and register it as a new version of `model_name`.
 
@@ -121,6 +122,7 @@ def log_candidate(
         metrics: Run metrics.
         tags: Tags set on the run and on the new version.
         run_name: Name of the run.
+        tables: Table artifacts (file name to columns), shown as tables in the MLflow UI.
 
     Returns:
         The registered version (its `run_id` is the run above), with tags set. Note that
@@ -140,6 +142,8 @@ def log_candidate(
         if metrics:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.set_tags({**tags, TAG_TARGET: target})
+        for artifact_file, table in (tables or {}).items():
+            mlflow.log_table(data=table, artifact_file=artifact_file)
         with tempfile.TemporaryDirectory(prefix="driftloop-ref-") as tmp:
             path = Path(tmp) / REFERENCE_FILE
             reference.reset_index(drop=True).to_parquet(path, index=False)

@@ -65,9 +65,9 @@ class RouterClient:
         )
         return msgspec.json.decode(content, type=InferencePage).records
 
-    def outcomes(self) -> Outcomes:
-        """Outcome counts per arm of the current experiment."""
-        return msgspec.json.decode(self._get("/experiment/outcomes"), type=Outcomes)
+    def outcomes(self, *, bucket_seconds: int | None = None) -> Outcomes:
+        """Outcome counts per arm of the current experiment, with latency in time buckets of this width."""
+        return msgspec.json.decode(self._get("/experiment/outcomes", bucket_seconds=bucket_seconds), type=Outcomes)
 
     def _send(self, method: str, path: str, body: msgspec.Struct | None = None) -> bytes:
         content = msgspec.json.encode(body) if body is not None else None

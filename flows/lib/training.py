@@ -1,4 +1,4 @@
-"""Training a classifier with PyCaret and scoring pipelines with scikit-learn metrics."""
+"""Training a classifier with PyCaret, measuring what its candidates cost to serve, and scoring pipelines."""
 
 from __future__ import annotations
 
@@ -28,6 +28,69 @@ _CV_COLUMNS = {
 }
 
 
+SERVING_BATCH_ROWS = 32
+"""Rows of the batch call in a serving-cost measurement (the router batches concurrent requests)."""
+
+
+@dataclass(frozen=True)
+class ServingCost:
+    """What one `predict` call of a pipeline costs on this machine, in CPU milliseconds of the calling thread.
+
+    CPU time rather than wall time: a busy machine stretches wall time for every model alike, while the CPU a
+    model burns per call is its own. The router measures the same quantity per request (`compute_ms`).
+    """
+
+    single_row_ms: float
+    """Median CPU time of a call with one row."""
+    batch_ms: float
+    """Median CPU time of a call with `batch_rows` rows."""
+    batch_rows: int = SERVING_BATCH_ROWS
+
+    def as_metrics(self) -> dict[str, float]:
+        """The cost as MLflow metrics."""
+        return {"predict_ms_1row": self.single_row_ms, f"predict_ms_{self.batch_rows}rows": self.batch_ms}
+
+
+def measure_serving_cost(pipeline: Any, features: pd.DataFrame, *, repeats: int = 15) -> ServingCost:
+    """Median CPU time of `pipeline.predict` on one row and on a batch, after one warm-up call of each.
+
+    Args:
+        pipeline: Anything with `predict(DataFrame)` taking the raw feature columns.
+        features: Rows to predict (the batch repeats rows when there are fewer than `SERVING_BATCH_ROWS`).
+        repeats: Calls per measurement; the median is reported.
+
+    Returns:
+        The cost per call.
+    """
+    if features.empty:
+        raise ValueError("No rows to measure the serving cost on.")
+    one = features.head(1)
+    batch = features.sample(n=SERVING_BATCH_ROWS, replace=len(features) < SERVING_BATCH_ROWS, random_state=0)
+
+    def median_ms(rows: pd.DataFrame) -> float:
+        pipeline.predict(rows)  # warm-up: first calls pay lazy initialisation
+        spent = []
+        for _ in range(repeats):
+            started = time.thread_time()
+            pipeline.predict(rows)
+            spent.append((time.thread_time() - started) * 1000)
+        return float(np.median(spent))
+
+    return ServingCost(single_row_ms=median_ms(one), batch_ms=median_ms(batch))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of the best models of compare_models, with what it costs to serve."""
+
+    model_id: str
+    model_name: str
+    cv_f1: float
+    cv_accuracy: float
+    serving_cost: ServingCost
+    within_budget: bool
+
+
 @dataclass
 class TrainResult:
     """The outcome of one training run."""
@@ -50,6 +113,37 @@ class TrainResult:
     """Seconds spent in setup, compare_models, holdout scoring and finalize_model."""
     warnings: list[str] = field(default_factory=list)
     """Distinct warnings raised while training (PyCaret is noisy: see `_collect_warnings`)."""
+    candidates: list[Candidate] = field(default_factory=list)
+    """The best models of compare_models by CV F1, each with its serving cost (the winner among them)."""
+    serving_cost: ServingCost | None = None
+    """Serving cost of the finalized pipeline (the one that is registered)."""
+    latency_budget_ms: float | None = None
+    """CPU ms per single-row predict a candidate had to stay within (None: no budget)."""
+
+    @property
+    def within_budget(self) -> bool:
+        """Whether the chosen model fits the latency budget (always True without one)."""
+        return next((c.within_budget for c in self.candidates if c.model_id == self.model_id), True)
+
+    @property
+    def chosen_cost(self) -> ServingCost:
+        """The serving cost the choice rested on (measured before finalizing), else the final pipeline's."""
+        chosen = next((c.serving_cost for c in self.candidates if c.model_id == self.model_id), None)
+        assert chosen is not None or self.serving_cost is not None, "no serving cost was measured"
+        return chosen or self.serving_cost
+
+    def candidate_table(self) -> dict[str, list]:
+        """The candidates as columns (for an MLflow table artifact)."""
+        return {
+            "model_id": [c.model_id for c in self.candidates],
+            "model": [c.model_name for c in self.candidates],
+            "cv_f1": [c.cv_f1 for c in self.candidates],
+            "cv_accuracy": [c.cv_accuracy for c in self.candidates],
+            "predict_ms_1row": [c.serving_cost.single_row_ms for c in self.candidates],
+            f"predict_ms_{SERVING_BATCH_ROWS}rows": [c.serving_cost.batch_ms for c in self.candidates],
+            "within_budget": [c.within_budget for c in self.candidates],
+            "chosen": [c.model_id == self.model_id for c in self.candidates],
+        }
 
 
 def _classification_experiment():
@@ -107,8 +201,15 @@ def train(
     folds: int = 3,
     session_id: int = 42,
     n_jobs: int | None = 1,
+    candidates: int = 3,
+    latency_budget_ms: float | None = None,
 ) -> TrainResult:
-    """Pick the best of `models` by cross-validated F1 with PyCaret, score it on the holdout, refit on all.
+    """Pick the best of `models` by cross-validated F1 that fits the latency budget, score it, refit on all.
+
+    compare_models ranks `models` by CV F1; the best `candidates` of them are timed as they would serve (PyCaret's
+    preprocessing plus the model, fitted on the training split) and the best one whose single-row predict costs at
+    most `latency_budget_ms` of CPU wins. When none fits, the cheapest wins and `TrainResult.within_budget` is
+    False, so the gate can refuse it with the reason.
 
     Args:
         data: Features and target.
@@ -118,9 +219,12 @@ def train(
         session_id: Random seed, for reproducible splits and models.
         n_jobs: Parallel jobs for PyCaret. 1 is several times faster on small data (process start-up
             dominates); use -1 for large data.
+        candidates: How many of the best models are timed and considered.
+        latency_budget_ms: CPU milliseconds a single-row predict may cost; None: no budget.
 
     Returns:
-        The finalized pipeline, which takes raw feature columns, plus its metrics and the holdout rows.
+        The finalized pipeline, which takes raw feature columns, plus its metrics, its serving cost, the candidates
+        it was chosen from and the holdout rows.
 
     Raises:
         ValueError: When `target` is missing or `models` is empty.
@@ -134,12 +238,18 @@ def train(
     experiment_cls = _classification_experiment()
     timings: dict[str, float] = {}
     caught: list[str] = []
+    best = None
     with _collect_warnings(caught):
-        exp, best, grid = _compare(experiment_cls(), data, target, models, folds, session_id, n_jobs, timings)
-        if best is not None:
-            # The grid is sorted like compare_models' choice: its first row is the best model (index = id).
-            row = grid.iloc[0]
-            model_id = str(grid.index[0])
+        exp, ranked, grid = _compare(
+            experiment_cls(), data, target, models, folds, session_id, n_jobs, timings, max(1, candidates)
+        )
+        if ranked:
+            started = time.perf_counter()
+            timed = _time_candidates(exp, ranked, grid, data.drop(columns=[target]), latency_budget_ms)
+            timings["serving_cost"] = time.perf_counter() - started
+            chosen = _choose(timed)
+            best = ranked[timed.index(chosen)]
+            row = grid.loc[chosen.model_id]
             cv_metrics = {name: float(row[col]) for col, name in _CV_COLUMNS.items() if col in row.index}
 
             started = time.perf_counter()
@@ -152,19 +262,56 @@ def train(
             started = time.perf_counter()
             pipeline = exp.finalize_model(best)
             timings["finalize_model"] = time.perf_counter() - started
+            final_cost = measure_serving_cost(pipeline, data.drop(columns=[target]))
     if best is None:
         raise RuntimeError(f"PyCaret could not train any of {models}. Warnings: {caught[-5:]}")
 
     return TrainResult(
         pipeline=pipeline,
-        model_id=model_id,
+        model_id=chosen.model_id,
         cv_metrics=cv_metrics,
         holdout_metrics=holdout_metrics,
         holdout=holdout,
-        model_name=str(row.get("Model", model_id)),
+        model_name=chosen.model_name,
         timings=timings,
         warnings=caught,
+        candidates=timed,
+        serving_cost=final_cost,
+        latency_budget_ms=latency_budget_ms,
     )
+
+
+def _time_candidates(
+    exp: Any, ranked: list[Any], grid: pd.DataFrame, features: pd.DataFrame, budget_ms: float | None
+) -> list[Candidate]:
+    """Each ranked model's serving cost, timed inside PyCaret's preprocessing pipeline as it would serve."""
+    from pycaret.internal.pipeline import estimator_pipeline
+
+    timed = []
+    for model in ranked:
+        model_id = exp._get_model_id(model)  # the grid's index: PyCaret's id of the model's class
+        row = grid.loc[model_id]
+        with estimator_pipeline(exp.pipeline, model) as pipeline:
+            cost = measure_serving_cost(pipeline, features)
+        timed.append(
+            Candidate(
+                model_id=str(model_id),
+                model_name=str(row.get("Model", model_id)),
+                cv_f1=float(row["F1"]),
+                cv_accuracy=float(row["Accuracy"]),
+                serving_cost=cost,
+                within_budget=budget_ms is None or cost.single_row_ms <= budget_ms,
+            )
+        )
+    return timed
+
+
+def _choose(timed: list[Candidate]) -> Candidate:
+    """The best-ranked candidate within the budget, or the cheapest when none fits."""
+    fitting = [c for c in timed if c.within_budget]
+    if fitting:
+        return fitting[0]
+    return min(timed, key=lambda c: c.serving_cost.single_row_ms)
 
 
 def _compare(
@@ -176,8 +323,9 @@ def _compare(
     session_id: int,
     n_jobs: int | None,
     timings: dict[str, float],
-) -> tuple[Any, Any, pd.DataFrame]:
-    """PyCaret's setup and compare_models: the experiment, the best model (None if all failed), the grid."""
+    n_select: int,
+) -> tuple[Any, list[Any], pd.DataFrame]:
+    """PyCaret's setup and compare_models: the experiment, the best `n_select` models (best first), the grid."""
     started = time.perf_counter()
     exp.setup(
         data,
@@ -193,12 +341,12 @@ def _compare(
     timings["setup"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    best = exp.compare_models(include=list(models), n_select=1, sort="F1", verbose=False)
+    ranked = exp.compare_models(include=list(models), n_select=n_select, sort="F1", verbose=False)
     grid = exp.pull()
     timings["compare_models"] = time.perf_counter() - started
-    if isinstance(best, list):  # compare_models returns [] when every model failed
-        best = best[0] if best else None
-    return exp, best, grid
+    if not isinstance(ranked, list):  # n_select=1 returns the model itself; every model failing returns []
+        ranked = [ranked]
+    return exp, ranked, grid
 
 
 def evaluate(pipeline: Any, data: pd.DataFrame, target: str) -> dict[str, float]:

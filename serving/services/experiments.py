@@ -258,8 +258,12 @@ class ExperimentService:
         split = self.store.config.get_split()
         return self.default_split if split is None else split
 
-    def outcomes(self) -> Outcomes:
-        """Per arm of the experiment being served: requests, labels, errors, users, latencies, confusion.
+    def outcomes(self, bucket_seconds: int = 60) -> Outcomes:
+        """Per arm of the experiment being served: requests, labels, errors, users, latencies, confusion, and
+        latency per time bucket.
+
+        Args:
+            bucket_seconds: Width of the latency buckets.
 
         Raises:
             NoModelLoaded: No champion is loaded (503).
@@ -267,7 +271,9 @@ class ExperimentService:
         current = self.models.current
         current.require_champion()
         exp = self.current(current)
-        return views.outcomes(current, exp, self.store.log.outcomes(exp.experiment_id), self.split())
+        counts = self.store.log.outcomes(exp.experiment_id)
+        buckets = self.store.log.latency_buckets(exp.experiment_id, bucket_seconds)
+        return views.outcomes(current, exp, counts, self.split(), buckets, bucket_seconds)
 
     def set_plan(self, plan: ExperimentPlan) -> Experiment:
         """Store the plan of `v{champion}-vs-v{challenger}` before it starts, when it matches the registry's tags.

@@ -110,10 +110,13 @@ class PredictService:
         assert served is not None
         row = served.check(data.features, max_abs=self.max_abs_feature)
         label = None if data.label is None else served.check_label(data.label)
+        # CPU time of this thread in the model call: the model's own cost, which a busy machine does not inflate.
+        cpu_started = time.thread_time()
         try:
             prediction = served.predict(row)
         except Exception as exc:
             raise self._failed(served, arm, current.experiment_id, str(data.user_id), key, exc) from exc
+        compute_ms = (time.thread_time() - cpu_started) * 1000
         record = InferenceRow(
             request_id=uuid.uuid4().hex,
             ts=self.clock(),
@@ -126,6 +129,7 @@ class PredictService:
             prediction=str(prediction),
             label=label,
             latency_ms=(time.perf_counter() - started) * 1000,
+            compute_ms=compute_ms,
             idempotency_key=key,
             fingerprint=digest,
         )

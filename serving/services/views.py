@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -15,11 +15,12 @@ from contracts.api import (
     FeedbackResponse,
     Health,
     InferenceRecord,
+    LatencyBucket,
     Outcomes,
     PredictResponse,
 )
 from serving.services.models import ModelSet
-from serving.services.store import ArmCounts, ExperimentRow, InferenceRow
+from serving.services.store import ArmCounts, ExperimentRow, InferenceRow, LatencyBucketRow
 
 ARMS: tuple[Arm, ...] = ("champion", "challenger")
 _NO_COUNTS = ArmCounts(requests=0, labelled=0, correct=0, incorrect=0)
@@ -68,6 +69,7 @@ def inference_record(row: InferenceRow) -> InferenceRecord:
         prediction=row.prediction,
         label=row.label,
         latency_ms=row.latency_ms,
+        compute_ms=row.compute_ms,
     )
 
 
@@ -93,14 +95,23 @@ def experiment(row: ExperimentRow) -> Experiment:
     )
 
 
-def outcomes(current: ModelSet, exp: Experiment, counts: Mapping[str, ArmCounts], split: float) -> Outcomes:
-    """Per-arm outcome counts of the experiment being served.
+def outcomes(
+    current: ModelSet,
+    exp: Experiment,
+    counts: Mapping[str, ArmCounts],
+    split: float,
+    buckets: Sequence[LatencyBucketRow] = (),
+    bucket_seconds: int = 60,
+) -> Outcomes:
+    """Per-arm outcome counts of the experiment being served, with latency per time bucket.
 
     Args:
         current: The set serving (gives the arms and their versions).
         exp: The experiment (id, versions, start, plan).
         counts: Stored counts by arm.
         split: The split in force.
+        buckets: Latency and compute time per (bucket, arm), oldest first.
+        bucket_seconds: Width of the buckets.
     """
     arms: list[ArmOutcome] = []
     for arm in ARMS:
@@ -133,6 +144,17 @@ def outcomes(current: ModelSet, exp: Experiment, counts: Mapping[str, ArmCounts]
         arms=arms,
         started_at=exp.started_at,
         plan=exp.plan,
+        bucket_seconds=bucket_seconds,
+        latency_buckets=[
+            LatencyBucket(
+                start=b.start,
+                arm=b.arm,
+                requests=b.requests,
+                latency_p95_ms=b.latency_p95_ms,
+                compute_ms_median=b.compute_ms_median,
+            )
+            for b in buckets
+        ],
     )
 
 

@@ -31,7 +31,7 @@ from mlflow import MlflowClient
 
 from contracts.api import Arm, ExperimentPlan
 from contracts.auth import TOKEN_ENV
-from contracts.registry import ALIAS_HISTORY_EXPERIMENT, CHALLENGER, CHAMPION
+from contracts.registry import AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT, CHALLENGER, CHAMPION
 from flows import settings as flow_settings
 from flows.lib import experiment, registry
 from flows.lib.data import IRIS_FEATURES, IRIS_TARGET, load_dataset
@@ -44,7 +44,6 @@ from serving.settings import RouterSettings
 
 TRAINING_EXPERIMENT = "driftloop"
 """The flows' default `mlflow_experiment`."""
-AB_EXPERIMENT = "driftloop-ab"
 SALT = "flow-tests"
 TOKENS = {"admin": "flow-tests-admin", "label": "flow-tests-label", "read": "flow-tests-read"}
 """The router in these tests runs with tokens, as in production: the flows must send them."""
@@ -225,14 +224,19 @@ def flower(kind: str, i: int) -> tuple[dict[str, float], str]:
 
 
 class StubModel:
-    """Knows the true species; `weak` gets HARD flowers wrong, `fragile` raises on POISON, `delay` slows each call."""
+    """Knows the true species; `weak` gets HARD flowers wrong, `fragile` raises on POISON, `delay` waits (seconds)
+    and `burn_ms` spends CPU (milliseconds of this thread's CPU time) on each call, as a heavier model would."""
 
-    def __init__(self, *, weak: bool = False, fragile: bool = False, delay: float = 0.0) -> None:
-        self.weak, self.fragile, self.delay = weak, fragile, delay
+    def __init__(self, *, weak: bool = False, fragile: bool = False, delay: float = 0.0, burn_ms: float = 0.0) -> None:
+        self.weak, self.fragile, self.delay, self.burn_ms = weak, fragile, delay, burn_ms
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         if self.delay:
             time.sleep(self.delay)
+        if self.burn_ms:
+            until = time.thread_time() + self.burn_ms / 1000
+            while time.thread_time() < until:
+                pass
         if self.fragile and (frame["sepal_length"] == POISON).any():
             raise RuntimeError("stub model: cannot score this flower")
         truth = np.where(frame["petal_length"] < 2.5, "setosa", "versicolor")
@@ -289,7 +293,22 @@ class Router:
             if assign_arm(user, salt=SALT, split_b=split_b, has_challenger=True) == arm:
                 yield user
 
-    def send(self, arm: Arm, kind: str, n: int, *, labelled: int | None = None, split_b: float = 0.5) -> list[int]:
+    def interleave(self, seconds: float, *, labelled_kind: str = "hard", split_b: float = 0.5) -> int:
+        """Alternate labelled requests of both arms for `seconds`, so both arms fill the same time buckets.
+
+        Returns:
+            Requests sent per arm.
+        """
+        deadline, sent = time.monotonic() + seconds, 0
+        while time.monotonic() < deadline:
+            for arm in ("champion", "challenger"):
+                self.send(arm, labelled_kind, 1, split_b=split_b, offset=sent)
+            sent += 1
+        return sent
+
+    def send(
+        self, arm: Arm, kind: str, n: int, *, labelled: int | None = None, split_b: float = 0.5, offset: int = 0
+    ) -> list[int]:
         """Send `n` flowers of a kind from users of `arm`, the first `labelled` (default all) with their label.
 
         Returns:
@@ -299,7 +318,7 @@ class Router:
         users = self.users(arm, split_b)
         codes = []
         for i in range(n):
-            features, species = flower(kind, i)
+            features, species = flower(kind, offset + i)
             body = {"user_id": next(users), "features": features} | ({"label": species} if i < labelled else {})
             response = self.http.post("/predict", json=body)
             assert response.status_code in (200, 500), response.text
@@ -399,6 +418,7 @@ def make_plan(**changes: Any) -> ExperimentPlan:
         "guardrail_error_margin": 0.01,
         "guardrail_latency_margin": 0.5,
         "guardrail_latency_slack_ms": 5.0,
+        "guardrail_latency_bucket_seconds": 1,
         "loop_id": "loop-1",
     }
     return ExperimentPlan(**(values | changes))

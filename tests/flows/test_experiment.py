@@ -10,9 +10,11 @@ import pytest
 from scipy.stats import chi2_contingency
 from sklearn.metrics import precision_recall_fscore_support
 
-from contracts.api import ArmOutcome, ConfusionCell, ExperimentPlan, Outcomes
+from contracts.api import ArmOutcome, ConfusionCell, ExperimentPlan, LatencyBucket, Outcomes
 from flows.lib.experiment import (
     MIN_LABELLED_PER_ARM,
+    MIN_MATCHED_BUCKETS,
+    BucketLatency,
     Evidence,
     arm_metrics,
     decide,
@@ -70,7 +72,26 @@ def arm(
     )
 
 
-def look(champion: ArmOutcome, challenger: ArmOutcome, *, hours: float = 5.0, **plan_overrides) -> Evidence:
+def buckets(champion: list[tuple[float, float]], challenger: list[tuple[float, float]], n: int = 20):
+    """Latency buckets one minute apart: (p95 ms, compute ms) per bucket for each arm, `n` requests each."""
+    return [
+        LatencyBucket(
+            start=START + timedelta(minutes=i), arm=name, requests=n, latency_p95_ms=p95, compute_ms_median=cpu
+        )
+        for name, values in (("champion", champion), ("challenger", challenger))
+        for i, (p95, cpu) in enumerate(values)
+    ]
+
+
+def look(
+    champion: ArmOutcome,
+    challenger: ArmOutcome,
+    *,
+    hours: float = 5.0,
+    latency: list[LatencyBucket] | None = None,
+    prior_latency_breaches: int = 0,
+    **plan_overrides,
+) -> Evidence:
     outcomes = Outcomes(
         model_name="m",
         experiment_id="v1-vs-v2",
@@ -79,8 +100,14 @@ def look(champion: ArmOutcome, challenger: ArmOutcome, *, hours: float = 5.0, **
         ab_split_b=0.5,
         arms=[champion, challenger],
         started_at=START,
+        latency_buckets=latency or [],
     )
-    return evidence_from_outcomes(outcomes, plan(**plan_overrides), START + timedelta(hours=hours))
+    return evidence_from_outcomes(
+        outcomes,
+        plan(**plan_overrides),
+        START + timedelta(hours=hours),
+        prior_latency_breaches=prior_latency_breaches,
+    )
 
 
 def accuracies(correct_champion: int, correct_challenger: int, n: int = 2000) -> Evidence:
@@ -223,11 +250,55 @@ def test_error_guardrail_holds_for_equal_rates_and_breaches_past_the_margin():
     assert error_guardrail(0, 0, 10, 10, margin=0.01, alpha=0.05, tau=0.01).detail.startswith("not enough data")
 
 
-def test_latency_guardrail_needs_data_and_allows_the_margin_plus_slack():
-    assert latency_guardrail(50, 40.0, 50, 400.0, margin=0.25, slack_ms=1.0).holds  # not enough data
-    assert latency_guardrail(500, 40.0, 500, 50.9, margin=0.25, slack_ms=1.0).holds  # 40 * 1.25 + 1 = 51
-    assert not latency_guardrail(500, 40.0, 500, 51.5, margin=0.25, slack_ms=1.0).holds
-    assert latency_guardrail(500, None, 500, 51.5, margin=0.25, slack_ms=1.0).holds
+def latency(values: list[LatencyBucket], **kw):
+    return latency_guardrail([BucketLatency.from_contract(b) for b in values], **({"alpha": 0.05} | kw))
+
+
+def test_latency_guardrail_needs_matched_buckets_with_requests_in_both_arms():
+    slow = [(400.0, 300.0)] * (MIN_MATCHED_BUCKETS - 1)
+    short = latency(buckets([(40.0, 5.0)] * len(slow), slow), margin=0.25, slack_ms=1.0)
+    assert short.holds and short.detail.startswith("not enough data")
+    # Buckets where an arm answered fewer than MIN_BUCKET_REQUESTS requests are not compared.
+    sparse = latency(buckets([(40.0, 5.0)] * 10, [(400.0, 300.0)] * 10, n=4), margin=0.25, slack_ms=1.0)
+    assert sparse.holds and sparse.values["matched_buckets"] == 0
+
+
+def test_latency_guardrail_allows_the_margin_plus_slack_and_catches_a_slower_model():
+    champion = [(40.0, 10.0)] * 8
+    within = latency(buckets(champion, [(50.9, 10.5)] * 8), margin=0.25, slack_ms=1.0)  # 40 * 1.25 + 1 = 51
+    assert within.holds and within.values["buckets_over_limit"] == 0
+    slower = latency(buckets(champion, [(80.0, 40.0)] * 8), margin=0.25, slack_ms=1.0)
+    assert not slower.holds and slower.values["sign_test_p"] == pytest.approx(0.5**8)
+    assert slower.detail.startswith("BREACHED at 1 consecutive looks")
+
+
+def test_load_that_inflates_a_small_model_cost_is_not_a_breach():
+    """The demo's rollback: ExtraTrees (11 ms of CPU) against GaussianNB (6 ms) on a busy machine, p95 190 vs 110 ms.
+
+    The p95s differ by far more than the margin in every bucket, but the models differ by 5 ms of CPU per request,
+    under the 20 ms floor: load made the difference, and load is no reason to roll a better model back.
+    """
+    busy = latency(buckets([(110.0, 6.0)] * 10, [(190.0, 11.0)] * 10), margin=0.5, slack_ms=20.0)
+    assert busy.holds and busy.values["buckets_over_limit"] == 10 and busy.values["compute_excess_ms"] == 5.0
+    assert "costs no more than the 20 ms floor" in busy.detail
+
+
+def test_equal_models_under_fluctuating_load_hold_in_matched_buckets():
+    rng = np.random.default_rng(3)
+    load = rng.uniform(1, 8, size=30)  # the machine's load factor, minute by minute, shared by both arms
+    champion = [(12.0 * f * rng.uniform(0.8, 1.25), 8.0) for f in load]
+    challenger = [(12.0 * f * rng.uniform(0.8, 1.25), 8.0) for f in load]
+    result = latency(buckets(champion, challenger), margin=0.5, slack_ms=20.0)
+    assert result.holds and result.values["breached_now"] is False
+
+
+def test_a_latency_breach_rolls_back_only_once_it_persists_over_looks():
+    slower = buckets([(40.0, 20.0)] * 8, [(120.0, 60.0)] * 8)
+    first = latency(slower, margin=0.5, slack_ms=20.0, looks_needed=2, prior_breaches=0)
+    assert first.holds and first.values["breached_now"] and first.values["streak"] == 1
+    assert "breach seen at 1 of 2 looks" in first.detail
+    second = latency(slower, margin=0.5, slack_ms=20.0, looks_needed=2, prior_breaches=1)
+    assert not second.holds and second.values["streak"] == 2
 
 
 # --- every decision path --------------------------------------------------------------------------------------
@@ -267,12 +338,22 @@ def test_rollback_on_an_error_rate_breach_even_when_more_accurate():
     assert "error_rate BREACHED" in decision.reason
 
 
-def test_rollback_on_a_latency_breach_even_when_more_accurate():
-    decision = decide(
-        look(arm("champion", labelled=2000, correct=1600), arm("challenger", labelled=2000, correct=1800, p95=90.0))
-    )
-    assert decision.decision == "ROLLBACK" and decision.evidence["rule"] == "guardrail"
-    assert "latency_p95 BREACHED" in decision.reason
+def test_rollback_on_a_persistent_latency_breach_even_when_more_accurate():
+    champion, challenger = arm("champion", labelled=2000, correct=1600), arm("challenger", labelled=2000, correct=1800)
+    slower = buckets([(40.0, 20.0)] * 8, [(120.0, 60.0)] * 8)
+    # Seen once: not acted on, and not promoted either.
+    first = decide(look(champion, challenger, latency=slower, prior_latency_breaches=0))
+    assert first.decision == "CONTINUE" and first.evidence["rule"] == "guardrail_pending"
+    second = decide(look(champion, challenger, latency=slower, prior_latency_breaches=1))
+    assert second.decision == "ROLLBACK" and second.evidence["rule"] == "guardrail"
+    assert "latency_p95 BREACHED at 2 consecutive looks" in second.reason
+
+
+def test_a_far_better_challenger_on_a_busy_machine_is_promoted():
+    champion, challenger = arm("champion", labelled=700, correct=340), arm("challenger", labelled=700, correct=699)
+    busy = buckets([(110.0, 6.0)] * 10, [(190.0, 11.0)] * 10)
+    decision = decide(look(champion, challenger, latency=busy, prior_latency_breaches=3))
+    assert decision.decision == "PROMOTE", decision.reason
 
 
 def test_promote_when_the_confidence_sequence_is_above_zero():

@@ -37,6 +37,8 @@ FULL_PLAN = {
     "guardrail_error_margin": 0.01,
     "guardrail_latency_margin": 0.5,
     "guardrail_latency_slack_ms": 20.0,
+    "guardrail_latency_bucket_seconds": 60,
+    "guardrail_latency_looks": 2,
 }
 NO_RECORD = {"started_at": None, "plan": None, "sample_reached_at": None, "ended_at": None, "end_reason": None}
 SAMPLE_REACHED = {
@@ -474,9 +476,13 @@ async def test_promotion_half_done_serves_only_the_new_version(make_app, source,
         ]
         assert {(s["arm"], s["model_version"], s["experiment_id"]) for s in served} == {("champion", "2", "v2")}
         latencies = [r["latency_ms"] for r in (await client.get("/inferences")).json()["records"]]
-        assert (await client.get("/experiment/outcomes")).json() == {
+        outcomes = (await client.get("/experiment/outcomes")).json()
+        buckets = outcomes.pop("latency_buckets")
+        assert {b["arm"] for b in buckets} == {"champion"} and sum(b["requests"] for b in buckets) == 30
+        assert outcomes == {
             "model_name": "Iris",
             "experiment_id": "v2",
+            "bucket_seconds": 60,
             "champion_version": "2",
             "challenger_version": None,
             "ab_split_b": 1.0,

@@ -45,11 +45,29 @@ async def test_outcomes_count_what_was_posted(client):
             for (label, prediction), n in sorted(cells[arm].items())
         ]
 
+    # Latency per arm and one-second bucket, recomputed from the log the buckets summarise.
+    grouped: dict[tuple[int, str], list[dict]] = {}
+    for r in records:
+        grouped.setdefault((int(datetime.fromisoformat(r["ts"]).timestamp()), r["arm"]), []).append(r)
+    buckets = [
+        {
+            "start": datetime.fromtimestamp(second, UTC).isoformat().replace("+00:00", "Z"),
+            "arm": arm,
+            "requests": len(rows),
+            "latency_p95_ms": float(np.percentile([r["latency_ms"] for r in rows], 95)),
+            "compute_ms_median": float(np.median([r["compute_ms"] for r in rows])),
+        }
+        for (second, arm), rows in sorted(grouped.items())
+    ]
+    assert (await client.get("/experiment/outcomes?bucket_seconds=1")).json()["latency_buckets"] == buckets
+
     outcomes = (await client.get("/experiment/outcomes")).json()
     # The router started this experiment when its lifespan loaded the pair, before any request.
     assert before - timedelta(seconds=5) < datetime.fromisoformat(outcomes.pop("started_at")) <= before
+    assert sum(b["requests"] for b in outcomes.pop("latency_buckets")) == len(records)
     assert outcomes == {
         "model_name": "Iris",
+        "bucket_seconds": 60,
         "experiment_id": "v1-vs-v2",
         "champion_version": "1",
         "challenger_version": "2",

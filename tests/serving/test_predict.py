@@ -28,6 +28,7 @@ async def test_prediction_shape_and_record(client, source, iris):
     record = (await client.get("/inferences")).json()["records"][0]
     assert record.pop("ts").endswith("Z")
     assert record.pop("latency_ms") > 0
+    assert 0 <= record.pop("compute_ms") < 1000  # CPU time of the model call, in ms
     assert record == {
         "request_id": response.json()["request_id"],
         "user_id": "alice",

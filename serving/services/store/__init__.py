@@ -7,12 +7,20 @@ from serving.services.store.database import Database
 from serving.services.store.experiments import ExperimentRecords
 from serving.services.store.inferences import InferenceLog
 from serving.services.store.outbox import NewEvent, Outbox
-from serving.services.store.tables import ArmCounts, ExperimentRow, InferenceRow, OutboxRow, PredictionErrorRow
+from serving.services.store.tables import (
+    ArmCounts,
+    ExperimentRow,
+    InferenceRow,
+    LatencyBucketRow,
+    OutboxRow,
+    PredictionErrorRow,
+)
 
 __all__ = [
     "ArmCounts",
     "ExperimentRow",
     "InferenceRow",
+    "LatencyBucketRow",
     "NewEvent",
     "OutboxRow",
     "PredictionErrorRow",

@@ -99,16 +99,24 @@ class Database:
         metadata.create_all(engine)
         # A store written by an older router: add the nullable columns and the indexes it lacks.
         inspector = sa.inspect(engine)
-        with engine.begin() as conn:
-            for table in metadata.sorted_tables:
-                present = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name not in present and column.nullable:
-                        kind = column.type.compile(dialect=engine.dialect)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                try:
+                    with engine.begin() as conn:
                         conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-                        logger.info("store upgraded: added %s.%s", table.name, column.name)
-                for index in table.indexes:
-                    index.create(conn, checkfirst=True)
+                    logger.info("store upgraded: added %s.%s", table.name, column.name)
+                except sa.exc.DatabaseError:
+                    pass  # another replica added it first
+            for index in table.indexes:
+                try:
+                    with engine.begin() as conn:
+                        index.create(conn, checkfirst=True)
+                except sa.exc.DatabaseError:
+                    pass  # another replica created it first
 
     def close(self) -> None:
         """Dispose of the connection pool."""

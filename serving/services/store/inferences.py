@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import sqlalchemy as sa
@@ -12,6 +12,7 @@ from serving.services.store.database import Database
 from serving.services.store.tables import (
     ArmCounts,
     InferenceRow,
+    LatencyBucketRow,
     PredictionErrorRow,
     inferences,
     prediction_errors,
@@ -206,6 +207,37 @@ class InferenceLog:
                 confusion=tuple(cells.get(arm, ())),
             )
         return result
+
+    def latency_buckets(self, experiment_id: str, bucket_seconds: int) -> list[LatencyBucketRow]:
+        """Per arm and time bucket of one experiment: answered requests, p95 latency and median compute time.
+
+        Args:
+            experiment_id: e.g. `v3-vs-v4`.
+            bucket_seconds: Width of the buckets, aligned to the epoch.
+
+        Returns:
+            One row per (bucket, arm) that answered requests, oldest bucket first.
+        """
+        c = inferences.c
+        stmt = sa.select(c.arm, c.ts, c.latency_ms, c.compute_ms).where(c.experiment_id == experiment_id)
+        groups: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
+        with self.db.connect() as conn:
+            for r in conn.execute(stmt):
+                key = (int(r.ts.timestamp()) // bucket_seconds, r.arm)
+                latencies, computes = groups.setdefault(key, ([], []))
+                latencies.append(float(r.latency_ms))
+                if r.compute_ms is not None:
+                    computes.append(float(r.compute_ms))
+        return [
+            LatencyBucketRow(
+                start=datetime.fromtimestamp(index * bucket_seconds, UTC),
+                arm=arm,  # type: ignore[arg-type]
+                requests=len(latencies),
+                latency_p95_ms=float(np.percentile(latencies, 95)),
+                compute_ms_median=float(np.median(computes)) if computes else None,
+            )
+            for (index, arm), (latencies, computes) in sorted(groups.items())
+        ]
 
     def errors_per_arm(self, experiment_id: str) -> dict[str, tuple[int, int]]:
         """(assigned, failed) requests per arm of one experiment: answered plus failed, and failed alone."""

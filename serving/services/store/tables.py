@@ -49,6 +49,8 @@ inferences = sa.Table(
     sa.Column("prediction", sa.Text(), nullable=False),
     sa.Column("label", sa.Text(), nullable=True),
     sa.Column("latency_ms", sa.Float(), nullable=False),
+    # CPU time of the model call: what the model costs, which a busy machine does not inflate (latency it does).
+    sa.Column("compute_ms", sa.Float(), nullable=True),
     sa.Column("idempotency_key", sa.String(128), nullable=True),
     sa.Column("fingerprint", sa.String(64), nullable=True),
     # A retried /predict with the same key finds its first answer here (NULLs never collide). An index, not a
@@ -143,9 +145,21 @@ class InferenceRow:
     prediction: str
     label: str | None
     latency_ms: float
+    compute_ms: float | None = None
     idempotency_key: str | None = None
     fingerprint: str | None = None
     """Digest of the request that carried `idempotency_key`: a reuse for another request is refused."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyBucketRow:
+    """Latency and compute time of one arm's answered requests within one time bucket."""
+
+    start: datetime
+    arm: Arm
+    requests: int
+    latency_p95_ms: float
+    compute_ms_median: float | None
 
 
 @dataclass(frozen=True, kw_only=True)
