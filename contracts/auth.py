@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource
@@ -63,10 +62,3 @@ def bearer(token: SecretStr | str | None) -> dict[str, str]:
         return {}
     value = token.get_secret_value() if isinstance(token, SecretStr) else token
     return {"Authorization": f"Bearer {value}"} if value else {}
-
-
-def token_values(tokens: RouterTokens) -> dict[str, Any]:
-    """The set tokens by kind (`admin`, `label`, ...) as plain strings, for writing a secrets file."""
-    fields = {"admin": tokens.router_admin_token, "label": tokens.router_label_token,
-              "read": tokens.router_read_token, "client": tokens.router_client_token}  # fmt: skip
-    return {kind: value.get_secret_value() for kind, value in fields.items() if value is not None}

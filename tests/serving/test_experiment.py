@@ -453,11 +453,15 @@ async def test_no_event_after_the_experiment_ended(make_app, source, emitted):
 
 
 def test_prefect_emitter_skips_without_prefect_api_url(monkeypatch, caplog):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     caplog.set_level(logging.INFO, logger="serving.services.events")
-    emit_prefect_event(
-        event="x.y", resource={"prefect.resource.id": "r"}, related=[], payload={"a": 1}, event_id=str(uuid.uuid4())
-    )
+    # Unset in Prefect's settings too: a Prefect test server of the same session would set it there.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        emit_prefect_event(
+            event="x.y", resource={"prefect.resource.id": "r"}, related=[], payload={"a": 1}, event_id=str(uuid.uuid4())
+        )
     assert caplog.messages == ["PREFECT_API_URL is not set: skipped event x.y about r, payload {'a': 1}"]
 
 
