@@ -27,6 +27,7 @@ from contracts.registry import (
     TAG_DECISION_ID,
     TAG_PREVIOUS_CHAMPION,
     TAG_REPLACED_BY,
+    plan_tags,
 )
 from flows.ab_evaluation import ab_evaluation
 from flows.lib import registry
@@ -51,10 +52,13 @@ def experiment(
     """Start the router on the registered versions with these stubs, give it the plan, point the flows at it."""
 
     def start(champion: StubModel, challenger: StubModel, **plan: object) -> tuple[Router, Path]:
+        # The retrain flow tags the challenger with its plan (the source of truth), then sends it to the router.
+        registry.tag_version(registered, "2", plan_tags(make_plan(**plan)))
         router = start_router({"1": champion, "2": challenger})
         with router.client() as client:
             assert client.experiment().status == "running"
-            client.set_plan(make_plan(**plan))
+            assert client.experiment().plan == make_plan(**plan)  # adopted from the tags at the start
+            client.set_plan(make_plan(**plan))  # the same plan again: harmless
         return router, flow_env(router)
 
     return start
@@ -79,7 +83,7 @@ def ended(router: Router) -> tuple[str | None, str | None]:
     """How the router's record of the experiment ended: (decision, reason), or (None, None) while it runs."""
     store = router.store()
     try:
-        row = store.get_experiment(EXPERIMENT)
+        row = store.experiments.get(EXPERIMENT)
     finally:
         store.close()
     assert row is not None and row.started_at is not None
@@ -204,6 +208,7 @@ def test_a_better_challenger_is_promoted_everywhere(experiment, model_name):
         "model_name": model_name,
         "champion_version": "2",
         "challenger_version": None,
+        "reasons": [],
     }
     with router.client() as client:
         current = client.experiment()
@@ -250,6 +255,7 @@ def test_a_challenger_breaching_a_guardrail_is_rolled_back(experiment, model_nam
         "model_name": model_name,
         "champion_version": "1",
         "challenger_version": None,
+        "reasons": [],
     }
 
     assert_look_recorded(result, model_name, home)
