@@ -1,7 +1,10 @@
-"""The router's own look at the error guardrail, on live counts, so a broken challenger is reported at once.
+"""The router's own watch on the error guardrail: it nudges the A/B flow to look now, it never decides.
 
-The statistic is the A/B flow's (`flows.lib.experiment.error_guardrail`, an always-valid confidence sequence),
-imported rather than copied: the router and the flow must never disagree on what a breach is.
+The decision stays with the A/B evaluation flow and its always-valid statistics (the two sides meet only at the
+router's HTTP API, MLflow aliases and Prefect events). The router only notices, on live counts, that the
+challenger's error rate has gone past the champion's by more than the plan's margin, and emits
+`driftloop.experiment.guardrail_breached` once, so that the automation runs an evaluation at once instead of at the
+next scheduled look.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ from dataclasses import dataclass
 
 from contracts.api import ExperimentPlan
 
+MIN_ASSIGNED = 30
+"""Requests per arm before the router looks at error rates at all (a handful of failures is no signal)."""
+
 
 @dataclass(frozen=True)
 class Breach:
-    """A breached guardrail and what it rests on."""
+    """A guardrail the live counts suggest is breached, and what that rests on."""
 
     guardrail: str
     detail: str
@@ -23,24 +29,20 @@ class Breach:
 
 
 def error_breach(plan: ExperimentPlan, counts: dict[str, tuple[int, int]]) -> Breach | None:
-    """The error-rate guardrail of a plan on (assigned, failed) counts per arm; None while it holds.
+    """Whether the challenger's error rate exceeds the champion's plus the plan's margin; None while it does not.
 
     Args:
-        plan: The experiment's plan (margin and alpha).
+        plan: The experiment's plan (its error margin).
         counts: Arm name to (assigned requests, failed requests).
     """
-    from flows.lib.experiment import ERROR_GUARDRAIL_TAU, error_guardrail
-
     champion, challenger = counts.get("champion", (0, 0)), counts.get("challenger", (0, 0))
-    if challenger[1] == 0:
-        return None  # no failure, no breach: skip the statistics on the common path
-    result = error_guardrail(
-        champion[0],
-        champion[1],
-        challenger[0],
-        challenger[1],
-        margin=plan.guardrail_error_margin,
-        alpha=plan.alpha,
-        tau=ERROR_GUARDRAIL_TAU,
+    if challenger[1] == 0 or min(champion[0], challenger[0]) < MIN_ASSIGNED:
+        return None
+    rate_a, rate_b = champion[1] / champion[0], challenger[1] / challenger[0]
+    if rate_b <= rate_a + plan.guardrail_error_margin:
+        return None
+    detail = (
+        f"challenger error rate {rate_b:.4f} over the champion's {rate_a:.4f} + margin {plan.guardrail_error_margin} "
+        f"({challenger[1]}/{challenger[0]} vs {champion[1]}/{champion[0]}); the A/B evaluation decides"
     )
-    return None if result.holds else Breach(result.name, result.detail, champion, challenger)
+    return Breach("error_rate", detail, champion, challenger)

@@ -542,7 +542,16 @@ async def test_a_breached_error_guardrail_is_reported_once(make_app, source, emi
         "challenger_requests": 30,
         "challenger_errors": 30,
     }
-    assert event["payload"]["detail"].startswith("BREACHED: error rate 1.0000 vs champion 0.0000")
+    assert event["payload"]["detail"].startswith("challenger error rate 1.0000 over the champion's 0.0000 + margin")
+
+
+async def test_a_few_failures_or_a_small_excess_are_no_breach(make_app, source, emitted):
+    from serving.services.guardrails import MIN_ASSIGNED, error_breach
+
+    plan = msgspec.convert(tag(source), ExperimentPlan)
+    assert error_breach(plan, {"champion": (MIN_ASSIGNED - 1, 0), "challenger": (MIN_ASSIGNED - 1, 9)}) is None
+    assert error_breach(plan, {"champion": (1000, 10), "challenger": (1000, 19)}) is None  # 1.9% <= 1% + 1%
+    assert error_breach(plan, {"champion": (1000, 10), "challenger": (1000, 21)}) is not None
 
 
 async def test_a_few_errors_within_the_margin_are_no_breach(make_app, source, emitted):
