@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from contracts import events
 from contracts.api import ExperimentPlan
-from contracts.registry import CHALLENGER, CHAMPION, TAG_GATE, TAG_LOOP_ID, TAG_PLAN_PREFIX
+from contracts.registry import CHALLENGER, CHAMPION, TAG_GATE, TAG_LOOP_ID, plan_tags
 from flows.lib.gate import latency_budget_ms, passes_gate
 from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
@@ -192,7 +192,7 @@ def retrain(
             settings, champion_version=champion["version"], challenger_version=version, baseline=baseline,
             loop_id=loop_id,
         )  # fmt: skip
-        tags |= {f"{TAG_PLAN_PREFIX}{k}": str(v) for k, v in msgspec.structs.asdict(plan).items()}
+        tags |= plan_tags(plan)
     tag_version(model_name, version, tags)
     if plan is not None:
         # The plan reaches the router before the alias, so the experiment has it from its first request.
