@@ -59,7 +59,8 @@ def served(router: Router) -> tuple[str | None, str | None]:
 
 def test_rollback_restores_the_champion_it_replaced_and_the_router_serves_it(serving, model_name):
     registry.promote(model_name, "2", reason="won its experiment")  # v2 replaced v1
-    serving.http.post("/models/reload")
+    with serving.client() as client:
+        client.reload_models()
     assert served(serving) == ("2", None)
 
     result = controls.rollback(reason="v2 misroutes refunds", requested_by="alice", model_name=model_name)
