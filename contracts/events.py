@@ -13,8 +13,20 @@ EXPERIMENT_DECIDED = "driftloop.experiment.decided"
 EXPERIMENT_INVALID = "driftloop.experiment.invalid"
 EXPERIMENT_SAMPLE_REACHED = "driftloop.experiment.sample_reached"
 EXPERIMENT_GUARDRAIL_BREACHED = "driftloop.experiment.guardrail_breached"
+MODEL_REJECTED = "driftloop.model.rejected"
+"""A retrained candidate failed the quality gate (emitted beside `driftloop.model.registered`)."""
+
+CONTROL_PREFIX = "driftloop.control."
+"""Manual operations by a person: `driftloop.control.<action>` (see `ControlPayload`)."""
+CONTROL_ROLLBACK = f"{CONTROL_PREFIX}rollback"
+CONTROL_PROMOTE = f"{CONTROL_PREFIX}promote"
+CONTROL_RETRAIN = f"{CONTROL_PREFIX}retrain"
+CONTROL_PAUSE = f"{CONTROL_PREFIX}pause"
+CONTROL_RESUME = f"{CONTROL_PREFIX}resume"
+CONTROL_END = f"{CONTROL_PREFIX}end"
 
 RESOURCE_PREFIX = "driftloop.model."
+LOOP_PREFIX = "driftloop.loop."
 
 
 def model_resource(model_name: str) -> dict[str, str]:
@@ -29,6 +41,11 @@ def model_version_resource(model_name: str, version: str) -> dict[str, str]:
         "prefect.resource.role": "model-version",
         "prefect.resource.name": f"{model_name} v{version}",
     }
+
+
+def loop_resource(loop_id: str) -> dict[str, str]:
+    """A related resource naming one turn of the loop: every event of the turn carries it, so one filter finds them."""
+    return {"prefect.resource.id": f"{LOOP_PREFIX}{loop_id}", "prefect.resource.role": "loop"}
 
 
 class DriftPayload(BaseModel):
@@ -86,6 +103,16 @@ class RegisteredPayload(BaseModel):
     metrics: dict[str, float]
 
 
+class RejectedPayload(BaseModel):
+    """Payload of `driftloop.model.rejected`: a registered candidate that failed the quality gate, and why."""
+
+    model_name: str
+    version: str
+    run_id: str
+    reason: str
+    loop_id: str
+
+
 class DecisionPayload(BaseModel):
     """Payload of `driftloop.experiment.decided`, `.invalid`, `driftloop.model.promoted` and `.rolled_back`."""
 
@@ -103,3 +130,19 @@ class DecisionPayload(BaseModel):
     challenger_labelled: int
     challenger_correct: int
     report_url: str
+
+
+class ControlPayload(BaseModel):
+    """Payload of `driftloop.control.*`: what a person asked for, who, why, and what it changed."""
+
+    model_name: str
+    action: str
+    """`rollback`, `promote`, `retrain`, `pause`, `resume` or `end`."""
+    requested_by: str
+    reason: str
+    version: str
+    """The version the action is about (the new champion, the challenger paused, ...); empty when none."""
+    previous_version: str
+    """The version the alias pointed to before (empty when nothing moved)."""
+    decision_id: str
+    loop_id: str

@@ -38,6 +38,8 @@ TAG_PLAN_PREFIX = "driftloop.plan."
 
 AB_EXPERIMENT = "driftloop-ab"
 """MLflow experiment with one run per A/B look (tags `experiment_id`, `model_name`, `decision`)."""
+REQUESTED_BY_LOOP = "driftloop"
+"""Who asked for an alias move that the loop made by itself (a person's moves name that person)."""
 ALIAS_HISTORY_EXPERIMENT = "driftloop-alias-history"
 """MLflow experiment with one run per alias move: the append-only history of the registry."""
 

@@ -84,6 +84,16 @@ def record_look(
 
 
 @task(**IO)
+def record_lineage(model_name: str, loop_id: str, tracking_uri: str) -> str:
+    """The loop's whole chain so far as a markdown artifact (drift, retrain, version, plan, looks, moves)."""
+    from flows.lib import lineage
+
+    markdown = lineage.gather(model_name, loop_id, tracking_uri).markdown()
+    create_markdown_artifact(key="loop-lineage", markdown=markdown, description=f"loop {loop_id}")
+    return markdown
+
+
+@task(**IO)
 def promote(model_name: str, version: str, *, reason: str, decision_id: str, loop_id: str, evidence: dict) -> None:
     """Move `champion` to the challenger in one alias write, keep the old one tagged, drop `challenger`."""
     from flows.lib import registry
@@ -209,4 +219,9 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         emit(events.MODEL_ROLLED_BACK, model_name, payload, version=version)
     elif decision.decision == "INVALID":
         emit(events.EXPERIMENT_INVALID, model_name, payload, version=version)
-    return decision.to_dict() | {"decision_id": decision_id, "experiment_id": outcomes.experiment_id} | where
+    if plan.loop_id:
+        record_lineage(model_name, plan.loop_id, settings.mlflow_tracking_uri)
+    from prefect.runtime import flow_run
+
+    ids = {"decision_id": decision_id, "experiment_id": outcomes.experiment_id, "flow_run_id": flow_run.id}
+    return decision.to_dict() | ids | where

@@ -259,4 +259,9 @@ def retrain(
         version=version,
         run_id=registered["run_id"],
     )
+    if not passed:
+        rejected = events.RejectedPayload(
+            model_name=model_name, version=version, run_id=registered["run_id"], reason=why, loop_id=loop_id
+        )
+        emit(events.MODEL_REJECTED, model_name, rejected.model_dump(mode="json"), version=version)
     return summary

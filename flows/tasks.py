@@ -179,6 +179,9 @@ def emit(
         related.append(events.model_version_resource(model_name, version))
     if run_id is not None:
         related.append({"prefect.resource.id": f"mlflow.run.{run_id}", "prefect.resource.role": "mlflow-run"})
+    if payload.get("loop_id"):
+        # Every event of one turn of the loop carries it: `python -m flows.lineage <loop_id>` finds them all.
+        related.append(events.loop_resource(payload["loop_id"]))
     emit_event(event=name, resource=events.model_resource(model_name), related=related, payload=payload)
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from prefect import Flow
 
-from automations.apply import build, definitions
+from automations.apply import build, definitions, referenced_deployments
 from contracts import events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,12 +32,18 @@ def test_scheduled_deployments_default_to_hourly():
 @pytest.mark.parametrize("path,definition", definitions(), ids=lambda x: getattr(x, "name", ""))
 def test_every_automation_validates_and_watches_a_known_event(path, definition):
     known = {v for k, v in vars(events).items() if k.isupper() and isinstance(v, str) and v.startswith("driftloop.")}
-    deployments = {f"{d['entrypoint'].split(':')[1].replace('_', '-')}/{d['name']}" for d in DEPLOYMENTS}
-    targets = {a["deployment"] for a in definition["actions"] if "deployment" in a}
+    known |= {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    flows = {}
+    for d in DEPLOYMENTS:
+        module = importlib.import_module(d["entrypoint"].split(":")[0].removesuffix(".py").replace("/", "."))
+        flows[d["name"]] = getattr(module, d["entrypoint"].split(":")[1]).name
+    deployments = {f"{flows[name]}/{name}" for name in flows}
+    targets = referenced_deployments([(path, definition)])
     assert targets <= deployments, f"{path.name} runs a deployment prefect.yaml does not define"
     automation = build(definition, {name: uuid.uuid4() for name in targets})
     assert set(automation.trigger.expect) <= known
     assert automation.trigger.match  # every trigger names what it matches
+    assert automation.actions, f"{path.name} does nothing"
 
 
 def test_retrain_automation_passes_every_payload_key_it_templates():

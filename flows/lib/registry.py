@@ -27,6 +27,7 @@ from contracts.registry import (
     MODEL_ARTIFACT,
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
+    REQUESTED_BY_LOOP,
     TAG_CLASSES,
     TAG_DECISION,
     TAG_DECISION_ID,
@@ -247,6 +248,8 @@ class AliasMove:
     decision_id: str = ""
     loop_id: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
+    requested_by: str = REQUESTED_BY_LOOP
+    """Who asked: the loop itself, or the person behind a manual control."""
 
 
 def record_move(move: AliasMove) -> str:
@@ -261,6 +264,7 @@ def record_move(move: AliasMove) -> str:
         "to_version": move.to_version or "",
         "decision_id": move.decision_id,
         "loop_id": move.loop_id,
+        "requested_by": move.requested_by,
         "reason": move.reason[:_TAG_VALUE_MAX],
     }
     run = client.create_run(
@@ -285,7 +289,7 @@ def alias_history(model_name: str) -> list[dict[str, str]]:
         order_by=["attributes.start_time ASC"],
         max_results=5000,
     )
-    keys = ("alias", "from_version", "to_version", "decision_id", "loop_id", "reason")
+    keys = ("alias", "from_version", "to_version", "decision_id", "loop_id", "requested_by", "reason")
     return [{k: run.data.tags.get(k, "") for k in keys} | {"run_id": run.info.run_id} for run in runs]
 
 
@@ -303,6 +307,7 @@ def move_alias(
     decision_id: str = "",
     loop_id: str = "",
     evidence: dict[str, Any] | None = None,
+    requested_by: str = REQUESTED_BY_LOOP,
 ) -> str | None:
     """Point `alias` at `version` (or remove it when `version` is None) and record the move.
 
@@ -321,7 +326,9 @@ def move_alias(
         previous = str(current.version) if current is not None else None
         if previous == target:
             return previous
-        move = AliasMove(model_name, alias, previous, target, reason, decision_id, loop_id, evidence or {})
+        move = AliasMove(
+            model_name, alias, previous, target, reason, decision_id, loop_id, evidence or {}, requested_by
+        )
         if decision_id:
             record_move(move)
     if target is None:
@@ -341,6 +348,7 @@ def promote(
     decision_id: str = "",
     loop_id: str = "",
     evidence: dict[str, Any] | None = None,
+    requested_by: str = REQUESTED_BY_LOOP,
 ) -> str | None:
     """Make `version` the champion and end the A/B test.
 
@@ -356,6 +364,7 @@ def promote(
         decision_id: The decision that moved it.
         loop_id: The turn of the loop the version came from.
         evidence: What the decision rested on (kept with the history record).
+        requested_by: Who asked (the loop, or the person behind a manual promotion).
 
     Returns:
         The version that was champion before, or None when there was none.
@@ -378,14 +387,21 @@ def promote(
             tags[TAG_PREVIOUS_CHAMPION] = previous
             tag_version(model_name, previous, {TAG_REPLACED_BY: version, TAG_DECISION_ID: decision_id})
         tag_version(model_name, version, tags)
-    moved = {"decision_id": decision_id, "loop_id": loop_id, "evidence": evidence}
+    moved = {"decision_id": decision_id, "loop_id": loop_id, "evidence": evidence, "requested_by": requested_by}
     move_alias(model_name, CHAMPION, version, reason=reason, **moved)
+    # Any experiment was against the old champion: it ends with the promotion.
     move_alias(model_name, CHALLENGER, None, reason=f"promoted to {CHAMPION}: {reason}", **moved)
     return previous
 
 
 def retire_challenger(
-    model_name: str, *, reason: str, decision_id: str = "", loop_id: str = "", evidence: dict[str, Any] | None = None
+    model_name: str,
+    *,
+    reason: str,
+    decision_id: str = "",
+    loop_id: str = "",
+    evidence: dict[str, Any] | None = None,
+    requested_by: str = REQUESTED_BY_LOOP,
 ) -> str | None:
     """Stop testing the challenger: remove its alias, tag it with the decision and record the move.
 
@@ -397,8 +413,63 @@ def retire_challenger(
         return None
     tag_version(model_name, current.version, {TAG_DECISION: f"rolled back: {reason}", TAG_DECISION_ID: decision_id})
     return move_alias(
-        model_name, CHALLENGER, None, reason=reason, decision_id=decision_id, loop_id=loop_id, evidence=evidence
-    )
+        model_name, CHALLENGER, None, reason=reason, decision_id=decision_id, loop_id=loop_id, evidence=evidence,
+        requested_by=requested_by,
+    )  # fmt: skip
+
+
+def rollback_champion(
+    model_name: str,
+    *,
+    reason: str,
+    requested_by: str,
+    to_version: str | int | None = None,
+    decision_id: str = "",
+    loop_id: str = "",
+) -> tuple[str, str]:
+    """Move `champion` back to the version it replaced (or to `to_version`), audited like every move.
+
+    The current champion is tagged with the decision; a running experiment ends (its challenger was measured
+    against the champion that is being rolled back). The version rolled back to must be registered.
+
+    Args:
+        model_name: Registered model name.
+        reason: Why, recorded in the tags and the alias history.
+        requested_by: Who asked.
+        to_version: The version to serve; None: the one the current champion replaced (`TAG_PREVIOUS_CHAMPION`).
+        decision_id: Identifies this rollback (its history records carry it; a retry finds them).
+        loop_id: The turn of the loop the rollback belongs to, if any.
+
+    Returns:
+        (the champion before, the champion now).
+
+    Raises:
+        LookupError: There is no champion, no previous version to return to, or `to_version` is not registered.
+    """
+    client = _client()
+    current = get_version(model_name, CHAMPION)
+    if current is None:
+        raise LookupError(f"{model_name} has no {CHAMPION} to roll back")
+    current_version = str(current.version)
+    target = str(to_version) if to_version is not None else current.tags.get(TAG_PREVIOUS_CHAMPION)
+    if not target:
+        raise LookupError(
+            f"{model_name} v{current_version} replaced no earlier champion (no {TAG_PREVIOUS_CHAMPION} tag): "
+            "name the version to roll back to"
+        )
+    try:
+        client.get_model_version(model_name, target)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            raise LookupError(f"{model_name} has no version {target}") from exc
+        raise
+    if target == current_version:
+        return current_version, target
+    tag_version(model_name, current_version, {TAG_DECISION: f"rolled back: {reason}", TAG_DECISION_ID: decision_id})
+    moved = {"decision_id": decision_id, "loop_id": loop_id, "requested_by": requested_by}
+    move_alias(model_name, CHAMPION, target, reason=f"rollback: {reason}", **moved)
+    move_alias(model_name, CHALLENGER, None, reason=f"{CHAMPION} rolled back to v{target}: {reason}", **moved)
+    return current_version, target
 
 
 def plan_of(model_name: str, version: str | int) -> ExperimentPlan | None:

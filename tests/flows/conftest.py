@@ -31,7 +31,7 @@ from mlflow import MlflowClient
 
 from contracts.api import Arm, ExperimentPlan
 from contracts.auth import TOKEN_ENV
-from contracts.registry import AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT, CHALLENGER, CHAMPION
+from contracts.registry import AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT, CHALLENGER, CHAMPION, TAG_LOOP_ID
 from flows import settings as flow_settings
 from flows.lib import experiment, registry
 from flows.lib.data import IRIS_FEATURES, IRIS_TARGET, load_dataset
@@ -195,6 +195,7 @@ def registered(tracking_uri: str, model_name: str, iris: pd.DataFrame, tiny_pipe
             model_name=model_name,
             params={"model": "lr"},
             metrics={"holdout_accuracy": 0.95},
+            tags={TAG_LOOP_ID: f"loop-{int(version) - 1}"},  # as the retrain tags what it registers
             run_name=f"candidate {version}",
         )
         assert str(logged.version) == version

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -216,6 +217,23 @@ def test_a_better_challenger_is_promoted_everywhere(experiment, model_name):
 
     assert_look_recorded(result, model_name, home)
     assert_events(result, model_name, events.MODEL_PROMOTED)
+    assert_lineage(model_name, result)
+
+
+def assert_lineage(model_name: str, result: dict) -> None:
+    """The loop's chain: version and plan, the look, both alias moves and the decision events, in order."""
+    from flows.lib import lineage
+
+    chain = lineage.gather(model_name, "loop-1", mlflow.get_tracking_uri())
+    kinds = [(step.kind, step.title) for step in chain.steps]
+    assert ("version", f"{model_name} v2") in kinds
+    assert ("look", "A/B look: PROMOTE") in kinds
+    assert [t for k, t in kinds if k == "move"] == ["challenger: - -> 2", "champion: 1 -> 2", "challenger: 2 -> -"]
+    assert [t for k, t in kinds if k == "event"] == [events.EXPERIMENT_DECIDED, events.MODEL_PROMOTED]
+    flow_runs = [s.links.get("Prefect flow run") for s in chain.steps if s.kind == "event"]
+    assert all(link and link.endswith(str(result["flow_run_id"])) for link in flow_runs), flow_runs
+    markdown = chain.markdown()
+    assert markdown.startswith(f"# Loop `loop-1` of {model_name}") and "**A/B look: PROMOTE**" in markdown
 
 
 @pytest.mark.parametrize(
