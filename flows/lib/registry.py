@@ -34,10 +34,13 @@ from contracts.registry import (
     TAG_PREVIOUS_CHAMPION,
     TAG_REPLACED_BY,
     TAG_TARGET,
+    TRAINING_ARTIFACT_DIR,
+    TRAINING_FILE,
     model_uri,
 )
 
 REFERENCE_ARTIFACT_PATH = f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
+TRAINING_ARTIFACT_PATH = f"{TRAINING_ARTIFACT_DIR}/{TRAINING_FILE}"
 
 # What unpickling a PyCaret pipeline imports (pycaret.internal.pipeline extends imblearn's Pipeline and
 # holds sklearn, category_encoders and pandas objects), pinned to what trained it.
@@ -104,6 +107,8 @@ def log_candidate(
     tags: dict[str, str] | None = None,
     run_name: str,
     tables: dict[str, dict[str, list]] | None = None,
+    frames: dict[str, pd.DataFrame] | None = None,
+    documents: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Log a trained pipeline in one MLflow run and register it as a new version of `model_name`.
 
@@ -122,6 +127,8 @@ def log_candidate(
         tags: Tags set on the run and on the new version.
         run_name: Name of the run.
         tables: Table artifacts (file name to columns), shown as tables in the MLflow UI.
+        frames: Data artifacts (artifact path to frame), stored as parquet: the training rows, the gate's holdout.
+        documents: JSON artifacts (artifact path to JSON-ready value): how the window was cut, the gate's evidence.
 
     Returns:
         The registered version (its `run_id` is the run above), with tags set. Note that
@@ -143,10 +150,18 @@ def log_candidate(
         mlflow.set_tags({**tags, TAG_TARGET: target})
         for artifact_file, table in (tables or {}).items():
             mlflow.log_table(data=table, artifact_file=artifact_file)
+        for artifact_file, document in (documents or {}).items():
+            mlflow.log_dict(document, artifact_file)
         with tempfile.TemporaryDirectory(prefix="driftloop-ref-") as tmp:
             path = Path(tmp) / REFERENCE_FILE
             reference.reset_index(drop=True).to_parquet(path, index=False)
             mlflow.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT_DIR)
+            for artifact_path, frame in (frames or {}).items():
+                folder, _, name = artifact_path.rpartition("/")
+                (Path(tmp) / "frames").mkdir(exist_ok=True)
+                path = Path(tmp) / "frames" / name
+                frame.reset_index(drop=True).to_parquet(path, index=False)
+                mlflow.log_artifact(str(path), artifact_path=folder or None)
         info = mlflow.sklearn.log_model(
             pipeline,
             name=MODEL_ARTIFACT,
@@ -224,6 +239,19 @@ def load_reference(model_name: str, alias: str) -> pd.DataFrame:
         local = mlflow.artifacts.download_artifacts(
             run_id=version.run_id, artifact_path=REFERENCE_ARTIFACT_PATH, dst_path=tmp
         )
+        return pd.read_parquet(local)
+
+
+def load_training(run_id: str) -> pd.DataFrame | None:
+    """The training rows logged with a run (`TRAINING_ARTIFACT_DIR/TRAINING_FILE`), or None when it has none.
+
+    Versions registered before training rows were kept have none.
+    """
+    listed = {Path(a.path).name for a in _client().list_artifacts(run_id, TRAINING_ARTIFACT_DIR)}
+    if TRAINING_FILE not in listed:
+        return None
+    with tempfile.TemporaryDirectory(prefix="driftloop-train-") as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TRAINING_ARTIFACT_PATH, dst_path=tmp)
         return pd.read_parquet(local)
 
 
