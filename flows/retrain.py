@@ -313,7 +313,11 @@ def retrain(
             documents={
                 f"{TRAINING_ARTIFACT_DIR}/{WINDOW_FILE}": record.as_dict(),
                 f"{GATE_ARTIFACT_DIR}/{GATE_EVIDENCE_FILE}": evidence.as_dict()
-                | {"passed": passed, "reason": why, "max_loss": settings.gate_max_loss, "latency_budget_ms": budget},
+                | {"passed": passed, "reason": why, "max_loss": settings.gate_max_loss, "latency_budget_ms": budget}
+                | {
+                    "candidate_predict_ms_1row": result.chosen_cost.single_row_ms,
+                    "champion_predict_ms_1row": champion_ms,
+                },
             },
         )
         version = registered["version"]

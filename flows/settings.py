@@ -95,7 +95,7 @@ class FlowSettings(BaseSettings):
     )
     retrain_scale_dropped_models: list[str] = Field(["rbfsvm", "gpc", "mlp"], description="Models left out at scale.")
     retrain_slot_wait_seconds: float = Field(
-        5.0, ge=0, description="How long a retrain waits for another retrain of the same model before skipping."
+        30.0, gt=0, description="How long taking the model's free retrain slot may take (a held one is not waited for)."
     )
     gate_min_f1: float = Field(0.7, description="A candidate must reach this holdout F1 (macro) to be a challenger.")
     gate_holdout_share: float = Field(

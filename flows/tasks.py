@@ -52,6 +52,11 @@ def report_startup(stage: str) -> float:
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
 
 
+def router(settings: FlowSettings) -> RouterClient:
+    """A client of the router with the flows' settings."""
+    return RouterClient(settings.router_url, timeout=settings.http_timeout_seconds)
+
+
 def retrain_slot_name(model_name: str) -> str:
     """The Prefect global concurrency limit that lets one retrain of a model run at a time, whatever started it."""
     return f"driftloop-retrain:{model_name}"
@@ -59,11 +64,17 @@ def retrain_slot_name(model_name: str) -> str:
 
 @contextmanager
 def retrain_slot(model_name: str, *, wait_seconds: float) -> Iterator[bool]:
-    """Hold the model's retrain slot for the block: True when held, False when another retrain kept it that long.
+    """Hold the model's retrain slot for the block: True when held, False when another retrain holds it.
 
     Each deployment's own concurrency limit keeps its runs apart, but the drift-triggered, the scheduled and a manual
     retrain are different deployments: without one slot per model, two of them could train and gate a candidate each
-    at the same time and both become challenger. The slot is a lease: a run that dies frees it when the lease ends.
+    at the same time and both become challenger. The slot is a Prefect global concurrency limit of 1 held through a
+    lease, so a run that dies frees it when its lease runs out.
+
+    Args:
+        model_name: The model whose slot to hold.
+        wait_seconds: How long acquiring a slot that looked free may take (a busy server answers slowly; a slot that
+            another run holds is not waited for).
     """
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
@@ -75,19 +86,16 @@ def retrain_slot(model_name: str, *, wait_seconds: float) -> Iterator[bool]:
             client.upsert_global_concurrency_limit_by_name(name, 1)
         except ObjectAlreadyExists:  # created by a run that started at the same moment
             pass
+        limit = client.read_global_concurrency_limit_by_name(name)
     with ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True))
-        except TimeoutError:
-            held = False
-        else:
-            held = True
+        # A held slot means a retrain is training now: skip at once rather than wait minutes for it.
+        held = limit.active_slots < limit.limit
+        if held:
+            try:
+                stack.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True))
+            except TimeoutError:  # another run took it between the read and the acquisition
+                held = False
         yield held
-
-
-def router(settings: FlowSettings) -> RouterClient:
-    """A client of the router with the flows' settings."""
-    return RouterClient(settings.router_url, timeout=settings.http_timeout_seconds)
 
 
 @task(**IO_RETRIES)

@@ -38,11 +38,12 @@ def window_section(window: WindowRecord) -> str:
             f"| {name} | {what} | {source.available} | {source.rows} | {_ts(source.first_ts)} | {_ts(source.last_ts)} |"
         )
 
+    days = f"{policy.days:g} day{'' if policy.days == 1 else 's'}"
     lines = [
         "## Data window",
         "",
         f"Policy: {policy.history_share:.0%} of the original training data (seeded), plus the labelled traffic of the "
-        f"last {policy.days:g} days; {policy.holdout_share:.0%} of the requests the champion never saw (at least "
+        f"last {days}; {policy.holdout_share:.0%} of the requests the champion never saw (at least "
         f"{policy.min_holdout_rows}) held out for the gate; at most {policy.max_rows:,} training rows. "
         f"Window {_ts(window.since)} to {_ts(window.now)}.",
         "",
@@ -111,7 +112,11 @@ def training_section(result: TrainResult) -> str:
             f"| tuned | {_n(tuning.tuned_cv_f1, 4)} | {_n(tuning.tuned_single_row_ms, 1)} |",
         ]
         if tuning.params:
-            lines += ["", "Tuned hyperparameters: " + ", ".join(f"`{k}={v}`" for k, v in sorted(tuning.params.items()))]
+            lines += [
+                "",
+                "Hyperparameters the tuned model changed: "
+                + ", ".join(f"`{k}={v}`" for k, v in sorted(tuning.params.items())),
+            ]
     return "\n".join(lines)
 
 
