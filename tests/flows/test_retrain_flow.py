@@ -307,3 +307,50 @@ def test_a_retrain_skips_while_another_is_in_flight_or_a_challenger_is_under_tes
 
     assert busy == {"skipped": "another retrain of this model is running", "trigger": "manual"}
     assert under_test == {"skipped": f"v2 is already under A/B test as {CHALLENGER}", "trigger": "schedule"}
+
+
+def test_history_comes_from_the_original_run_and_seen_rows_from_the_champions_record(
+    tracking_uri: str, model_name: str, iris: pd.DataFrame, tiny_pipeline
+):
+    """v1 is a bootstrap (its run holds the original rows); v2, a retrain, trained on half of them and two requests."""
+    from flows.retrain import load_history
+
+    registry.configure(tracking_uri, TRAINING_EXPERIMENT)
+    original = original_rows(iris)
+    retrained = pd.concat(
+        [original.head(75), original_rows(iris.head(2)).assign(**{ROW_ID: ["req-a", "req-b"], ROW_SOURCE: TRAFFIC})]
+    )
+    logged = {}
+    for version, rows, tags in (("1", original, {}), ("2", retrained, None)):
+        tags = tags if tags is not None else {TAG_ORIGINAL_RUN: logged["1"]}
+        logged[version] = registry.log_candidate(
+            pipeline=tiny_pipeline,
+            train_data=iris,
+            reference=iris,
+            target=IRIS_TARGET,
+            model_name=model_name,
+            params={},
+            metrics={},
+            tags=tags,
+            run_name=f"v{version}",
+            frames={f"{TRAINING_ARTIFACT_DIR}/{TRAINING_FILE}": rows},
+        ).run_id
+    registry.move_alias(model_name, CHAMPION, "2", reason="promoted")
+
+    history = load_history.fn(model_name)
+
+    assert history.run_id == logged["1"] and history.note == "" and history.seen_until is None
+    pd.testing.assert_frame_equal(history.rows, original, check_dtype=False)
+    assert history.seen_ids == frozenset(retrained[ROW_ID])
+
+
+def test_a_champion_without_a_training_record_counts_every_earlier_request_as_seen(registered: str):
+    from flows.retrain import load_history
+
+    history = load_history.fn(registered)
+
+    champion = registry.get_version(registered, CHAMPION)
+    assert history.seen_until == datetime.fromtimestamp(champion.creation_timestamp / 1000, UTC)
+    assert history.seen_ids == frozenset() and history.run_id == champion.run_id
+    assert list(history.rows[ROW_ID].head(2)) == ["reference:0", "reference:1"] and len(history.rows) == 150
+    assert "has no training record" in history.note
