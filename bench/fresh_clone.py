@@ -1,0 +1,87 @@
+"""The README's quality bar for a new user: `bash .ci/run` from a fresh clone with an empty uv cache, N times in a row.
+
+Each run clones the repository (HEAD of the current checkout) into a temporary folder, points `UV_CACHE_DIR` at a new
+empty folder, and runs `.ci/run` there with the machine's environment; with `--busy`, another process keeps one core
+busy for the whole run. Wall times and outcomes go to `bench/results/fresh_clone.json` (appended by label).
+
+    uv run python -m bench.fresh_clone --runs 5
+    uv run python -m bench.fresh_clone --runs 1 --busy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "fresh_clone.json"
+
+
+def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
+    """Clone, run `.ci/run` with an empty uv cache, return the wall time and outcome."""
+    work = Path(tempfile.mkdtemp(prefix="driftloop-fresh-"))
+    cache = Path(tempfile.mkdtemp(prefix="driftloop-uv-cache-"))
+    hog = None
+    try:
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work / "repo")], check=True)
+        subprocess.run(["git", "-C", str(work / "repo"), "checkout", "--quiet", commit], check=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_"))}
+        env["UV_CACHE_DIR"] = str(cache)
+        if busy:
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        log = keep_logs / f"fresh-{datetime.now(UTC):%Y%m%dT%H%M%S}{'-busy' if busy else ''}.log"
+        started = time.monotonic()
+        with log.open("w") as out:
+            result = subprocess.run(
+                ["bash", ".ci/run"], cwd=work / "repo", env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        wall = time.monotonic() - started
+        tail = log.read_text(errors="replace").splitlines()[-3:]
+        return {
+            "commit": commit,
+            "busy_core": busy,
+            "exit_code": result.returncode,
+            "wall_seconds": round(wall, 1),
+            "pytest_summary": next((line for line in reversed(tail) if "passed" in line or "failed" in line), ""),
+            "log": str(log),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="consecutive runs")
+    parser.add_argument("--busy", action="store_true", help="keep one core busy with another process")
+    parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()), help="where each run's log goes")
+    args = parser.parse_args(argv)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    commit_id = commit.stdout.strip()
+    runs = []
+    for i in range(args.runs):
+        run = one_run(commit_id, busy=args.busy, keep_logs=args.logs)
+        runs.append(run)
+        print(f"run {i + 1}/{args.runs}: exit {run['exit_code']}, {run['wall_seconds']:.0f} s, {run['pytest_summary']}")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
+    results["command"] = "uv run python -m bench.fresh_clone --runs N [--busy]"
+    results["runs"].extend(runs)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
