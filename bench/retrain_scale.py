@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         )
     results = {
         "benchmark": "retrain_scale",
-        "command": "uv run python -m bench.retrain_scale " + " ".join(f"--sizes {' '.join(map(str, args.sizes))}".split()),
+        "command": "uv run python -m bench.retrain_scale --sizes " + " ".join(map(str, args.sizes)),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "runs": runs,

@@ -79,34 +79,9 @@ def measure_cost(pipeline: Any, features: pd.DataFrame) -> float:
 @task(**IO_RETRIES)
 def load_history(model_name: str) -> History:
     """The original training rows (from the run that holds them) and the row ids the champion was trained on."""
-    from contracts.registry import ROW_SOURCE
-    from flows.lib import registry, window
+    from flows.lib import registry
 
-    version = registry.get_version(model_name, CHAMPION)
-    if version is None:
-        raise LookupError(f"{model_name} has no {CHAMPION}")
-    champion_rows = registry.load_training(version.run_id)
-    if champion_rows is None:
-        # A champion registered before training rows were kept: its reference stands in for the original data, and
-        # any request logged before it was registered may have been in its training data, so none of those is held
-        # out.
-        registered = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
-        return window.History(
-            rows=window.original_rows(registry.load_reference(model_name, CHAMPION), prefix="reference"),
-            run_id=version.run_id,
-            seen_ids=frozenset(),
-            seen_until=registered,
-            note=f"v{version.version} has no training record: its reference stands in for the original data, and "
-            f"requests logged before {registered.isoformat()} count as seen by it",
-        )
-    original_run = version.tags.get(TAG_ORIGINAL_RUN) or version.run_id
-    original = champion_rows if original_run == version.run_id else registry.load_training(original_run)
-    note = ""
-    if original is None:
-        original, original_run = champion_rows, version.run_id
-        note = f"the original run {original_run} has no training record: the champion's original rows stand in"
-    original = original[original[ROW_SOURCE] == window.ORIGINAL].reset_index(drop=True)
-    return window.History(rows=original, run_id=original_run, seen_ids=window.seen_rows(champion_rows), note=note)
+    return registry.load_history(model_name, CHAMPION)
 
 
 @task

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ from contracts.registry import (
     MODEL_ARTIFACT,
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
+    ROW_SOURCE,
     TAG_DECISION,
     TAG_DECISION_ID,
+    TAG_ORIGINAL_RUN,
     TAG_PLAN_PREFIX,
     TAG_PREVIOUS_CHAMPION,
     TAG_REPLACED_BY,
@@ -38,6 +41,7 @@ from contracts.registry import (
     TRAINING_FILE,
     model_uri,
 )
+from flows.lib import window
 
 REFERENCE_ARTIFACT_PATH = f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
 TRAINING_ARTIFACT_PATH = f"{TRAINING_ARTIFACT_DIR}/{TRAINING_FILE}"
@@ -253,6 +257,40 @@ def load_training(run_id: str) -> pd.DataFrame | None:
     with tempfile.TemporaryDirectory(prefix="driftloop-train-") as tmp:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TRAINING_ARTIFACT_PATH, dst_path=tmp)
         return pd.read_parquet(local)
+
+
+def load_history(model_name: str, alias: str) -> window.History:
+    """The original training rows and the row ids the aliased version was trained on, for the next training window.
+
+    The original rows are in the run its `TAG_ORIGINAL_RUN` tag names, or in its own run when it has none (a
+    bootstrap). A version registered before training rows were kept has no record: its reference stands in for the
+    original data, and every request logged before it was registered counts as seen by it (none of them may judge it).
+
+    Raises:
+        LookupError: When the alias (or model) does not exist.
+    """
+    version = get_version(model_name, alias)
+    if version is None:
+        raise LookupError(f"{model_name} has no version aliased {alias!r}.")
+    trained_on = load_training(version.run_id)
+    if trained_on is None:
+        registered = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
+        return window.History(
+            rows=window.original_rows(load_reference(model_name, alias), prefix="reference"),
+            run_id=version.run_id,
+            seen_ids=frozenset(),
+            seen_until=registered,
+            note=f"v{version.version} has no training record: its reference stands in for the original data, and "
+            f"requests logged before {registered.isoformat()} count as seen by it",
+        )
+    original_run = version.tags.get(TAG_ORIGINAL_RUN) or version.run_id
+    original = trained_on if original_run == version.run_id else load_training(original_run)
+    note = ""
+    if original is None:
+        note = f"the original run {original_run} has no training record: v{version.version}'s original rows stand in"
+        original, original_run = trained_on, version.run_id
+    original = original[original[ROW_SOURCE] == window.ORIGINAL].reset_index(drop=True)
+    return window.History(rows=original, run_id=original_run, seen_ids=window.seen_rows(trained_on), note=note)
 
 
 def load_pipeline(model_name: str, alias: str) -> Any:
