@@ -10,21 +10,40 @@ import msgspec
 Arm = Literal["champion", "challenger"]
 """Which side of the experiment served a request."""
 
-FeatureValue = str | int | float | bool
-Label = str | int
+MAX_FEATURES = 256
+"""Most features one request may carry."""
+MAX_TEXT = 1024
+"""Longest string feature value or label."""
+MAX_REASON = 2000
+"""Longest free-text reason (the end of an experiment)."""
+PAGE_MAX = 10_000
+"""Largest page of the inference log."""
+
+FeatureName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+FeatureValue = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)] | int | float | bool
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)] | int
 """Labels travel as strings or integers; the router compares them as strings."""
 
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | int
+"""Strings or integers (clients written for classic routers send integers); stored as strings."""
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Version = Annotated[str, msgspec.Meta(max_length=64)]
+"""A registered model version as MLflow writes it (`"3"`)."""
 Split = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""Header that makes a `/predict` retry safe (the body field `idempotency_key` does the same)."""
 
 
 class PredictRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One prediction for one user; `label` may come inline when it is already known."""
+    """One prediction for one user; `label` may come inline when it is already known (needs the label token)."""
 
     user_id: UserId
-    features: dict[str, FeatureValue]
+    features: Annotated[dict[FeatureName, FeatureValue], msgspec.Meta(max_length=MAX_FEATURES)]
     label: Label | None = None
+    idempotency_key: IdempotencyKey | None = None
+    """A retry with the same key returns the first answer and is counted once (or use the header)."""
 
 
 class PredictResponse(msgspec.Struct, kw_only=True):
@@ -39,7 +58,7 @@ class PredictResponse(msgspec.Struct, kw_only=True):
 
 
 class FeedbackRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A label that arrives after the prediction."""
+    """A label that arrives after the prediction (a retry with the same label is harmless)."""
 
     request_id: RequestId
     label: Label
@@ -103,8 +122,8 @@ class ArmOutcome(msgspec.Struct, kw_only=True):
 class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The plan of one A/B experiment, made when its challenger is registered (also kept as version tags)."""
 
-    champion_version: str
-    challenger_version: str
+    champion_version: Version
+    challenger_version: Version
     metric: Literal["accuracy"] = "accuracy"
     alpha: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
     power: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
@@ -130,7 +149,7 @@ class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Width of the time buckets in which the latency guardrail compares the arms."""
     guardrail_latency_looks: Annotated[int, msgspec.Meta(ge=1)] = 2
     """Consecutive looks that must see a latency breach before it rolls the challenger back."""
-    loop_id: str = ""
+    loop_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
     """Links the drift event, the retrain run, this experiment and its decision."""
 
 
@@ -152,9 +171,9 @@ class Experiment(msgspec.Struct, kw_only=True):
 class ExperimentEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Ends the current experiment at the router (after the registry moved) with the decision that ended it."""
 
-    challenger_version: str
+    challenger_version: Version
     decision: Literal["PROMOTE", "ROLLBACK"]
-    reason: str
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
 
 
 class LatencyBucket(msgspec.Struct, kw_only=True):
@@ -218,12 +237,30 @@ class InferencePage(msgspec.Struct, kw_only=True):
 
 
 class Health(msgspec.Struct, kw_only=True):
-    """Liveness plus which versions the router is serving."""
+    """Liveness plus which versions the router is serving (cheap: no store or registry call)."""
 
-    status: Literal["ok", "no_model"]
+    status: Literal["ok", "degraded", "no_model"]
+    """`degraded`: serving, but something is wrong (a challenger that does not load, an unreachable registry)."""
     model_name: str
     champion_version: str | None
     challenger_version: str | None
+    reasons: list[str] = []
+    """Why the status is not `ok`, one line each."""
+
+
+class ReadyCheck(msgspec.Struct, kw_only=True):
+    """One readiness check."""
+
+    name: Literal["store", "models", "refresh"]
+    ok: bool
+    detail: str
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    """Whether this replica should get traffic: the store takes a write, a champion serves, the aliases are fresh."""
+
+    ready: bool
+    checks: list[ReadyCheck]
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):

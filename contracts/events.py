@@ -12,6 +12,7 @@ MODEL_ROLLED_BACK = "driftloop.model.rolled_back"
 EXPERIMENT_DECIDED = "driftloop.experiment.decided"
 EXPERIMENT_INVALID = "driftloop.experiment.invalid"
 EXPERIMENT_SAMPLE_REACHED = "driftloop.experiment.sample_reached"
+EXPERIMENT_GUARDRAIL_BREACHED = "driftloop.experiment.guardrail_breached"
 
 RESOURCE_PREFIX = "driftloop.model."
 
@@ -58,6 +59,21 @@ class SampleReachedPayload(BaseModel):
     min_samples_per_arm: int
     champion_labelled: int
     challenger_labelled: int
+
+
+class GuardrailBreachedPayload(BaseModel):
+    """Payload of `driftloop.experiment.guardrail_breached`, emitted once by the router per experiment."""
+
+    model_name: str
+    experiment_id: str
+    champion_version: str
+    challenger_version: str
+    guardrail: str
+    detail: str
+    champion_requests: int
+    champion_errors: int
+    challenger_requests: int
+    challenger_errors: int
 
 
 class RegisteredPayload(BaseModel):

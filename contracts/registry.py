@@ -1,6 +1,14 @@
 """The MLflow registry contract: aliases, tags and artifact paths that flows write and the router reads."""
 
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
 from typing import Literal
+
+import msgspec
+
+from contracts.api import ExperimentPlan
 
 CHAMPION = "champion"
 """Alias of the version that serves by default."""
@@ -38,6 +46,42 @@ ALIAS_HISTORY_EXPERIMENT = "driftloop-alias-history"
 def model_uri(model_name: str, alias: str) -> str:
     """The MLflow URI that resolves a registered model by alias."""
     return f"models:/{model_name}@{alias}"
+
+
+TAG_CLASSES = "driftloop.classes"
+"""Version tag: the classes the model predicts, as a JSON list of strings (labels outside it are refused)."""
+
+
+def plan_tags(plan: ExperimentPlan) -> dict[str, str]:
+    """The version tags that keep an experiment plan on its challenger (one tag per field)."""
+    return {f"{TAG_PLAN_PREFIX}{name}": str(value) for name, value in msgspec.structs.asdict(plan).items()}
+
+
+def plan_from_tags(tags: Mapping[str, str]) -> ExperimentPlan | None:
+    """The plan kept in a version's tags, or None when it has no plan tags.
+
+    Raises:
+        msgspec.ValidationError: The tags do not make a valid plan.
+    """
+    fields = {k.removeprefix(TAG_PLAN_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PLAN_PREFIX)}
+    return msgspec.convert(fields, ExperimentPlan, strict=False) if fields else None
+
+
+def classes_tag(classes: Iterable[object]) -> str:
+    """The value of `TAG_CLASSES` for these classes (compared as strings, like labels)."""
+    return json.dumps(sorted({str(c) for c in classes}))
+
+
+def classes_from_tags(tags: Mapping[str, str]) -> frozenset[str] | None:
+    """The classes kept in a version's tags, or None when it has none (or an unreadable one)."""
+    raw = tags.get(TAG_CLASSES)
+    if not raw:
+        return None
+    try:
+        values = json.loads(raw)
+    except ValueError:
+        return None
+    return frozenset(str(v) for v in values) if isinstance(values, list) and values else None
 
 
 TAG_TRIGGER = "driftloop.trigger"

@@ -203,6 +203,7 @@ async def run_loop(stack: Stack, settings: StackSettings, timeline: Timeline) ->
             rate=settings.sim_rate,
             label_share=settings.sim_label_share,
             seed=settings.sim_seed,
+            token=stack.tokens["label"],
         )
         timeline.log(
             f"traffic: {settings.sim_reference_requests} requests from the reference distribution "

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
 import pandas as pd
+
+from contracts.api import IDEMPOTENCY_HEADER
+from contracts.auth import bearer
 
 SCENARIOS = ("scale", "shift", "none")
 
@@ -65,7 +69,11 @@ class TrafficStats:
 
 
 class Simulator:
-    """Sends prediction requests at a steady rate for a population of users, labelling a share of them."""
+    """Sends prediction requests at a steady rate for a population of users, labelling a share of them.
+
+    Labels need the router's label token (`token`); every prediction carries an idempotency key, so a retry
+    after a timeout or a 503 is counted once.
+    """
 
     def __init__(
         self,
@@ -78,8 +86,10 @@ class Simulator:
         label_share: float,
         seed: int,
         concurrency: int = 16,
+        token: str | None = None,
     ):
         self.router_url = router_url
+        self.headers = bearer(token)
         self.reference = reference
         self.target = target
         self.users = [f"user-{i:05d}" for i in range(users)]
@@ -105,8 +115,7 @@ class Simulator:
             body["label"] = label
         self.stats.sent += 1
         try:
-            response = await client.post("/predict", json=body)
-            response.raise_for_status()
+            response = await self._predict(client, body)
             served = response.json()
             self.stats.ok += 1
             self.stats.arms[served["arm"]] = self.stats.arms.get(served["arm"], 0) + 1
@@ -122,6 +131,17 @@ class Simulator:
                 detail = exc.response.text[:300] if isinstance(exc, httpx.HTTPStatusError) else repr(exc)
                 self.stats.errors.append(detail)
 
+    @staticmethod
+    async def _predict(client: httpx.AsyncClient, body: dict) -> httpx.Response:
+        """POST /predict; one retry with the same idempotency key when the store was busy (503)."""
+        headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
+        response = await client.post("/predict", json=body, headers=headers)
+        if response.status_code == 503 and "retry-after" in response.headers:
+            await asyncio.sleep(min(float(response.headers["retry-after"]), 5.0))
+            response = await client.post("/predict", json=body, headers=headers)
+        response.raise_for_status()
+        return response
+
     async def run(
         self, *, requests: int | None = None, drift: dict | None = None, stop: asyncio.Event | None = None
     ) -> TrafficStats:
@@ -129,7 +149,7 @@ class Simulator:
         semaphore = asyncio.Semaphore(self.concurrency)
         pending: set[asyncio.Task] = set()
         start, sent = time.monotonic(), 0
-        async with httpx.AsyncClient(base_url=self.router_url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=self.router_url, timeout=10, headers=self.headers) as client:
             while (requests is None or sent < requests) and not (stop and stop.is_set()):
                 n = 32 if requests is None else min(32, requests - sent)
                 rows = self.batch(n, drift=drift).to_dict("records")

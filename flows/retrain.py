@@ -25,13 +25,13 @@ from contracts.registry import (
     TAG_GATE,
     TAG_LOOP_ID,
     TAG_ORIGINAL_RUN,
-    TAG_PLAN_PREFIX,
     TAG_TRIGGER,
     TRAINING_ARTIFACT_DIR,
     TRIGGER_DRIFT,
     TRIGGER_MANUAL,
     WINDOW_FILE,
     RetrainTrigger,
+    plan_tags,
 )
 from flows.lib import retrain_report
 from flows.lib.gate import latency_budget_ms, passes_gate
@@ -306,7 +306,7 @@ def retrain(
                 settings, champion_version=champion["version"], challenger_version=version, baseline=baseline,
                 loop_id=loop_id,
             )  # fmt: skip
-            tags |= {f"{TAG_PLAN_PREFIX}{k}": str(v) for k, v in msgspec.structs.asdict(plan).items()}
+            tags |= plan_tags(plan)
         tag_version(model_name, version, tags)
         if plan is not None:
             # The plan reaches the router before the alias, so the experiment has it from its first request.

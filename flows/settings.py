@@ -8,16 +8,17 @@ from typing import Literal
 
 import msgspec
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from contracts.api import ExperimentPlan
+from contracts.auth import RouterTokens
 
 # The plan's defaults live once, in the contract the router validates plans against.
 _PLAN = {f.name: f.default for f in msgspec.structs.fields(ExperimentPlan) if f.default is not msgspec.NODEFAULT}
 
 
-class FlowSettings(BaseSettings):
-    """Everything the flows need to know about the world around them."""
+class FlowSettings(RouterTokens):
+    """Everything the flows need to know about the world around them (router tokens: see `contracts.auth`)."""
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", env_file=".env", extra="ignore")
 

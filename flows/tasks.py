@@ -53,8 +53,8 @@ IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
 
 
 def router(settings: FlowSettings) -> RouterClient:
-    """A client of the router with the flows' settings."""
-    return RouterClient(settings.router_url, timeout=settings.http_timeout_seconds)
+    """A client of the router with the flows' settings and tokens."""
+    return RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds)
 
 
 def retrain_slot_name(model_name: str) -> str:

@@ -6,12 +6,18 @@ import os
 
 import uvicorn
 
+from serving.security import check_bind
 from serving.settings import get_settings
 
 
 def main() -> None:
-    """Serve `serving.app:create_app` on `router_host:router_port` until interrupted."""
+    """Serve `serving.app:create_app` on `router_host:router_port` until interrupted.
+
+    Raises:
+        SystemExit: The host is not loopback and no admin token is set.
+    """
     settings = get_settings()
+    check_bind(settings.router_host, settings)
     # Unpickling a PyCaret pipeline imports pycaret, which opens `logs.log` in the working directory unless
     # told otherwise; set this before uvicorn imports the app (and so anything that loads a model).
     if "PYCARET_CUSTOM_LOGGING_PATH" not in os.environ:

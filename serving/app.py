@@ -1,11 +1,12 @@
-"""The router's app factory: lifespan (store, model source, alias refresh), dependencies and error mapping."""
+"""The router's app factory: services wired once, the lifespan (store, model source, background loops), errors."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -13,53 +14,53 @@ from litestar import Litestar, MediaType, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from contracts.api import ErrorBody
 from serving.controllers import ConfigController, ExperimentController, InferenceController, ModelController
-from serving.errors import RouterError
+from serving.errors import RouterError, StoreUnavailable, redact
+from serving.metrics import MetricsMiddleware, RouterMetrics
+from serving.security import Authorizer, guard
 from serving.services.events import EventEmitter, emit_prefect_event
 from serving.services.experiments import ExperimentService
+from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager, ModelSource, SupportsModelSource
+from serving.services.predict import PredictService
+from serving.services.relay import EventRelay
 from serving.services.store import Store
 from serving.settings import RouterSettings, get_settings
 
 logger = logging.getLogger(__name__)
 
 
-def provide_store(state: State) -> Store:
-    """The open inference store."""
-    return state.store
+def _from_state(name: str) -> Provide:
+    def provide(state: State) -> Any:
+        return state[name]
 
-
-def provide_models(state: State) -> ModelManager:
-    """The champion/challenger holder."""
-    return state.models
-
-
-def provide_experiments(state: State) -> ExperimentService:
-    """The experiment record."""
-    return state.experiments
-
-
-def provide_settings(state: State) -> RouterSettings:
-    """The settings the app was built with."""
-    return state.settings
+    provide.__doc__ = f"The app's {name}."
+    return Provide(provide, sync_to_thread=False)
 
 
 def _error_response(status_code: int, detail: str, extra: Any = None, headers: Any = None) -> Response[ErrorBody]:
+    # Error bodies never carry URIs (hosts, paths, credentials in them): details are redacted here, once.
+    if isinstance(extra, dict):
+        extra = {k: redact(v) if isinstance(v, str) else v for k, v in extra.items()}
     return Response(
-        ErrorBody(status_code=status_code, detail=detail, extra=extra),
+        ErrorBody(status_code=status_code, detail=redact(detail), extra=extra),
         status_code=status_code,
         media_type=MediaType.JSON,
         headers=headers,
     )
 
 
-def router_error_handler(_: Request[Any, Any, Any], exc: RouterError) -> Response[ErrorBody]:
-    """Domain errors: their own status and detail."""
-    return _error_response(exc.status_code, exc.detail, exc.extra)
+def router_error_handler(request: Request[Any, Any, Any], exc: RouterError) -> Response[ErrorBody]:
+    """Domain errors: their own status, detail and headers (Retry-After, WWW-Authenticate)."""
+    if isinstance(exc, StoreUnavailable):
+        request.app.state.metrics.store_errors.inc()
+    return _error_response(exc.status_code, exc.detail, exc.extra, exc.headers or None)
 
 
 def _explain(item: Any) -> str:
@@ -74,7 +75,7 @@ def _explain(item: Any) -> str:
 
 
 def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
-    """Litestar's own errors (validation, malformed JSON, 404, 405) as an `ErrorBody` saying what was wrong."""
+    """Litestar's own errors (validation, malformed JSON, 404, 405, 413) as an `ErrorBody` saying what was wrong."""
     detail, extra = exc.detail, exc.extra
     if isinstance(exc.__cause__, SerializationException):
         detail = f"malformed JSON body: {exc.detail}"
@@ -94,8 +95,8 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
 async def refresh_once(experiments: ExperimentService) -> None:
     """One turn of the refresh loop, in a worker thread; never raises.
 
-    Re-reads the aliases, records the experiment being served (start) and emits its sample-reached event when
-    due. A registry failure keeps the current models and is logged; the experiment is recorded all the same.
+    Re-reads the aliases and records the experiment being served (start, plan, sample reached). A registry
+    failure keeps the current models and is logged; the experiment is recorded all the same.
     """
     models = experiments.models
     try:
@@ -106,11 +107,23 @@ async def refresh_once(experiments: ExperimentService) -> None:
         logger.exception("model refresh crashed, still serving %s", models.current.describe())
 
 
-async def _refresh_forever(experiments: ExperimentService, interval: float) -> None:
-    """Run `refresh_once` every `interval` seconds until cancelled."""
+async def relay_once(relay: EventRelay, metrics: RouterMetrics | None = None) -> None:
+    """One turn of the outbox relay, in a worker thread; never raises (a store failure waits for the next turn)."""
+    try:
+        await anyio.to_thread.run_sync(relay.run_once)
+        if metrics is not None:
+            metrics.outbox_depth.set(await anyio.to_thread.run_sync(relay.store.outbox.pending))
+    except RouterError as exc:
+        logger.warning("outbox relay: %s", exc.detail)
+    except Exception:
+        logger.exception("outbox relay crashed; next turn retries")
+
+
+async def _every(interval: float, turn: Callable[[], Awaitable[None]]) -> None:
+    """Run `turn` every `interval` seconds until cancelled."""
     while True:
         await anyio.sleep(interval)
-        await refresh_once(experiments)
+        await turn()
 
 
 def create_app(
@@ -127,8 +140,8 @@ def create_app(
         model_source: Where champion/challenger come from; an MLflow `ModelSource` on
             `settings.mlflow_tracking_uri` when None.
         store: Inference log and shared config; a `Store` on `settings.store_url()` when None.
-        event_emitter: Sends the router's Prefect events; `emit_prefect_event` (which needs `PREFECT_API_URL`)
-            when None. Tests pass a callable that records them.
+        event_emitter: Sends the router's Prefect events from the outbox; `emit_prefect_event` (which needs
+            `PREFECT_API_URL`) when None. Tests pass a callable that records them.
 
     Returns:
         The Litestar app. Nothing is opened until its lifespan starts.
@@ -140,58 +153,91 @@ def create_app(
     if not 0.0 <= settings.ab_split_b <= 1.0:
         raise ValueError(f"ab_split_b must be within [0, 1], got {settings.ab_split_b}")
     store = store if store is not None else Store(settings.store_url())
-    emit = event_emitter or emit_prefect_event
-    source = model_source
-    if source is None:
-        source = ModelSource(settings.mlflow_tracking_uri, settings.model_name)
+    store.db.busy_timeout = settings.store_busy_timeout_seconds
+    store.db.retry_after = settings.store_retry_after_seconds
+    source = model_source or ModelSource(settings.mlflow_tracking_uri, settings.model_name)
+    metrics = RouterMetrics()
+    store.db.on_write = metrics.observe_store_write
+    authorizer = Authorizer(settings)
+    replica_id = uuid.uuid4().hex
+    models = ModelManager(source, retry_seconds=settings.model_retry_seconds, on_load_failure=metrics.model_load_failed)
+    experiments = ExperimentService(store=store, models=models, default_split=settings.ab_split_b)
+    relay = EventRelay(
+        store=store,
+        emit=event_emitter or emit_prefect_event,
+        replica_id=replica_id,
+        max_backoff=settings.outbox_max_backoff_seconds,
+    )
+    state = {
+        "settings": settings,
+        "store": store,
+        "model_source": source,
+        "models": models,
+        "experiments": experiments,
+        "predictor": PredictService(
+            store=store,
+            models=models,
+            authorizer=authorizer,
+            metrics=metrics,
+            salt=settings.assignment_salt,
+            default_split=settings.ab_split_b,
+            max_abs_feature=settings.max_abs_feature,
+        ),
+        "labels": FeedbackService(store=store, models=models, metrics=metrics),
+        "relay": relay,
+        "metrics": metrics,
+        "authorizer": authorizer,
+        "replica_id": replica_id,
+    }
+
+    async def refresh() -> None:
+        await refresh_once(experiments)
+        current = models.current
+        metrics.set_serving({"champion": current.champion_version, "challenger": current.challenger_version})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if not authorizer.enabled:
+            logger.warning("no admin token set: every endpoint is open (bind to loopback only; see the README)")
         async with contextlib.AsyncExitStack() as stack:
             await anyio.to_thread.run_sync(store.open)
             stack.push_async_callback(anyio.to_thread.run_sync, store.close)
-            split = await anyio.to_thread.run_sync(store.ensure_split, settings.ab_split_b)
+            split = await anyio.to_thread.run_sync(store.config.ensure_split, settings.ab_split_b)
             await anyio.to_thread.run_sync(source.open)
             stack.push_async_callback(anyio.to_thread.run_sync, source.close)
-
-            models = ModelManager(source)
-            experiments = ExperimentService(store=store, models=models, emit=emit)
-            app.state.settings = settings
-            app.state.store = store
-            app.state.model_source = source
-            app.state.models = models
-            app.state.experiments = experiments
             # Wait for a running refresh before the source closes under it.
             stack.push_async_callback(anyio.to_thread.run_sync, models.wait_idle)
-            try:
-                await anyio.to_thread.run_sync(experiments.refresh)
-            except RouterError as exc:
-                # Start anyway: /health says no_model and the refresh loop keeps trying.
-                logger.error("initial model load failed: %s", exc.detail)
+            # Start anyway when the registry fails: /health says why and the refresh loop keeps trying.
+            await refresh()
             logger.info("router up: %s, ab_split_b=%s", models.current.describe(), split)
-
+            loops = []
             if settings.model_refresh_seconds > 0:
-                task = asyncio.create_task(
-                    _refresh_forever(experiments, settings.model_refresh_seconds), name="driftloop-model-refresh"
-                )
+                loops.append(("driftloop-model-refresh", settings.model_refresh_seconds, refresh))
+            if settings.outbox_interval_seconds > 0:
 
-                async def stop_refresh() -> None:
+                async def relay_turn() -> None:
+                    await relay_once(relay, metrics)
+
+                loops.append(("driftloop-outbox", settings.outbox_interval_seconds, relay_turn))
+            for name, interval, turn in loops:
+                task = asyncio.create_task(_every(interval, turn), name=name)
+
+                async def stop(task: asyncio.Task[None] = task) -> None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-                stack.push_async_callback(stop_refresh)
+                stack.push_async_callback(stop)
             yield
 
     return Litestar(
         route_handlers=[InferenceController, ConfigController, ExperimentController, ModelController],
         lifespan=[lifespan],
-        dependencies={
-            "store": Provide(provide_store, sync_to_thread=False),
-            "models": Provide(provide_models, sync_to_thread=False),
-            "experiments": Provide(provide_experiments, sync_to_thread=False),
-            "settings": Provide(provide_settings, sync_to_thread=False),
-        },
+        state=State(state),
+        guards=[guard],
+        middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics)],
+        request_max_body_size=settings.max_body_bytes,
+        dependencies={name: _from_state(name) for name in state},
         exception_handlers={
             RouterError: router_error_handler,
             HTTPException: http_error_handler,
@@ -199,7 +245,13 @@ def create_app(
         },
         openapi_config=OpenAPIConfig(
             title="driftloop router",
-            version="0.1.0",
-            description="Serves a registered MLflow model by alias, A/B-splits users, logs every prediction.",
+            version="0.2.0",
+            description=(
+                "Serves a registered MLflow model by alias, A/B-splits users, logs every prediction. Writes need "
+                "the admin token, labels the label token, the log and outcomes the read token (bearer)."
+            ),
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="Router token")}
+            ),
         ),
     )

@@ -1,23 +1,26 @@
-"""HTTP handlers of the router: predictions, feedback, config, experiments and their outcomes, inference log, models."""
+"""HTTP handlers of the router: thin, each one hands its request to a service and returns the service's answer.
+
+Every route declares what it needs in `opt`: `scope` (the token, see `serving.security`) and `json_body`
+(the body must be `application/json`). Every POST answers 200, not 201: clients use the router as an RPC
+endpoint and check one success code. Handlers that touch the store or MLflow are sync and run in a worker
+thread (`sync_to_thread=True`), so pandas, SQL commits and registry calls never block the event loop.
+"""
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
-from datetime import UTC, datetime
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
-from litestar import Controller, Response, get, post, put
+from litestar import Controller, MediaType, Request, Response, get, post, put
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.api import (
-    Arm,
-    ArmOutcome,
+    IDEMPOTENCY_HEADER,
+    PAGE_MAX,
     ConfigUpdate,
-    ConfusionCell,
     ErrorBody,
     Experiment,
     ExperimentEnd,
@@ -26,78 +29,49 @@ from contracts.api import (
     FeedbackResponse,
     Health,
     InferencePage,
-    InferenceRecord,
-    LatencyBucket,
     Outcomes,
     PredictRequest,
     PredictResponse,
+    Readiness,
     RouterConfig,
 )
-from contracts.registry import CHAMPION
-from serving.errors import NoModelLoaded, PredictionFailed
-from serving.services.assignment import assign_arm
+from serving.metrics import RouterMetrics
+from serving.services import views
 from serving.services.experiments import ExperimentService
-from serving.services.models import ModelManager, ModelSet, ServedModel
-from serving.services.store import ArmCounts, InferenceRow, PredictionErrorRow, Store
+from serving.services.labels import FeedbackService
+from serving.services.models import ModelManager
+from serving.services.predict import PredictService
+from serving.services.readiness import check_ready
+from serving.services.store import Store
 from serving.settings import RouterSettings
-
-logger = logging.getLogger(__name__)
-
-# Every POST answers 200, not 201: clients use the router as an RPC endpoint and check one success code.
-# Handlers that touch the store or MLflow are sync and run in a worker thread (`sync_to_thread=True`),
-# so pandas, SQL commits and registry calls never block the event loop.
-
-_ARMS: tuple[Arm, ...] = ("champion", "challenger")
 
 
 def _error(description: str) -> ResponseSpec:
     return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
 
 
-_NO_MODEL = _error("No champion is loaded (the registry has no loadable `champion` alias)")
+_BAD = {
+    400: _error("Malformed JSON, a missing or unknown field, a value outside its schema"),
+    413: _error("The body is larger than the router accepts (DRIFTLOOP_MAX_BODY_BYTES)"),
+    415: _error("The body is not application/json"),
+}
+_AUTH = {
+    401: _error("A token is needed and none was sent"),
+    403: _error("The token sent does not grant this"),
+}
+_STORE = {503: _error("The store is busy, read-only or unreachable (see Retry-After), or no champion is loaded")}
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+
+# What each route needs (see `serving.security.guard`).
+ADMIN: dict[str, Any] = {"scope": "admin"}
+LABEL: dict[str, Any] = {"scope": "label"}
+READ: dict[str, Any] = {"scope": "read"}
+CLIENT: dict[str, Any] = {"scope": "client"}
+JSON: dict[str, Any] = {"json_body": True}
 
 
-def _require_champion(models: ModelSet) -> None:
-    if models.champion is None:
-        raise NoModelLoaded(
-            f"no model loaded: registered model {models.model_name!r} has no loadable {CHAMPION!r} alias "
-            "(see GET /health; POST /models/reload after setting it)"
-        )
-
-
-def _current_split(store: Store, settings: RouterSettings) -> float:
-    split = store.get_split()
-    return settings.ab_split_b if split is None else split
-
-
-def _prediction_failed(
-    store: Store, served: ServedModel, arm: Arm, experiment_id: str, user_id: str, exc: Exception
-) -> PredictionFailed:
-    """Record a model failure against its arm and build the 500 the client gets."""
-    request_id = uuid.uuid4().hex
-    logger.exception(
-        "%s v%s (%s arm) failed to predict, request %s", served.name, served.version, arm, request_id, exc_info=exc
-    )
-    try:
-        store.record_error(
-            PredictionErrorRow(
-                request_id=request_id,
-                ts=datetime.now(UTC),
-                user_id=user_id,
-                arm=arm,
-                model_name=served.name,
-                model_version=served.version,
-                experiment_id=experiment_id,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-        )
-    except Exception:
-        logger.exception("could not record the failed prediction %s", request_id)
-    return PredictionFailed(
-        f"model {served.name} v{served.version} ({arm} arm) failed to predict: {type(exc).__name__} "
-        f"(request {request_id}; see the router log)",
-        extra={"request_id": request_id, "arm": arm, "model_version": served.version, "experiment_id": experiment_id},
-    )
+def _authorization(request: Request[Any, Any, Any]) -> str | None:
+    return request.headers.get("authorization")
 
 
 class InferenceController(Controller):
@@ -111,89 +85,70 @@ class InferenceController(Controller):
         operation_id="predict",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
+        opt=CLIENT | JSON,
+        security=_SECURITY,
         responses={
-            422: _error("The features do not match the model signature"),
+            **_BAD,
+            **_AUTH,
+            409: _error("The idempotency key was used for another request"),
+            422: _error("The features do not match the model signature, or the label is not one of its classes"),
             500: _error("The model raised while predicting (the attempt is recorded as an error of its arm)"),
-            503: _NO_MODEL,
+            **_STORE,
         },
     )
     def predict(
-        self, data: PredictRequest, store: Store, models: ModelManager, settings: RouterSettings
+        self,
+        request: Request[Any, Any, Any],
+        data: PredictRequest,
+        predictor: PredictService,
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(
+                header=IDEMPOTENCY_HEADER,
+                min_length=1,
+                max_length=128,
+                description="A retry with the same key returns the first answer and is counted once.",
+            ),
+        ] = None,
     ) -> PredictResponse:
-        """Assign the user to an arm, predict with that arm's model, log the request (committed), answer."""
-        started = time.perf_counter()
-        # One snapshot for the whole request: a concurrent swap cannot mix versions within it.
-        current = models.current
-        _require_champion(current)
-        assert current.experiment_id is not None
-        arm: Arm = assign_arm(
-            data.user_id,
-            salt=settings.assignment_salt,
-            split_b=_current_split(store, settings) if current.challenger else 0.0,
-            has_challenger=current.challenger is not None,
-        )
-        served = current.for_arm(arm)
-        assert served is not None
-        row = served.check(data.features)
-        # CPU time of this thread in the model call: the model's own cost, which a busy machine does not inflate.
-        cpu_started = time.thread_time()
-        try:
-            prediction = served.predict(row)
-        except Exception as exc:
-            raise _prediction_failed(store, served, arm, current.experiment_id, data.user_id, exc) from exc
-        compute_ms = (time.thread_time() - cpu_started) * 1000
-        latency_ms = (time.perf_counter() - started) * 1000
-        request_id = uuid.uuid4().hex
-        store.record(
-            InferenceRow(
-                request_id=request_id,
-                ts=datetime.now(UTC),
-                user_id=data.user_id,
-                arm=arm,
-                model_name=served.name,
-                model_version=served.version,
-                experiment_id=current.experiment_id,
-                features=row,
-                prediction=str(prediction),
-                label=None if data.label is None else str(data.label),
-                latency_ms=latency_ms,
-                compute_ms=compute_ms,
-            )
-        )
-        return PredictResponse(
-            request_id=request_id,
-            prediction=prediction,
-            model_name=served.name,
-            model_version=served.version,
-            arm=arm,
-            experiment_id=current.experiment_id,
-        )
+        """Assign the user to an arm, predict with that arm's model, log the request (committed), answer.
+
+        An inline `label` needs the label (or admin) token.
+        """
+        return predictor.predict(data, idempotency_key=idempotency_key, authorization=_authorization(request))
 
     @post(
         "/feedback",
         operation_id="submit_feedback",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
-        responses={404: _error("Unknown request_id"), 409: _error("The request already has a label")},
+        opt=LABEL | JSON,
+        security=_SECURITY,
+        responses={
+            **_BAD,
+            **_AUTH,
+            404: _error("Unknown request_id"),
+            409: _error("The request already has another label"),
+            422: _error("The label is not one of the model's classes"),
+            **_STORE,
+        },
     )
-    def feedback(self, data: FeedbackRequest, store: Store) -> FeedbackResponse:
-        """Attach the true label to a logged prediction (write-once)."""
-        row = store.set_label(data.request_id, str(data.label))
-        assert row.label is not None
-        return FeedbackResponse(
-            request_id=row.request_id,
-            label=row.label,
-            prediction=row.prediction,
-            correct=row.label == row.prediction,
-            arm=row.arm,
-            model_version=row.model_version,
-        )
+    def feedback(self, data: FeedbackRequest, labels: FeedbackService) -> FeedbackResponse:
+        """Attach the true label to a logged prediction (write-once; the same label again is harmless)."""
+        return labels.submit(data)
 
-    @get("/inferences", operation_id="list_inferences", sync_to_thread=True)
+    @get(
+        "/inferences",
+        operation_id="list_inferences",
+        sync_to_thread=True,
+        opt=READ,
+        security=_SECURITY,
+        responses={**_AUTH, **_STORE},
+    )
     def inferences(
         self,
         store: Store,
-        limit: Annotated[int, Parameter(ge=1, le=10_000, description="At most this many records.")] = 500,
+        limit: Annotated[int, Parameter(ge=1, le=PAGE_MAX, description="At most this many records.")] = 500,
         since: Annotated[
             datetime | None, Parameter(description="Only records at or after this ISO datetime (naive: UTC).")
         ] = None,
@@ -202,25 +157,8 @@ class InferenceController(Controller):
         ] = None,
     ) -> InferencePage:
         """The inference log, newest first (the drift and retrain flows read their windows here)."""
-        rows = store.recent(limit=limit, since=since, labelled=labelled)
-        return InferencePage(
-            records=[
-                InferenceRecord(
-                    request_id=r.request_id,
-                    ts=r.ts,
-                    user_id=r.user_id,
-                    arm=r.arm,
-                    model_version=r.model_version,
-                    experiment_id=r.experiment_id,
-                    features=r.features,
-                    prediction=r.prediction,
-                    label=r.label,
-                    latency_ms=r.latency_ms,
-                    compute_ms=r.compute_ms,
-                )
-                for r in rows
-            ]
-        )
+        rows = store.log.recent(limit=limit, since=since, labelled=labelled)
+        return InferencePage(records=[views.inference_record(r) for r in rows])
 
 
 class ConfigController(Controller):
@@ -229,15 +167,23 @@ class ConfigController(Controller):
     path = "/config"
     tags = ["config"]
 
-    @get("/", operation_id="get_config", sync_to_thread=True)
-    def get_config(self, store: Store, settings: RouterSettings) -> RouterConfig:
+    @get("/", operation_id="get_config", sync_to_thread=True, responses=_STORE)
+    def get_config(self, experiments: ExperimentService) -> RouterConfig:
         """The split in force."""
-        return RouterConfig(ab_split_b=_current_split(store, settings))
+        return RouterConfig(ab_split_b=experiments.split())
 
-    @post("/", operation_id="set_config", status_code=HTTP_200_OK, sync_to_thread=True)
+    @post(
+        "/",
+        operation_id="set_config",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        opt=ADMIN | JSON,
+        security=_SECURITY,
+        responses={**_BAD, **_AUTH, **_STORE},
+    )
     def set_config(self, data: ConfigUpdate, store: Store) -> RouterConfig:
         """Change the split for every replica (takes effect on the next request)."""
-        return RouterConfig(ab_split_b=store.set_split(data.ab_split_b))
+        return RouterConfig(ab_split_b=store.config.set_split(data.ab_split_b))
 
 
 class ExperimentController(Controller):
@@ -246,23 +192,27 @@ class ExperimentController(Controller):
     path = "/experiment"
     tags = ["experiment"]
 
-    @get("/", operation_id="get_experiment", sync_to_thread=True, responses={503: _NO_MODEL})
-    def get_experiment(self, models: ModelManager, experiments: ExperimentService) -> Experiment:
+    @get("/", operation_id="get_experiment", sync_to_thread=True, responses=_STORE)
+    def get_experiment(self, experiments: ExperimentService) -> Experiment:
         """The experiment being served: started, plan, sample reached, ended (status `none` without a challenger)."""
-        _require_champion(models.current)
         return experiments.current()
 
     @put(
         "/plan",
         operation_id="set_experiment_plan",
         sync_to_thread=True,
+        opt=ADMIN | JSON,
+        security=_SECURITY,
         responses={
-            409: _error("That experiment has ended"),
+            **_BAD,
+            **_AUTH,
+            409: _error("The experiment started under another plan or ended, or the registry's plan tags differ"),
             422: _error("The plan names no versions or the same version twice"),
+            503: _error("The registry or the store could not be read"),
         },
     )
     def set_plan(self, data: ExperimentPlan, experiments: ExperimentService) -> Experiment:
-        """Store the plan of `v{champion}-vs-v{challenger}` (before or while it runs) and set the split to its own."""
+        """Store the plan of `v{champion}-vs-v{challenger}` before it starts; it must match the registry's plan tags."""
         return experiments.set_plan(data)
 
     @post(
@@ -270,7 +220,11 @@ class ExperimentController(Controller):
         operation_id="end_experiment",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
+        opt=ADMIN | JSON,
+        security=_SECURITY,
         responses={
+            **_BAD,
+            **_AUTH,
             409: _error("The challenger is not the current or most recent experiment's, or it ended otherwise"),
             503: _error("Marked ended, but the models could not be reloaded from the registry"),
         },
@@ -279,80 +233,24 @@ class ExperimentController(Controller):
         """Mark the experiment of this challenger ended with its decision, then reload the models at once."""
         return experiments.end(data)
 
-    @get("/outcomes", operation_id="get_outcomes", sync_to_thread=True, responses={503: _NO_MODEL})
+    @get(
+        "/outcomes",
+        operation_id="get_outcomes",
+        sync_to_thread=True,
+        opt=READ,
+        security=_SECURITY,
+        responses={**_AUTH, **_STORE},
+    )
     def outcomes(
         self,
-        store: Store,
-        models: ModelManager,
         experiments: ExperimentService,
-        settings: RouterSettings,
         bucket_seconds: Annotated[
             int, Parameter(ge=1, le=86_400, description="Width of the latency buckets in seconds.")
         ] = 60,
     ) -> Outcomes:
         """Per arm of the current experiment: requests, labels, errors, users, latency percentiles, confusion, and
         latency per time bucket."""
-        current = models.current
-        _require_champion(current)
-        experiment = experiments.current(current)
-        counts = store.outcomes(experiment.experiment_id)
-        zero = ArmCounts(requests=0, labelled=0, correct=0, incorrect=0)
-        arms: list[ArmOutcome] = []
-        for arm in _ARMS:
-            served = current.for_arm(arm)
-            if served is None:
-                continue
-            c = counts.get(arm, zero)
-            arms.append(
-                ArmOutcome(
-                    arm=arm,
-                    model_version=served.version,
-                    requests=c.requests,
-                    labelled=c.labelled,
-                    correct=c.correct,
-                    incorrect=c.incorrect,
-                    errors=c.errors,
-                    users=c.users,
-                    labelled_users=c.labelled_users,
-                    latency_p50_ms=c.latency_p50_ms,
-                    latency_p95_ms=c.latency_p95_ms,
-                    confusion=[ConfusionCell(label=lb, prediction=pr, count=n) for lb, pr, n in c.confusion],
-                )
-            )
-        return Outcomes(
-            model_name=current.model_name,
-            experiment_id=experiment.experiment_id,
-            champion_version=experiment.champion_version,
-            challenger_version=experiment.challenger_version,
-            ab_split_b=_current_split(store, settings),
-            arms=arms,
-            started_at=experiment.started_at,
-            plan=experiment.plan,
-            bucket_seconds=bucket_seconds,
-            latency_buckets=[
-                LatencyBucket(
-                    start=b.start,
-                    arm=b.arm,
-                    requests=b.requests,
-                    latency_p95_ms=b.latency_p95_ms,
-                    compute_ms_median=b.compute_ms_median,
-                )
-                for b in store.latency_buckets(experiment.experiment_id, bucket_seconds)
-            ],
-        )
-
-
-def _health(current: ModelSet) -> Response[Health]:
-    ok = current.champion is not None
-    return Response(
-        Health(
-            status="ok" if ok else "no_model",
-            model_name=current.model_name,
-            champion_version=current.champion_version,
-            challenger_version=current.challenger_version,
-        ),
-        status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE,
-    )
+        return experiments.outcomes(bucket_seconds)
 
 
 _HEALTH_503 = ResponseSpec(
@@ -360,24 +258,58 @@ _HEALTH_503 = ResponseSpec(
 )
 
 
+def _health(models: ModelManager) -> Response[Health]:
+    health = views.health(models.current)
+    status = HTTP_503_SERVICE_UNAVAILABLE if health.status == "no_model" else HTTP_200_OK
+    return Response(health, status_code=status)
+
+
 class ModelController(Controller):
-    """Which versions serve, and reloading them from the registry."""
+    """Which versions serve, whether this replica is ready, reloading from the registry, and the metrics."""
 
     path = "/"
     tags = ["models"]
 
     @get("/health", operation_id="get_health", responses={503: _HEALTH_503})
     async def health(self, models: ModelManager) -> Response[Health]:
-        """Liveness and the versions being served; 503 `no_model` without a champion."""
-        return _health(models.current)
+        """Liveness (no store or registry call): `ok`, `degraded` with the reasons (200), or `no_model` (503)."""
+        return _health(models)
+
+    @get(
+        "/ready",
+        operation_id="get_ready",
+        sync_to_thread=True,
+        responses={503: ResponseSpec(data_container=Readiness, description="Not ready: see the failed checks")},
+    )
+    def ready(
+        self, store: Store, models: ModelManager, settings: RouterSettings, replica_id: str
+    ) -> Response[Readiness]:
+        """Readiness: the store takes a write, a champion is loaded, and the aliases were read recently."""
+        readiness = check_ready(
+            store=store,
+            models=models,
+            replica_id=replica_id,
+            max_refresh_age=settings.ready_max_refresh_age_seconds if settings.model_refresh_seconds > 0 else None,
+        )
+        return Response(readiness, status_code=HTTP_200_OK if readiness.ready else HTTP_503_SERVICE_UNAVAILABLE)
 
     @post(
         "/models/reload",
         operation_id="reload_models",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
-        responses={503: _HEALTH_503},
+        opt=ADMIN,
+        security=_SECURITY,
+        responses={**_AUTH, 415: _BAD[415], 503: _HEALTH_503},
     )
     def reload_models(self, experiments: ExperimentService) -> Response[Health]:
         """Re-read the aliases now (call after moving one); 503 with ErrorBody when the registry fails."""
-        return _health(experiments.refresh())
+        experiments.refresh()
+        return _health(experiments.models)
+
+    @get("/metrics", operation_id="get_metrics", sync_to_thread=False, media_type=MediaType.TEXT)
+    def metrics(self, metrics: RouterMetrics) -> Response[str]:
+        """Prometheus metrics in the text exposition format."""
+        # Litestar appends the charset to text types itself: pass the exposition type without it.
+        media_type = CONTENT_TYPE_LATEST.split("; charset")[0]
+        return Response(generate_latest(metrics.registry).decode(), media_type=media_type)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 
@@ -16,10 +17,53 @@ class RouterError(Exception):
 
     status_code: ClassVar[int] = 400
 
-    def __init__(self, detail: str, *, extra: dict[str, object] | list[object] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        extra: dict[str, object] | list[object] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        self.headers = headers or {}
+
+
+class Unauthenticated(RouterError):
+    """The endpoint needs a token and the request carries none."""
+
+    status_code = 401
+
+
+class Forbidden(RouterError):
+    """The request carries a token that does not grant this endpoint."""
+
+    status_code = 403
+
+
+class UnsupportedMediaType(RouterError):
+    """A body that is not `application/json` (a browser form or `text/plain` POST)."""
+
+    status_code = 415
+
+
+class InvalidLabel(RouterError):
+    """A label that is not among the classes of the model that made the prediction."""
+
+    status_code = 422
+
+
+class IdempotencyConflict(RouterError):
+    """An idempotency key reused for a different request."""
+
+    status_code = 409
+
+
+class StoreUnavailable(RouterError):
+    """The store did not take a read or write in time (locked, read-only, unreachable): retry later."""
+
+    status_code = 503
 
 
 class InvalidFeatures(RouterError):
@@ -65,6 +109,17 @@ class InvalidPlan(RouterError):
 
 
 class ExperimentConflict(RouterError):
-    """A change to an experiment that its current state does not allow (wrong challenger, already ended)."""
+    """A change to an experiment that its current state does not allow (started, wrong challenger, ended)."""
 
     status_code = 409
+
+
+_URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)]*")
+_USERINFO = re.compile(r"[^\s/@:'\"]+:[^\s/@'\"]+@")
+_HOST = re.compile(r"\b(host|port|url)(=|: )('[^']*'|\"[^\"]*\"|[^\s,)]+)")
+
+
+def redact(text: str) -> str:
+    """Text safe for a client: URIs (which may carry hosts, paths or credentials) become `<uri>`, and
+    `host=...`, `port=...`, `url: ...` as urllib3 quotes them become `host=<redacted>`."""
+    return _HOST.sub(r"\1\2<redacted>", _URI.sub("<uri>", _USERINFO.sub("", text)))

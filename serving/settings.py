@@ -6,11 +6,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from contracts.auth import RouterTokens
 
 
-class RouterSettings(BaseSettings):
-    """Everything the router needs to serve, split and record."""
+class RouterSettings(RouterTokens):
+    """Everything the router needs to serve, split, record and guard (tokens: see `contracts.auth`)."""
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", env_file=".env", extra="ignore")
 
@@ -20,11 +22,28 @@ class RouterSettings(BaseSettings):
     router_store_url: str | None = Field(
         None, description="SQLAlchemy URL of the inference log; None: SQLite file `router.db` under `home`."
     )
-    router_host: str = Field("127.0.0.1", description="Interface the router binds to.")
+    router_host: str = Field("127.0.0.1", description="Interface the router binds to (non-loopback needs tokens).")
     router_port: int = Field(8000, description="Port the router listens on.")
     ab_split_b: float = Field(0.5, description="Initial share of users sent to the challenger (0..1).")
     assignment_salt: str = Field("driftloop", description="Salt of the user hash; change it to reshuffle users.")
     model_refresh_seconds: float = Field(5.0, description="How often the router re-reads the aliases in MLflow.")
+    model_retry_seconds: float = Field(
+        60.0, description="A version that failed to load is tried again after this long (not at every refresh)."
+    )
+    ready_max_refresh_age_seconds: float = Field(
+        60.0, description="GET /ready fails when the last successful alias refresh is older than this."
+    )
+    max_body_bytes: int = Field(64 * 1024, description="Largest request body accepted (413 above).")
+    max_abs_feature: float = Field(
+        3.4e38,
+        description="Largest magnitude of a numeric feature (422 above): many models cast to float32 internally.",
+    )
+    store_busy_timeout_seconds: float = Field(
+        2.0, description="How long a store write waits for a lock before the request gets 503."
+    )
+    store_retry_after_seconds: int = Field(1, description="Retry-After of a 503 caused by the store.")
+    outbox_interval_seconds: float = Field(1.0, description="How often pending router events are sent to Prefect.")
+    outbox_max_backoff_seconds: float = Field(60.0, description="Longest wait between two tries of one event.")
 
     def store_url(self) -> str:
         """The inference log's SQLAlchemy URL."""

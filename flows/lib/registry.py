@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import msgspec
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -30,16 +29,18 @@ from contracts.registry import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
     ROW_SOURCE,
+    TAG_CLASSES,
     TAG_DECISION,
     TAG_DECISION_ID,
     TAG_ORIGINAL_RUN,
-    TAG_PLAN_PREFIX,
     TAG_PREVIOUS_CHAMPION,
     TAG_REPLACED_BY,
     TAG_TARGET,
     TRAINING_ARTIFACT_DIR,
     TRAINING_FILE,
+    classes_tag,
     model_uri,
+    plan_from_tags,
 )
 from flows.lib import window
 
@@ -177,7 +178,8 @@ def log_candidate(
         )
         version = str(info.registered_model_version)
 
-    tag_version(model_name, version, {**tags, TAG_TARGET: target})
+    # The classes the model can predict: the router refuses labels outside them.
+    tag_version(model_name, version, {**tags, TAG_TARGET: target, TAG_CLASSES: classes_tag(train_data[target])})
     result = _client().get_model_version(model_name, version)
     if result.run_id != run.info.run_id:  # registration must point at the run that holds the reference
         raise RuntimeError(f"{model_name} v{version} points at run {result.run_id}, not {run.info.run_id}.")
@@ -467,6 +469,4 @@ def retire_challenger(
 
 def plan_of(model_name: str, version: str | int) -> ExperimentPlan | None:
     """The experiment plan kept as `driftloop.plan.*` tags on a version, or None when it has none."""
-    tags = _client().get_model_version(model_name, str(version)).tags
-    fields = {k.removeprefix(TAG_PLAN_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PLAN_PREFIX)}
-    return msgspec.convert(fields, ExperimentPlan, strict=False) if fields else None
+    return plan_from_tags(_client().get_model_version(model_name, str(version)).tags)

@@ -18,13 +18,28 @@ from contracts.api import (
     Outcomes,
     RouterConfig,
 )
+from contracts.auth import RouterTokens, bearer
 
 
 class RouterClient:
-    """A thin typed wrapper over the router's HTTP API (shapes from `contracts.api`)."""
+    """A thin typed wrapper over the router's HTTP API (shapes from `contracts.api`).
 
-    def __init__(self, base_url: str, *, timeout: float = 10.0, transport: httpx.BaseTransport | None = None):
+    Reads send the read token, writes the admin token (each falls back to the admin token when its own is
+    not set); without tokens the requests go out bare, as to a router that runs open on loopback.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        tokens: RouterTokens | None = None,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        admin = tokens.router_admin_token if tokens else None
+        self._read = bearer((tokens.router_read_token if tokens else None) or admin)
+        self._admin = bearer(admin)
 
     def __enter__(self) -> RouterClient:
         return self
@@ -33,7 +48,8 @@ class RouterClient:
         self._http.close()
 
     def _get(self, path: str, **params: object) -> bytes:
-        response = self._http.get(path, params={k: v for k, v in params.items() if v is not None})
+        params = {k: v for k, v in params.items() if v is not None}
+        response = self._http.get(path, params=params, headers=self._read)
         response.raise_for_status()
         return response.content
 
@@ -55,7 +71,8 @@ class RouterClient:
 
     def _send(self, method: str, path: str, body: msgspec.Struct | None = None) -> bytes:
         content = msgspec.json.encode(body) if body is not None else None
-        response = self._http.request(method, path, content=content, headers={"content-type": "application/json"})
+        headers = {"content-type": "application/json", **self._admin}
+        response = self._http.request(method, path, content=content, headers=headers)
         response.raise_for_status()
         return response.content
 
@@ -79,6 +96,6 @@ class RouterClient:
 
     def reload_models(self) -> Health:
         """Make the router re-read the registry aliases now."""
-        response = self._http.post("/models/reload")
+        response = self._http.post("/models/reload", headers=self._admin)
         response.raise_for_status()
         return msgspec.json.decode(response.content, type=Health)

@@ -1,4 +1,4 @@
-"""The experiment record: start, plan, sample reached (with its event) and end, shared by replicas through the store."""
+"""The experiment record: start, plan (fixed once started, checked against the registry), sample reached, end."""
 
 from __future__ import annotations
 
@@ -8,17 +8,22 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from contracts.api import Experiment, ExperimentEnd, ExperimentPlan
+from contracts.api import Experiment, ExperimentEnd, ExperimentPlan, Outcomes
 from contracts.events import (
+    EXPERIMENT_GUARDRAIL_BREACHED,
     EXPERIMENT_SAMPLE_REACHED,
+    GuardrailBreachedPayload,
     SampleReachedPayload,
     model_resource,
     model_version_resource,
 )
+from contracts.registry import TAG_PLAN_PREFIX
 from serving.errors import ExperimentConflict, InvalidPlan, ModelSourceError, RouterError
-from serving.services.events import EventEmitter
+from serving.services import views
+from serving.services.guardrails import error_breach
 from serving.services.models import ModelManager, ModelSet
-from serving.services.store import ExperimentRow, Store
+from serving.services.models.manager import public_reason
+from serving.services.store import ExperimentRow, NewEvent, Store
 
 logger = logging.getLogger(__name__)
 
@@ -32,46 +37,34 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _view(row: ExperimentRow) -> Experiment:
-    """The API shape of a stored experiment: ended once ended, running once served, else none (planned only)."""
-    status = "ended" if row.ended_at else "running" if row.started_at else "none"
-    return Experiment(
-        experiment_id=row.experiment_id,
-        champion_version=row.champion_version,
-        challenger_version=row.challenger_version,
-        status=status,
-        started_at=row.started_at,
-        plan=None if row.plan is None else msgspec.convert(row.plan, ExperimentPlan),
-        sample_reached_at=row.sample_reached_at,
-        ended_at=row.ended_at,
-        # The contract has one field for both: the decision leads, as in "ROLLBACK: p=0.003, challenger worse".
-        end_reason=None if row.ended_at is None else f"{row.end_decision}: {row.end_reason}",
-    )
+def _differences(a: ExperimentPlan, b: ExperimentPlan) -> list[str]:
+    """The fields two plans disagree on, as `name: a != b`."""
+    left, right = msgspec.structs.asdict(a), msgspec.structs.asdict(b)
+    return [f"{name}: {left[name]!r} != {right[name]!r}" for name in left if left[name] != right[name]]
 
 
 class ExperimentService:
     """Keeps the store's experiment record in step with the models the router serves. Blocking: call from a thread."""
 
     def __init__(
-        self,
-        *,
-        store: Store,
-        models: ModelManager,
-        emit: EventEmitter,
-        clock: Callable[[], datetime] = _now,
+        self, *, store: Store, models: ModelManager, default_split: float, clock: Callable[[], datetime] = _now
     ) -> None:
         """Tie the record to a store and a model holder.
 
         Args:
             store: Where experiments are kept (shared by replicas).
-            models: The champion/challenger being served.
-            emit: Sends Prefect events (`serving.services.events.emit_prefect_event` in production).
+            models: The champion/challenger being served (and the registry they come from).
+            default_split: The split while the store holds none (settings).
             clock: Current UTC time.
         """
         self.store = store
         self.models = models
-        self.emit = emit
+        self.default_split = default_split
         self.clock = clock
+        self._checked: set[str] = set()
+        """Experiments whose stored plan this process compared with the registry's tags."""
+        self._breached: set[str] = set()
+        """Experiments whose guardrail breach this process queued (or found queued)."""
 
     @property
     def model_name(self) -> str:
@@ -93,34 +86,79 @@ class ExperimentService:
             self.track()
 
     def track(self) -> None:
-        """Mark the current experiment started and emit its sample-reached event once; never raises."""
+        """Mark the current experiment started (with the registry's plan), queue sample-reached once; never raises."""
         current = self.models.current
         if current.champion_version is None or current.challenger_version is None:
             return
         exp_id = experiment_id(current.champion_version, current.challenger_version)
         try:
-            row = self.store.mark_started(
-                model_name=current.model_name,
-                experiment_id=exp_id,
-                champion_version=current.champion_version,
-                challenger_version=current.challenger_version,
-                at=self.clock(),
-            )
+            row = self.store.experiments.get(exp_id)
+            if exp_id not in self._checked:
+                row = self._adopt_registry_plan(exp_id, current, row)
+            elif row is None or row.started_at is None:
+                row = self.store.experiments.mark_started(
+                    model_name=current.model_name,
+                    experiment_id=exp_id,
+                    champion_version=current.champion_version,
+                    challenger_version=current.challenger_version,
+                    at=self.clock(),
+                )
             self._check_sample(row)
+            self._check_guardrails(row)
         except Exception:
             logger.exception("could not update experiment %s in the store; next refresh retries", exp_id)
+
+    def _adopt_registry_plan(self, exp_id: str, current: ModelSet, row: ExperimentRow | None) -> ExperimentRow:
+        """Start the experiment with the registry's plan; a stored plan that disagrees with the tags is replaced."""
+        assert current.champion_version is not None and current.challenger_version is not None
+        checked = True
+        try:
+            tagged = self.models.source.plan(current.challenger_version)
+        except Exception as exc:
+            # Start the experiment all the same; the tags are read again at the next refresh.
+            logger.warning("could not read the plan tags of v%s: %s", current.challenger_version, exc)
+            tagged, checked = None, False
+        if tagged is not None and tagged.champion_version != current.champion_version:
+            logger.warning(
+                "the plan tags of v%s name champion v%s, but v%s serves: not adopted",
+                current.challenger_version,
+                tagged.champion_version,
+                current.champion_version,
+            )
+            tagged = None
+        plan = None if tagged is None else msgspec.to_builtins(tagged)
+        adopting = tagged is not None and (row is None or row.plan is None)
+        row = self.store.experiments.mark_started(
+            model_name=current.model_name,
+            experiment_id=exp_id,
+            champion_version=current.champion_version,
+            challenger_version=current.challenger_version,
+            at=self.clock(),
+            plan=plan,
+        )
+        if adopting and tagged is not None and row.plan == plan:
+            # The plan's split from the first assignment on, as if the plan had been sent before the alias moved.
+            self.store.config.set_split(tagged.ab_split_b)
+            logger.info("experiment %s started with the registry's plan, ab_split_b=%s", exp_id, tagged.ab_split_b)
+        if plan is not None and row.plan != plan:
+            logger.warning(
+                "experiment %s: the stored plan differs from the registry's tags (%s); the tags win",
+                exp_id,
+                "; ".join(_differences(views.plan_of(row), tagged)),  # type: ignore[arg-type]
+            )
+            self.store.experiments.replace_plan(exp_id, plan)
+            row = self.store.experiments.get(exp_id) or row
+        if checked:
+            self._checked.add(exp_id)
+        return row
 
     def _check_sample(self, row: ExperimentRow) -> None:
         if row.plan is None or row.sample_reached_at is not None or row.ended_at is not None:
             return
         plan = msgspec.convert(row.plan, ExperimentPlan)
-        labelled = self.store.labelled_per_arm(row.experiment_id)
+        labelled = self.store.log.labelled_per_arm(row.experiment_id)
         champion, challenger = labelled.get("champion", 0), labelled.get("challenger", 0)
         if min(champion, challenger) < plan.min_samples_per_arm:
-            return
-        at = self.clock()
-        # Conditional on `sample_reached_at IS NULL`: of all replicas and refreshes, one wins and emits.
-        if not self.store.claim_sample_reached(row.experiment_id, at):
             return
         payload = SampleReachedPayload(
             model_name=row.model_name,
@@ -131,26 +169,58 @@ class ExperimentService:
             champion_labelled=champion,
             challenger_labelled=challenger,
         )
-        try:
-            self.emit(
-                event=EXPERIMENT_SAMPLE_REACHED,
-                resource=model_resource(row.model_name),
-                related=[model_version_resource(row.model_name, row.challenger_version)],
-                payload=payload.model_dump(mode="json"),
-            )
-        except Exception:
-            logger.exception(
-                "could not emit %s for %s; next refresh retries", EXPERIMENT_SAMPLE_REACHED, row.experiment_id
-            )
-            self.store.release_sample_reached(row.experiment_id, at)
-            return
-        logger.info(
-            "experiment %s reached %d labelled outcomes per arm (champion %d, challenger %d)",
-            row.experiment_id,
-            plan.min_samples_per_arm,
-            champion,
-            challenger,
+        event = NewEvent(
+            key=f"{EXPERIMENT_SAMPLE_REACHED}:{row.model_name}:{row.experiment_id}",
+            event=EXPERIMENT_SAMPLE_REACHED,
+            resource=model_resource(row.model_name),
+            related=[model_version_resource(row.model_name, row.challenger_version)],
+            payload=payload.model_dump(mode="json"),
         )
+        # Conditional on `sample_reached_at IS NULL`, with the event queued in the same transaction: of all
+        # replicas and refreshes, one wins, and its event waits in the outbox until Prefect accepts it.
+        if self.store.experiments.claim_sample_reached(row.experiment_id, self.clock(), event):
+            logger.info(
+                "experiment %s reached %d labelled outcomes per arm (champion %d, challenger %d); event queued",
+                row.experiment_id,
+                plan.min_samples_per_arm,
+                champion,
+                challenger,
+            )
+
+    def _check_guardrails(self, row: ExperimentRow) -> None:
+        """Queue `guardrail_breached` once when the challenger's error rate breaches the plan's margin."""
+        if row.plan is None or row.ended_at is not None or row.experiment_id in self._breached:
+            return
+        breach = error_breach(
+            msgspec.convert(row.plan, ExperimentPlan), self.store.log.errors_per_arm(row.experiment_id)
+        )
+        if breach is None:
+            return
+        payload = GuardrailBreachedPayload(
+            model_name=row.model_name,
+            experiment_id=row.experiment_id,
+            champion_version=row.champion_version,
+            challenger_version=row.challenger_version,
+            guardrail=breach.guardrail,
+            detail=breach.detail,
+            champion_requests=breach.champion[0],
+            champion_errors=breach.champion[1],
+            challenger_requests=breach.challenger[0],
+            challenger_errors=breach.challenger[1],
+        )
+        event = NewEvent(
+            key=f"{EXPERIMENT_GUARDRAIL_BREACHED}:{row.model_name}:{row.experiment_id}",
+            event=EXPERIMENT_GUARDRAIL_BREACHED,
+            resource=model_resource(row.model_name),
+            related=[model_version_resource(row.model_name, row.challenger_version)],
+            payload=payload.model_dump(mode="json"),
+        )
+        # Keyed per experiment: of all replicas and refreshes, one event is queued.
+        if self.store.outbox.add(event, self.clock()):
+            logger.warning(
+                "experiment %s: guardrail %s breached: %s", row.experiment_id, breach.guardrail, breach.detail
+            )
+        self._breached.add(row.experiment_id)
 
     def current(self, snapshot: ModelSet | None = None) -> Experiment:
         """The experiment being served: a champion alone is status `none`; a pair shows its stored record.
@@ -159,11 +229,11 @@ class ExperimentService:
             snapshot: The model set a request works with; `models.current` when None.
 
         Raises:
-            RuntimeError: No champion is loaded (check with the controller first).
+            NoModelLoaded: No champion is loaded (503).
         """
         current = snapshot or self.models.current
-        if current.champion_version is None:
-            raise RuntimeError("no champion loaded")
+        current.require_champion()
+        assert current.champion_version is not None
         if current.challenger_version is None:
             return Experiment(
                 experiment_id=f"v{current.champion_version}",
@@ -172,7 +242,7 @@ class ExperimentService:
                 status="none",
             )
         exp_id = experiment_id(current.champion_version, current.challenger_version)
-        row = self.store.get_experiment(exp_id)
+        row = self.store.experiments.get(exp_id)
         if row is None:
             # Served but not recorded yet (the store failed at the last refresh).
             return Experiment(
@@ -181,20 +251,44 @@ class ExperimentService:
                 challenger_version=current.challenger_version,
                 status="running",
             )
-        return _view(row)
+        return views.experiment(row)
+
+    def split(self) -> float:
+        """The split in force (the store's, shared by replicas; the settings' until one is stored)."""
+        split = self.store.config.get_split()
+        return self.default_split if split is None else split
+
+    def outcomes(self, bucket_seconds: int = 60) -> Outcomes:
+        """Per arm of the experiment being served: requests, labels, errors, users, latencies, confusion, and
+        latency per time bucket.
+
+        Args:
+            bucket_seconds: Width of the latency buckets.
+
+        Raises:
+            NoModelLoaded: No champion is loaded (503).
+        """
+        current = self.models.current
+        current.require_champion()
+        exp = self.current(current)
+        counts = self.store.log.outcomes(exp.experiment_id)
+        buckets = self.store.log.latency_buckets(exp.experiment_id, bucket_seconds)
+        return views.outcomes(current, exp, counts, self.split(), buckets, bucket_seconds)
 
     def set_plan(self, plan: ExperimentPlan) -> Experiment:
-        """Store the plan of `v{champion}-vs-v{challenger}` (served or not yet) and set the split to its own.
+        """Store the plan of `v{champion}-vs-v{challenger}` before it starts, when it matches the registry's tags.
 
         Args:
             plan: The plan; its schema constraints were checked on decoding.
 
         Returns:
-            The experiment the plan belongs to.
+            The experiment the plan belongs to (the same plan again is a no-op).
 
         Raises:
-            InvalidPlan: Empty versions, or the same version on both arms.
-            ExperimentConflict: That experiment has ended.
+            InvalidPlan: Empty versions, or the same version on both arms (422).
+            ModelSourceError: The registry could not be read (503).
+            ExperimentConflict: The registry's tags hold no plan or another one, the experiment started under
+                another plan, or it ended (409).
         """
         versions = {"champion_version": plan.champion_version, "challenger_version": plan.challenger_version}
         problems = [f"{name} is empty" for name, version in versions.items() if not version.strip()]
@@ -202,16 +296,46 @@ class ExperimentService:
             problems.append(f"champion_version and challenger_version are both {plan.champion_version!r}")
         if problems:
             raise InvalidPlan("invalid experiment plan: " + "; ".join(problems))
-        row = self.store.save_plan(
+        try:
+            tagged = self.models.source.plan(plan.challenger_version)
+        except RouterError:
+            raise
+        except Exception as exc:
+            logger.error(
+                "could not read the plan tags of v%s: %s: %s", plan.challenger_version, type(exc).__name__, exc
+            )
+            raise ModelSourceError(
+                f"could not read the plan tags of v{plan.challenger_version} from the registry: {public_reason(exc)}"
+            ) from exc
+        where = f"{self.model_name} v{plan.challenger_version}"
+        if tagged is None:
+            raise ExperimentConflict(
+                f"{where} carries no {TAG_PLAN_PREFIX}* tags: the registry is the source of truth for the plan, "
+                "tag the version before sending it",
+                extra={"challenger_version": plan.challenger_version},
+            )
+        if tagged != plan:
+            differences = _differences(plan, tagged)
+            raise ExperimentConflict(
+                f"the plan differs from the {TAG_PLAN_PREFIX}* tags of {where} (sent != registry): "
+                + "; ".join(differences),
+                extra={"differences": differences},
+            )
+        exp_id = experiment_id(plan.champion_version, plan.challenger_version)
+        as_json = msgspec.to_builtins(plan)
+        before = self.store.experiments.get(exp_id)
+        row = self.store.experiments.save_plan(
             model_name=self.model_name,
-            experiment_id=experiment_id(plan.champion_version, plan.challenger_version),
+            experiment_id=exp_id,
             champion_version=plan.champion_version,
             challenger_version=plan.challenger_version,
-            plan=msgspec.to_builtins(plan),
+            plan=as_json,
         )
-        self.store.set_split(plan.ab_split_b)
+        if before is None or before.plan != as_json:
+            # A new plan brings its split; a repeat of the stored one leaves the split to the admin.
+            self.store.config.set_split(plan.ab_split_b)
         logger.info("plan stored for %s, ab_split_b=%s", row.experiment_id, plan.ab_split_b)
-        return _view(row)
+        return views.experiment(row)
 
     def end(self, data: ExperimentEnd) -> Experiment:
         """Mark the current (or, once the registry moved, the most recent) experiment ended, then reload the models.
@@ -231,7 +355,7 @@ class ExperimentService:
         if current.champion_version is not None and current.challenger_version is not None:
             pair: tuple[str, str] | None = (current.champion_version, current.challenger_version)
         else:
-            latest = self.store.latest_started_experiment()
+            latest = self.store.experiments.latest_started()
             pair = None if latest is None else (latest.champion_version, latest.challenger_version)
         if pair is None or pair[1] != data.challenger_version:
             which = "no experiment was ever served" if pair is None else f"the experiment is {experiment_id(*pair)}"
@@ -240,7 +364,7 @@ class ExperimentService:
                 extra={"challenger_version": data.challenger_version},
             )
         exp_id = experiment_id(*pair)
-        row = self.store.end_experiment(
+        row = self.store.experiments.end(
             model_name=current.model_name,
             experiment_id=exp_id,
             champion_version=pair[0],
@@ -257,4 +381,4 @@ class ExperimentService:
                 f"experiment {exp_id} is marked ended, but reloading the models failed: {exc.detail} "
                 "(POST /models/reload to retry)"
             ) from exc
-        return _view(row)
+        return views.experiment(row)

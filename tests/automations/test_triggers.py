@@ -167,3 +167,24 @@ def test_sample_reached_runs_ab_evaluation_for_that_model(applied, deployments):
 
     assert [r.parameters for r in runs] == [{"model_name": model_name}]
     assert runs_of(deployments["retrain/retrain"], model_name, expect=1, timeout=0.5) == []
+
+
+def test_a_guardrail_breach_runs_ab_evaluation_for_that_model(applied, deployments):
+    model_name = f"IrisGuard{uuid.uuid4().hex[:8]}"
+    payload = events.GuardrailBreachedPayload(
+        model_name=model_name,
+        experiment_id="v3-vs-v4",
+        champion_version="3",
+        challenger_version="4",
+        guardrail="error_rate",
+        detail="BREACHED: error rate 0.5000 vs champion 0.0000",
+        champion_requests=40,
+        champion_errors=0,
+        challenger_requests=40,
+        challenger_errors=20,
+    )
+    emit(events.EXPERIMENT_GUARDRAIL_BREACHED, payload)
+
+    runs = runs_of(deployments["ab-evaluation/ab-evaluation"], model_name, expect=1)
+
+    assert [r.parameters for r in runs] == [{"model_name": model_name}]

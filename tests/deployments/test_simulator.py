@@ -1,10 +1,12 @@
 """Drift scenarios of the traffic simulator."""
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
 from deployments.simulator import apply_drift, sample_rows
+from tests.serving.conftest import live_router  # noqa: F401  (a router process with stub models)
 
 REFERENCE = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [10.0, 20.0, 30.0, 40.0], "y": ["p", "q", "p", "q"]})
 
@@ -42,3 +44,30 @@ def test_samples_keep_labels_and_jitter_features():
     assert list(rows.columns) == ["a", "b", "y"]
     assert set(rows["y"]) <= {"p", "q"}
     assert rows["a"].nunique() == 200
+
+
+async def test_the_simulator_labels_with_its_token_against_a_live_router(live_router):  # noqa: F811
+    from deployments.simulator import Simulator
+    from tests.serving.conftest import TOKENS, auth
+
+    router = live_router(DRIFTLOOP_OUTBOX_INTERVAL_SECONDS="0")
+    reference = pd.DataFrame(
+        {
+            "sepal_length": [5.1, 6.2, 5.9] * 10,
+            "sepal_width": [3.5, 2.9, 3.0] * 10,
+            "petal_length": [1.4, 4.3, 5.1] * 10,
+            "petal_width": [0.2, 1.3, 1.8] * 10,
+            "species": ["setosa", "versicolor", "virginica"] * 10,
+        }
+    )
+    sim = Simulator(
+        router.url, reference, target="species", users=20, rate=500, label_share=1.0, seed=1, token=TOKENS["label"]
+    )
+    stats = await sim.run(requests=40)
+    assert (stats.ok, stats.failed, stats.labelled_inline + stats.labelled_later) == (40, 0, 40), stats.errors
+    outcomes = httpx.get(f"{router.url}/experiment/outcomes", headers=auth("read")).json()
+    assert sum(a["labelled"] for a in outcomes["arms"]) == 40
+
+    without = Simulator(router.url, reference, target="species", users=5, rate=500, label_share=1.0, seed=2)
+    refused = await without.run(requests=4)
+    assert refused.failed == 4 and "needs a bearer token" in refused.errors[0]

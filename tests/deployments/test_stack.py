@@ -3,6 +3,7 @@
 import socket
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,39 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path):
         time.sleep(0.05)
     stack.stop()
     assert service.process.returncode == -9
+
+
+def test_the_stack_generates_private_tokens_and_hands_them_to_every_child(tmp_path):
+    from dotenv import dotenv_values
+
+    from contracts.auth import SECRETS_FILE_ENV, TOKEN_ENV
+    from deployments.stack import ensure_secrets
+
+    stack = Stack(StackSettings(home=tmp_path), log=lambda _m: None)
+    env = stack.env()
+    path = Path(env[SECRETS_FILE_ENV])
+    assert path == tmp_path.resolve() / "secrets.env"
+    assert path.stat().st_mode & 0o777 == 0o600
+    stored = dotenv_values(path)
+    assert set(stored) == {TOKEN_ENV["admin"], TOKEN_ENV["label"], TOKEN_ENV["read"]}
+    assert len(set(stored.values())) == 3 and all(len(v) >= 40 for v in stored.values())
+    assert stack.tokens == {kind: stored[TOKEN_ENV[kind]] for kind in ("admin", "label", "read")}
+    # The same tokens on the next start (a kept state), and a file made readable is made private again.
+    path.chmod(0o644)
+    assert ensure_secrets(path) == stack.tokens
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_every_child_reads_the_tokens_from_the_secrets_file(tmp_path, monkeypatch):
+    from flows.settings import FlowSettings
+    from serving.settings import RouterSettings
+
+    stack = Stack(StackSettings(home=tmp_path), log=lambda _m: None)
+    env = stack.env()
+    for key in [k for k in list(__import__("os").environ) if k.startswith("DRIFTLOOP_ROUTER_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("DRIFTLOOP_SECRETS_FILE", env["DRIFTLOOP_SECRETS_FILE"])
+    router, flows = RouterSettings(_env_file=None), FlowSettings(_env_file=None)
+    for kind in ("admin", "label", "read"):
+        assert getattr(router, f"router_{kind}_token").get_secret_value() == stack.tokens[kind]
+        assert getattr(flows, f"router_{kind}_token").get_secret_value() == stack.tokens[kind]

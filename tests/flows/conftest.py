@@ -30,6 +30,7 @@ import uvicorn
 from mlflow import MlflowClient
 
 from contracts.api import Arm, ExperimentPlan
+from contracts.auth import TOKEN_ENV
 from contracts.registry import AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT, CHALLENGER, CHAMPION
 from flows import settings as flow_settings
 from flows.lib import experiment, registry
@@ -44,6 +45,8 @@ from serving.settings import RouterSettings
 TRAINING_EXPERIMENT = "driftloop"
 """The flows' default `mlflow_experiment`."""
 SALT = "flow-tests"
+TOKENS = {"admin": "flow-tests-admin", "label": "flow-tests-label", "read": "flow-tests-read"}
+"""The router in these tests runs with tokens, as in production: the flows must send them."""
 
 # --- Prefect ---------------------------------------------------------------------------------------------------
 
@@ -258,7 +261,7 @@ class EventRecorder:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
-    def __call__(self, *, event: str, resource: dict, related: list, payload: dict) -> None:
+    def __call__(self, *, event: str, resource: dict, related: list, payload: dict, event_id: str) -> None:
         self.events.append({"event": event, "resource": resource, "related": related, "payload": payload})
 
 
@@ -273,7 +276,8 @@ class Router:
     _next_user: int = 0
 
     def client(self) -> RouterClient:
-        return RouterClient(self.url)
+        """The flows' client, with the flows' tokens."""
+        return RouterClient(self.url, tokens=self.settings)
 
     def store(self) -> Store:
         """A second handle on the router's inference log (as a replica would open it)."""
@@ -341,6 +345,10 @@ def start_router(
             ab_split_b=0.5,
             assignment_salt=SALT,
             model_refresh_seconds=0,  # aliases are re-read at start, on /models/reload and when an experiment ends
+            outbox_interval_seconds=0.2,
+            router_admin_token=TOKENS["admin"],
+            router_label_token=TOKENS["label"],
+            router_read_token=TOKENS["read"],
         )
         emitted = EventRecorder()
         app = create_app(
@@ -355,7 +363,8 @@ def start_router(
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
-        http = httpx.Client(base_url=url, timeout=10.0)
+        # The traffic of these tests labels inline: it carries the label token, as the simulator does.
+        http = httpx.Client(base_url=url, timeout=10.0, headers={"Authorization": f"Bearer {TOKENS['label']}"})
         started.append((server, thread, http))
         deadline = time.monotonic() + 20
         while True:
@@ -382,6 +391,8 @@ def flow_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tracking_uri: str)
         monkeypatch.setenv("DRIFTLOOP_ROUTER_URL", router.url)
         monkeypatch.setenv("DRIFTLOOP_MLFLOW_TRACKING_URI", tracking_uri)
         monkeypatch.setenv("DRIFTLOOP_HOME", str(home))
+        for kind, token in TOKENS.items():
+            monkeypatch.setenv(TOKEN_ENV[kind], token)
         flow_settings.get_settings.cache_clear()
         return home
 

@@ -183,7 +183,7 @@ def world(
     router = start_router({"1": StubModel(), "2": StubModel()})
     store = router.store()
     for row in in_window + unlabelled + old:
-        store.record(row)
+        store.log.record(row)
     store.close()
     settings = {
         "MODEL_NAME": model_name,

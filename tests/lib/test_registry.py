@@ -13,9 +13,11 @@ from contracts.registry import (
     CHAMPION,
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
+    TAG_CLASSES,
     TAG_DECISION,
     TAG_PREVIOUS_CHAMPION,
     TAG_TARGET,
+    plan_tags,
 )
 from flows.lib import registry
 from flows.lib.training import TrainResult
@@ -47,7 +49,11 @@ def test_log_candidate_registers_version_one_with_run_and_tags(logged, mlflow_st
     run = MlflowClient().get_run(logged.run_id)
 
     assert str(logged.version) == "1"
-    assert logged.tags == {TAG_TARGET: "species", "driftloop.source": "test"}
+    assert logged.tags == {
+        TAG_TARGET: "species",
+        TAG_CLASSES: '["setosa", "versicolor", "virginica"]',
+        "driftloop.source": "test",
+    }
     assert run.data.params == {"models": "lr,dt", "folds": "3"}
     assert run.data.metrics["f1_macro"] > 0.8
     assert run.data.tags[TAG_TARGET] == "species"
@@ -140,3 +146,32 @@ def test_promote_without_champion_returns_none(trained: TrainResult, iris: pd.Da
 def test_configure_sets_uri_and_experiment(mlflow_store: Path) -> None:
     assert mlflow.get_tracking_uri() == f"sqlite:///{mlflow_store}/mlflow.db"
     assert mlflow.get_experiment_by_name("driftloop-test") is not None
+
+
+def test_the_router_reads_classes_and_plan_from_the_version(logged, mlflow_store: Path) -> None:
+    """The router's MLflow source on a real PyCaret pipeline: labels and numbers it refuses, the plan it adopts."""
+    from contracts.api import ExperimentPlan
+    from serving.errors import InvalidFeatures, InvalidLabel
+    from serving.services.models import ModelSource
+
+    plan = ExperimentPlan(
+        champion_version="1", challenger_version=str(logged.version), alpha=0.05, power=0.8, mde=0.05,
+        baseline=0.9, min_samples_per_arm=1750, fixed_horizon_samples_per_arm=906, ab_split_b=0.5,
+        max_duration_hours=72.0, loop_id="loop-x",
+    )  # fmt: skip
+    registry.tag_version("Logged", logged.version, plan_tags(plan))
+    source = ModelSource(mlflow.get_tracking_uri(), "Logged")
+    source.open()
+    try:
+        served = source.load(str(logged.version))
+        assert served.classes == frozenset({"setosa", "versicolor", "virginica"})
+        assert served.check_label("virginica") == "virginica"
+        with pytest.raises(InvalidLabel):
+            served.check_label("rose")
+        row = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+        assert served.predict(served.check(row, max_abs=3.4e38)) == "setosa"
+        with pytest.raises(InvalidFeatures, match="out of range"):
+            served.check({**row, "petal_width": 1e300}, max_abs=3.4e38)
+        assert source.plan(str(logged.version)) == plan  # the tags round-trip to the same plan
+    finally:
+        source.close()

@@ -2,79 +2,31 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
+import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from contracts.auth import TOKEN_ENV
 from serving.app import create_app
-from serving.services.models import FeatureSpec, ServedModel
 from serving.services.store import Store
 from serving.settings import RouterSettings
+from tests.serving.stubs import FEATURES, BrokenModel, StubModel, StubSource
 
-FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
-
-
-class StubModel:
-    """A tiny model: setosa below a petal-length threshold, else `other`; remembers every frame it saw."""
-
-    def __init__(self, other: str = "versicolor") -> None:
-        self.other = other
-        self.frames: list[pd.DataFrame] = []
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        self.frames.append(frame)
-        return np.where(frame["petal_length"] < 2.5, "setosa", self.other)
-
-
-class BrokenModel:
-    """A model that raises on every call, as a model with a bad artifact or a missing dependency would."""
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        raise RuntimeError("model artifact is corrupt")
-
-
-class StubSource:
-    """In-memory registry: `aliases` maps alias to version; every version serves a `StubModel`."""
-
-    def __init__(self, model_name: str = "Iris", **aliases: str) -> None:
-        self.model_name = model_name
-        self.aliases: dict[str, str] = aliases
-        self.models: dict[str, StubModel | BrokenModel] = {}
-        self.loads: Counter[str] = Counter()
-        self.broken = False
-        self.failing: set[str] = set()
-        """Versions whose model raises on every prediction."""
-        self.opened = False
-
-    def open(self) -> None:
-        self.opened = True
-
-    def close(self) -> None:
-        self.opened = False
-
-    def resolve(self, alias: str) -> str | None:
-        if self.broken:
-            raise ConnectionError("registry unreachable")
-        return self.aliases.get(alias)
-
-    def load(self, version: str) -> ServedModel:
-        self.loads[version] += 1
-        # Even versions predict virginica for large petals, odd ones versicolor: arms are tellable apart.
-        model = self.models.setdefault(
-            version,
-            BrokenModel()
-            if version in self.failing
-            else StubModel("virginica" if int(version) % 2 == 0 else "versicolor"),
-        )
-        features = tuple(FeatureSpec(name, "double") for name in FEATURES)
-        return ServedModel(name=self.model_name, version=version, features=features, estimator=model)
+__all__ = ["FEATURES", "BrokenModel", "StubModel", "StubSource"]
+ROOT = Path(__file__).resolve().parents[2]
+TOKENS = {"admin": "admin-secret-token", "label": "label-secret-token", "read": "read-secret-token"}
 
 
 @pytest.fixture
@@ -98,6 +50,7 @@ def settings(tmp_path: Path, db_path: Path) -> RouterSettings:
         ab_split_b=0.5,
         assignment_salt="test-salt",
         model_refresh_seconds=0,
+        outbox_interval_seconds=0,
     )
 
 
@@ -112,14 +65,22 @@ class EventRecorder:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self.ids: list[str] = []
         self.fail = False
 
     def __call__(
-        self, *, event: str, resource: dict[str, str], related: list[dict[str, str]], payload: dict[str, Any]
+        self,
+        *,
+        event: str,
+        resource: dict[str, str],
+        related: list[dict[str, str]],
+        payload: dict[str, Any],
+        event_id: str,
     ) -> None:
         if self.fail:
             raise ConnectionError("prefect unreachable")
         self.events.append({"event": event, "resource": resource, "related": related, "payload": payload})
+        self.ids.append(event_id)
 
 
 @pytest.fixture
@@ -149,3 +110,102 @@ async def client(make_app: Callable[..., Litestar]) -> AsyncIterator[AsyncTestCl
 def make_source() -> type[StubSource]:
     """The stub registry class, for tests that need their own aliases."""
     return StubSource
+
+
+def auth(kind: str) -> dict[str, str]:
+    """The Authorization header of one of `TOKENS`."""
+    return {"Authorization": f"Bearer {TOKENS[kind]}"}
+
+
+@pytest.fixture
+def secured(settings: RouterSettings) -> RouterSettings:
+    """Settings with the admin, label and read tokens of `TOKENS`."""
+    return settings.model_copy(
+        update={
+            "router_admin_token": TOKENS["admin"],
+            "router_label_token": TOKENS["label"],
+            "router_read_token": TOKENS["read"],
+        }
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveRouter:
+    """The router as a process of its own (`python -m tests.serving.live_router`), over real HTTP."""
+
+    home: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def store_url(self) -> str:
+        return f"sqlite:///{self.home / 'router.db'}"
+
+    def start(self, timeout: float = 60.0) -> LiveRouter:
+        """Start the process and wait until it answers /health."""
+        env = {**os.environ, **self.env, "DRIFTLOOP_ROUTER_PORT": str(self.port), "DRIFTLOOP_HOME": str(self.home)}
+        log = (self.home / "router.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.serving.live_router"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, self.log_tail()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, self.log_tail()
+            time.sleep(0.1)
+
+    def log_tail(self) -> str:
+        return (self.home / "router.log").read_text(errors="replace")[-3000:]
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def live_router(tmp_path: Path) -> Iterator[Callable[..., LiveRouter]]:
+    """Start routers as processes of their own (stub models, SQLite store under tmp_path, the `TOKENS`)."""
+    started: list[LiveRouter] = []
+
+    def start(**env: str) -> LiveRouter:
+        home = tmp_path / "live"
+        home.mkdir(exist_ok=True)
+        tokens = {TOKEN_ENV[kind]: token for kind, token in TOKENS.items()}
+        router = LiveRouter(home=home, env={**tokens, **env})
+        started.append(router)
+        return router.start()
+
+    yield start
+    for router in started:
+        router.stop()

@@ -1,17 +1,20 @@
 """The experiment record: start, plan, end, the sample-reached event, and promotion as the router sees it."""
 
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 
 import anyio
+import msgspec
 import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
 
-from serving.app import refresh_once
+from contracts.api import ExperimentPlan
+from serving.app import refresh_once, relay_once
 from serving.services.assignment import assign_arm
 from serving.services.events import emit_prefect_event
+from tests.serving.stubs import BrokenModel
 
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 PLAN = {
@@ -49,6 +52,13 @@ SAMPLE_REACHED = {
         }
     ],
 }
+
+
+def tag(source, **changes) -> dict:
+    """A plan body, also written as the plan tags of its challenger in the stub registry (the source of truth)."""
+    body = {**PLAN, **changes}
+    source.plans[body["challenger_version"]] = msgspec.convert(body, ExperimentPlan)
+    return body
 
 
 def ts(value: str | None) -> datetime:
@@ -114,7 +124,7 @@ async def test_start_is_recorded_once_and_shared_by_replicas(make_app):
 async def test_plan_before_the_challenger_is_loaded(make_app, make_source):
     source = make_source(champion="1")
     async with AsyncTestClient(app=make_app(source=source)) as client:
-        response = await client.put("/experiment/plan", json=PLAN)
+        response = await client.put("/experiment/plan", json=tag(source))
         assert (response.status_code, response.json()) == (
             200,
             {
@@ -151,12 +161,56 @@ async def test_plan_before_the_challenger_is_loaded(make_app, make_source):
         )
 
 
-async def test_plan_can_be_replaced_while_running(client):
-    await client.put("/experiment/plan", json=PLAN)
-    response = await client.put("/experiment/plan", json={**PLAN, "min_samples_per_arm": 50, "ab_split_b": 0.2})
-    assert response.json()["plan"] == {**FULL_PLAN, "min_samples_per_arm": 50, "ab_split_b": 0.2}
-    assert (await client.get("/experiment")).json()["plan"]["min_samples_per_arm"] == 50
-    assert (await client.get("/config")).json() == {"ab_split_b": 0.2}
+async def test_plan_is_fixed_once_the_experiment_started(make_app, make_source):
+    source = make_source(champion="1")
+    async with AsyncTestClient(app=make_app(source=source)) as client:
+        # Before the first assignment, a new plan (with new tags) replaces the old one.
+        await client.put("/experiment/plan", json=tag(source))
+        response = await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=50, ab_split_b=0.2))
+        assert response.json()["plan"] == {**FULL_PLAN, "min_samples_per_arm": 50, "ab_split_b": 0.2}
+        assert (await client.get("/config")).json() == {"ab_split_b": 0.2}
+
+        source.aliases["challenger"] = "2"
+        await client.post("/models/reload")  # first assignment under the plan
+        changed = await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=5))
+        assert changed.status_code == 409
+        assert "a plan is fixed once the first users are assigned" in changed.json()["detail"]
+        # The same plan again (a retried call) is harmless.
+        source.plans["2"] = msgspec.convert({**PLAN, "min_samples_per_arm": 50, "ab_split_b": 0.2}, ExperimentPlan)
+        again = await client.put("/experiment/plan", json={**PLAN, "min_samples_per_arm": 50, "ab_split_b": 0.2})
+        assert again.status_code == 200
+        assert (await client.get("/experiment")).json()["plan"]["min_samples_per_arm"] == 50
+
+
+async def test_plan_must_match_the_registry_tags(client, source):
+    untagged = await client.put("/experiment/plan", json=PLAN)
+    assert untagged.status_code == 409
+    assert untagged.json()["detail"] == (
+        "Iris v2 carries no driftloop.plan.* tags: the registry is the source of truth for the plan, "
+        "tag the version before sending it"
+    )
+    tag(source)
+    forced = await client.put("/experiment/plan", json={**PLAN, "alpha": 0.99})
+    assert (forced.status_code, forced.json()["extra"]) == (409, {"differences": ["alpha: 0.99 != 0.05"]})
+    assert (await client.get("/experiment")).json()["plan"] is None
+    source.broken = True
+    down = await client.put("/experiment/plan", json=PLAN)
+    assert down.status_code == 503
+    assert "could not read the plan tags of v2" in down.json()["detail"]
+
+
+async def test_the_registry_plan_is_adopted_when_the_experiment_starts(make_app, make_source, emitted):
+    source = make_source(champion="1", challenger="2")
+    tag(source, min_samples_per_arm=1)
+    app = make_app(source=source)
+    async with AsyncTestClient(app=app) as client:
+        # No PUT at all: the plan comes from the challenger's tags.
+        assert (await client.get("/experiment")).json()["plan"] == {**FULL_PLAN, "min_samples_per_arm": 1}
+        await post_labelled(client, "champion", 1, "a")
+        await post_labelled(client, "challenger", 1, "b")
+        await refresh_once(app.state.experiments)
+        await relay_once(app.state.relay)
+    assert [e["event"] for e in emitted.events] == ["driftloop.experiment.sample_reached"]
 
 
 BAD_PLANS = {
@@ -185,7 +239,7 @@ async def test_bad_plans_say_what_was_wrong(client, body, status, words):
 async def test_end_after_promotion_reloads_at_once(make_app, source):
     async with AsyncTestClient(app=make_app()) as client:
         started = (await client.get("/experiment")).json()["started_at"]
-        await client.put("/experiment/plan", json=PLAN)
+        await client.put("/experiment/plan", json=tag(source))
         source.aliases = {"champion": "2"}  # the registry moved; the router has not refreshed
         end = {"challenger_version": "2", "decision": "PROMOTE", "reason": "p=0.004, +6 points"}
         response = await client.post("/experiment/end", json=end)
@@ -219,7 +273,7 @@ async def test_end_after_promotion_reloads_at_once(make_app, source):
         assert (again.status_code, again.json()) == (200, body)
 
 
-async def test_end_before_the_registry_moved_keeps_serving_an_ended_experiment(client):
+async def test_end_before_the_registry_moved_keeps_serving_an_ended_experiment(client, source):
     end = {"challenger_version": "2", "decision": "ROLLBACK", "reason": "challenger worse"}
     assert (await client.post("/experiment/end", json=end)).status_code == 200
     experiment = (await client.get("/experiment")).json()
@@ -232,7 +286,7 @@ async def test_end_before_the_registry_moved_keeps_serving_an_ended_experiment(c
     assert other.status_code == 409
     assert other.json()["detail"] == "experiment v1-vs-v2 already ended with ROLLBACK: challenger worse"
     # An ended experiment's plan is part of the record.
-    replan = await client.put("/experiment/plan", json=PLAN)
+    replan = await client.put("/experiment/plan", json=tag(source))
     assert replan.status_code == 409
     assert "can no longer change" in replan.json()["detail"]
 
@@ -281,20 +335,22 @@ async def test_bad_end_bodies(client):
         assert word in response.json()["detail"]
 
 
-async def test_sample_reached_is_emitted_once_when_both_arms_have_enough_labels(make_app, emitted):
+async def test_sample_reached_is_emitted_once_when_both_arms_have_enough_labels(make_app, source, emitted):
     app = make_app()
     async with AsyncTestClient(app=app) as client:
         experiments = app.state.experiments
-        await client.put("/experiment/plan", json=PLAN)
+        await client.put("/experiment/plan", json=tag(source))
         await post_labelled(client, "champion", 7, "a")
         await post_labelled(client, "challenger", 4, "b")
         for user in users_of("challenger", 3, "c"):  # unlabelled: do not count
             await client.post("/predict", json={"user_id": user, "features": IRIS})
         await refresh_once(experiments)
+        await relay_once(app.state.relay)
         assert emitted.events == []
 
         await post_labelled(client, "challenger", 1, "d")
         await refresh_once(experiments)
+        await relay_once(app.state.relay)
         assert emitted.events == [
             {
                 **SAMPLE_REACHED,
@@ -312,89 +368,108 @@ async def test_sample_reached_is_emitted_once_when_both_arms_have_enough_labels(
         await post_labelled(client, "challenger", 2, "e")
         await refresh_once(experiments)
         await client.post("/models/reload")
+        await relay_once(app.state.relay)
         assert len(emitted.events) == 1
         assert recent((await client.get("/experiment")).json()["sample_reached_at"])
 
 
-async def test_no_plan_no_event(client, emitted):
-    await post_labelled(client, "champion", 6, "a", split=0.5)
-    await post_labelled(client, "challenger", 6, "b", split=0.5)
-    await client.post("/models/reload")
+async def test_no_plan_no_event(make_app, emitted):
+    app = make_app()
+    async with AsyncTestClient(app=app) as client:
+        await post_labelled(client, "champion", 6, "a", split=0.5)
+        await post_labelled(client, "challenger", 6, "b", split=0.5)
+        await client.post("/models/reload")
+        await relay_once(app.state.relay)
     assert emitted.events == []
 
 
-async def test_replicas_on_one_store_emit_once(make_app, emitted):
+async def test_replicas_on_one_store_emit_once(make_app, source, emitted):
     one, two = make_app(), make_app()
     async with AsyncTestClient(app=one) as a, AsyncTestClient(app=two) as b:
-        await a.put("/experiment/plan", json={**PLAN, "min_samples_per_arm": 2})
+        await a.put("/experiment/plan", json=tag(source, min_samples_per_arm=2))
         await post_labelled(a, "champion", 2, "a")
         await post_labelled(b, "challenger", 2, "b")
         async with anyio.create_task_group() as tg:
             for app in (one, two, one, two):
                 tg.start_soon(refresh_once, app.state.experiments)
+        async with anyio.create_task_group() as tg:
+            for app in (one, two, one, two):
+                tg.start_soon(relay_once, app.state.relay)
     assert [e["payload"]["experiment_id"] for e in emitted.events] == ["v1-vs-v2"]
 
 
-async def test_failed_emit_is_retried_by_the_next_refresh(make_app, emitted):
+async def test_a_refused_event_stays_in_the_outbox_until_accepted(make_app, source, emitted):
     app = make_app()
     async with AsyncTestClient(app=app) as client:
-        await client.put("/experiment/plan", json={**PLAN, "min_samples_per_arm": 1})
+        await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1))
         await post_labelled(client, "champion", 1, "a")
         await post_labelled(client, "challenger", 1, "b")
         emitted.fail = True
-        await refresh_once(app.state.experiments)  # does not raise
-        assert (await client.get("/experiment")).json()["sample_reached_at"] is None
-        emitted.fail = False
         await refresh_once(app.state.experiments)
+        await relay_once(app.state.relay)  # does not raise
+        # Reached and queued, once; not sent.
+        assert recent((await client.get("/experiment")).json()["sample_reached_at"])
+        [pending] = app.state.store.outbox.all()
+        failed = (pending.attempts, pending.sent_at, pending.last_error)
+        assert failed == (1, None, "ConnectionError: prefect unreachable")
+        assert emitted.events == []
+        emitted.fail = False
+        await relay_once(app.state.relay)  # not due yet: the first retry waits a second
+        assert emitted.events == []
+        app.state.relay.clock = lambda: datetime.now(UTC) + timedelta(seconds=2)
+        await relay_once(app.state.relay)
+        await refresh_once(app.state.experiments)
+        await relay_once(app.state.relay)
+        assert app.state.store.outbox.pending() == 0
     assert len(emitted.events) == 1
+    assert emitted.ids == [pending.event_id]
 
 
-async def test_the_refresh_loop_emits(make_app, emitted):
-    async with AsyncTestClient(app=make_app(model_refresh_seconds=0.02)) as client:
-        await client.put("/experiment/plan", json={**PLAN, "min_samples_per_arm": 1})
+async def test_the_background_loops_emit(make_app, source, emitted):
+    async with AsyncTestClient(app=make_app(model_refresh_seconds=0.02, outbox_interval_seconds=0.02)) as client:
+        await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1))
         await post_labelled(client, "champion", 1, "a")
         await post_labelled(client, "challenger", 1, "b")
         with anyio.fail_after(5):
             while not emitted.events:
                 await anyio.sleep(0.02)
         await anyio.sleep(0.1)
+        metrics = (await client.get("/metrics")).text
     assert len(emitted.events) == 1
+    assert "driftloop_router_outbox_depth 0.0" in metrics
 
 
-async def test_no_event_after_the_experiment_ended(client, emitted):
-    await client.put("/experiment/plan", json={**PLAN, "min_samples_per_arm": 1})
-    await post_labelled(client, "champion", 1, "a")
-    await post_labelled(client, "challenger", 1, "b")
-    await client.post("/experiment/end", json={"challenger_version": "2", "decision": "ROLLBACK", "reason": "r"})
-    await client.post("/models/reload")
+async def test_no_event_after_the_experiment_ended(make_app, source, emitted):
+    app = make_app()
+    async with AsyncTestClient(app=app) as client:
+        await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1))
+        await post_labelled(client, "champion", 1, "a")
+        await post_labelled(client, "challenger", 1, "b")
+        end = {"challenger_version": "2", "decision": "ROLLBACK", "reason": "r"}
+        await client.post("/experiment/end", json=end)
+        await client.post("/models/reload")
+        await relay_once(app.state.relay)
     assert emitted.events == []
 
 
 def test_prefect_emitter_skips_without_prefect_api_url(monkeypatch, caplog):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     caplog.set_level(logging.INFO, logger="serving.services.events")
-    emit_prefect_event(event="x.y", resource={"prefect.resource.id": "r"}, related=[], payload={"a": 1})
+    # Unset in Prefect's settings too: a Prefect test server of the same session would set it there.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        emit_prefect_event(
+            event="x.y", resource={"prefect.resource.id": "r"}, related=[], payload={"a": 1}, event_id=str(uuid.uuid4())
+        )
     assert caplog.messages == ["PREFECT_API_URL is not set: skipped event x.y about r, payload {'a': 1}"]
-
-
-def test_prefect_emitter_calls_emit_event_with_prefect_api_url(monkeypatch):
-    from prefect import events
-
-    calls = []
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
-    monkeypatch.setattr(events, "emit_event", lambda **kw: calls.append(kw) or SimpleNamespace(id="e1"))
-    related = [{"prefect.resource.id": "v"}]
-    emit_prefect_event(event="x.y", resource={"prefect.resource.id": "r"}, related=related, payload={"a": 1})
-    assert calls == [
-        {"event": "x.y", "resource": {"prefect.resource.id": "r"}, "related": related, "payload": {"a": 1}}
-    ]
 
 
 async def test_promotion_half_done_serves_only_the_new_version(make_app, source, emitted):
     """The registry moves `champion` to the challenger, then deletes `challenger`: a refresh in between."""
     app = make_app()
     async with AsyncTestClient(app=app) as client:
-        await client.put("/experiment/plan", json={**PLAN, "min_samples_per_arm": 1})
+        await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1))
         await client.post("/config", json={"ab_split_b": 1.0})  # every user would go to a challenger
         source.aliases = {"champion": "2", "challenger": "2"}
         await refresh_once(app.state.experiments)
@@ -435,10 +510,62 @@ async def test_promotion_half_done_serves_only_the_new_version(make_app, source,
             ],
         }
         assert (await client.get("/experiment")).json()["status"] == "none"
-        assert app.state.store.get_experiment("v2-vs-v2") is None
+        assert app.state.store.experiments.get("v2-vs-v2") is None
 
         source.aliases = {"champion": "2"}  # the second write
         await refresh_once(app.state.experiments)
         assert (await client.get("/health")).json()["challenger_version"] is None
     assert source.loads == {"1": 1, "2": 1}
+    assert emitted.events == []
+
+
+async def test_a_breached_error_guardrail_is_reported_once(make_app, source, emitted):
+    source.failing.add("2")  # the challenger raises on every prediction
+    app = make_app()
+    async with AsyncTestClient(app=app) as client:
+        await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1000))
+        for user in users_of("champion", 30, "a") + users_of("challenger", 30, "b"):
+            await client.post("/predict", json={"user_id": user, "features": IRIS})
+        for _ in range(3):
+            await refresh_once(app.state.experiments)
+            await relay_once(app.state.relay)
+    [event] = emitted.events
+    assert event["event"] == "driftloop.experiment.guardrail_breached"
+    assert {k: v for k, v in event["payload"].items() if k != "detail"} == {
+        "model_name": "Iris",
+        "experiment_id": "v1-vs-v2",
+        "champion_version": "1",
+        "challenger_version": "2",
+        "guardrail": "error_rate",
+        "champion_requests": 30,
+        "champion_errors": 0,
+        "challenger_requests": 30,
+        "challenger_errors": 30,
+    }
+    assert event["payload"]["detail"].startswith("challenger error rate 1.0000 over the champion's 0.0000 + margin")
+
+
+async def test_a_few_failures_or_a_small_excess_are_no_breach(make_app, source, emitted):
+    from serving.services.guardrails import MIN_ASSIGNED, error_breach
+
+    plan = msgspec.convert(tag(source), ExperimentPlan)
+    assert error_breach(plan, {"champion": (MIN_ASSIGNED - 1, 0), "challenger": (MIN_ASSIGNED - 1, 9)}) is None
+    assert error_breach(plan, {"champion": (1000, 10), "challenger": (1000, 19)}) is None  # 1.9% <= 1% + 1%
+    assert error_breach(plan, {"champion": (1000, 10), "challenger": (1000, 21)}) is not None
+
+
+async def test_a_few_errors_within_the_margin_are_no_breach(make_app, source, emitted):
+    app = make_app()
+    async with AsyncTestClient(app=app) as client:
+        await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1000))
+        for user in users_of("champion", 20, "a") + users_of("challenger", 20, "b"):
+            await client.post("/predict", json={"user_id": user, "features": IRIS})
+        # One failure among many answers is no proof of a worse challenger.
+        app.state.models.current.challenger.estimator.predict = BrokenModel().predict
+        failed = await client.post("/predict", json={"user_id": users_of("challenger", 1, "c")[0], "features": IRIS})
+        assert failed.status_code == 500
+        await refresh_once(app.state.experiments)
+        await relay_once(app.state.relay)
+        arms = (await client.get("/experiment/outcomes")).json()["arms"]
+    assert [(a["arm"], a["errors"]) for a in arms] == [("champion", 0), ("challenger", 1)]
     assert emitted.events == []

@@ -28,6 +28,7 @@ async def test_feedback_labels_a_request(client, iris):
 
 async def test_feedback_with_int_label_compares_as_string(make_app, make_source, iris):
     source = make_source(champion="1")
+    source.classes = None  # a model whose classes are unknown takes any label
     async with AsyncTestClient(app=make_app(source=source)) as client:
         served = await predict(client, iris)
         body = (await client.post("/feedback", json={"request_id": served["request_id"], "label": 7})).json()
@@ -40,20 +41,40 @@ async def test_feedback_for_unknown_request_is_404(client):
     assert "unknown request_id" in response.json()["detail"]
 
 
-async def test_second_label_is_409_even_when_equal(client, iris):
+async def test_a_retried_label_is_200_and_another_label_409(client, iris):
     served = await predict(client, iris)
     first = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
     assert first.json()["correct"] is True
-    for label in ("setosa", "versicolor"):
-        response = await client.post("/feedback", json={"request_id": served["request_id"], "label": label})
-        assert response.status_code == 409
-        assert "already has label 'setosa'" in response.json()["detail"]
+    again = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
+    assert (again.status_code, again.json()) == (200, first.json())
+    other = await client.post("/feedback", json={"request_id": served["request_id"], "label": "versicolor"})
+    assert other.status_code == 409
+    assert "already has label 'setosa'" in other.json()["detail"]
+    outcomes = (await client.get("/experiment/outcomes")).json()
+    assert sum(arm["labelled"] for arm in outcomes["arms"]) == 1
 
 
-async def test_inline_label_then_feedback_is_409(client, iris):
+async def test_inline_label_then_feedback(client, iris):
     served = await predict(client, iris, label="setosa")
-    response = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
-    assert response.status_code == 409
+    same = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
+    assert same.status_code == 200
+    other = await client.post("/feedback", json={"request_id": served["request_id"], "label": "virginica"})
+    assert other.status_code == 409
+
+
+async def test_labels_outside_the_model_classes_are_422_and_not_stored(client, iris):
+    inline = await client.post("/predict", json={"user_id": "u", "features": iris, "label": "rose"})
+    assert inline.status_code == 422
+    assert (
+        inline.json()["detail"]
+        == ("label 'rose' is not a class of Iris v1: expected one of setosa, versicolor, virginica")
+        or "is not a class of Iris v2" in inline.json()["detail"]
+    )
+    served = await predict(client, iris)
+    later = await client.post("/feedback", json={"request_id": served["request_id"], "label": 3})
+    assert later.status_code == 422
+    records = (await client.get("/inferences")).json()["records"]
+    assert [(r["request_id"], r["label"]) for r in records] == [(served["request_id"], None)]
 
 
 async def test_config_defaults_to_settings_then_changes(client):

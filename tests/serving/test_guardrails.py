@@ -8,7 +8,8 @@ import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 
-from serving.services.store import ArmCounts, InferenceRow, PredictionErrorRow, Store, prediction_errors
+from serving.services.store import ArmCounts, InferenceRow, PredictionErrorRow, Store
+from serving.services.store.tables import prediction_errors
 
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 LARGE = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
@@ -77,7 +78,7 @@ async def test_a_failing_arm_answers_500_and_counts_its_errors(make_app, make_so
     ]
     store = Store(settings.store_url())
     store.open()
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(sa.select(prediction_errors).order_by(prediction_errors.c.ts))]
     store.close()
     assert [{k: v for k, v in r.items() if k != "ts"} for r in rows] == [
@@ -88,6 +89,7 @@ async def test_a_failing_arm_answers_500_and_counts_its_errors(make_app, make_so
             "model_version": "2",
             "experiment_id": "v1-vs-v2",
             "error": "RuntimeError: model artifact is corrupt",
+            "idempotency_key": None,
         }
         for f in failed
     ]
@@ -117,7 +119,7 @@ def test_store_aggregates_one_experiment_per_arm(store):
     now = datetime.now(UTC)
 
     def answered(i: int, arm: str, experiment_id: str, label: str | None, prediction: str, latency: float) -> None:
-        store.record(
+        store.log.record(
             InferenceRow(
                 request_id=f"r{i}",
                 ts=now,
@@ -134,7 +136,7 @@ def test_store_aggregates_one_experiment_per_arm(store):
         )
 
     def failed(i: int, arm: str, experiment_id: str) -> None:
-        store.record_error(
+        store.log.record_error(
             PredictionErrorRow(
                 request_id=f"e{i}",
                 ts=now,
@@ -158,7 +160,7 @@ def test_store_aggregates_one_experiment_per_arm(store):
     failed(1000, "champion", "v1")
 
     labelled_pairs = Counter((["b", "a", None][i % 3], "a" if i % 4 < 2 else "b") for i in range(100) if i % 3 != 2)
-    assert store.outcomes("v1-vs-v2") == {
+    assert store.log.outcomes("v1-vs-v2") == {
         "champion": ArmCounts(
             requests=100,
             labelled=67,
@@ -179,7 +181,7 @@ def test_store_aggregates_one_experiment_per_arm(store):
         "challenger": ArmCounts(requests=0, labelled=0, correct=0, incorrect=0, errors=3, users=3),
     }
     assert labelled_pairs == {("b", "a"): 17, ("a", "a"): 17, ("b", "b"): 17, ("a", "b"): 16}
-    assert store.labelled_per_arm("v1-vs-v2") == {"champion": 67}
-    with store.engine.connect() as conn:
+    assert store.log.labelled_per_arm("v1-vs-v2") == {"champion": 67}
+    with store.db.engine.connect() as conn:
         lengths = conn.execute(sa.select(sa.func.length(prediction_errors.c.error))).scalars().all()
     assert set(lengths) == {4000}  # long error texts are cut

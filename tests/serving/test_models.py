@@ -21,7 +21,7 @@ async def test_health_reports_the_served_versions(client):
     response = await client.get("/health")
     assert (response.status_code, response.json()) == (
         200,
-        {"status": "ok", "model_name": "Iris", "champion_version": "1", "challenger_version": "2"},
+        {"status": "ok", "model_name": "Iris", "champion_version": "1", "challenger_version": "2", "reasons": []},
     )
 
 
@@ -32,7 +32,7 @@ async def test_reload_picks_up_alias_moves_without_restart(make_app, source):
         response = await client.post("/models/reload")
         assert (response.status_code, response.json()) == (
             200,
-            {"status": "ok", "model_name": "Iris", "champion_version": "2", "challenger_version": None},
+            {"status": "ok", "model_name": "Iris", "champion_version": "2", "challenger_version": None, "reasons": []},
         )
         served = (await client.post("/predict", json={"user_id": "u", "features": IRIS})).json()
         assert (served["arm"], served["model_version"], served["experiment_id"]) == ("champion", "2", "v2")
@@ -58,7 +58,7 @@ async def test_registry_failure_keeps_serving_current_models(make_app, source):
         await anyio.sleep(0.1)  # a few failed refreshes
         response = await client.post("/models/reload")
         assert response.status_code == 503
-        assert "registry unreachable" in response.json()["detail"]
+        assert response.json()["detail"].endswith("ConnectionError (details in the router log)")
         assert (await health(client))["champion_version"] == "1"
         assert (await client.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
 
@@ -102,6 +102,8 @@ async def test_openapi_lists_every_path(client):
         ("/experiment/end", "post"): "end_experiment",
         ("/experiment/outcomes", "get"): "get_outcomes",
         ("/health", "get"): "get_health",
+        ("/ready", "get"): "get_ready",
+        ("/metrics", "get"): "get_metrics",
         ("/models/reload", "post"): "reload_models",
     }
     tags = {tuple(op["tags"]) for item in schema["paths"].values() for op in item.values()}
@@ -151,4 +153,4 @@ def test_float32_columns_reject_numbers_a_float32_cannot_hold():
     assert served.check({**IRIS, "sepal_length": 3.0e38})["sepal_length"] == 3.0e38
     with pytest.raises(InvalidFeatures) as err:
         served.check({**IRIS, "sepal_length": 1e39})
-    assert err.value.extra["wrong_type"] == {"sepal_length": "expected float, got number out of range"}
+    assert err.value.extra["wrong_type"] == {"sepal_length": "expected float, got number out of range (|x| <= 3.4e+38)"}

@@ -41,11 +41,13 @@ async def test_prediction_shape_and_record(client, source, iris):
     }
 
 
-async def test_int_is_accepted_for_double_and_recorded_as_float(client, iris):
+async def test_int_is_accepted_for_double_and_recorded_as_float(make_app, source, iris):
+    source.classes = None  # classes unknown: any label goes
     iris["petal_length"] = 5
-    body = (await client.post("/predict", json={"user_id": "u", "features": iris, "label": 3})).json()
+    async with AsyncTestClient(app=make_app()) as client:
+        body = (await client.post("/predict", json={"user_id": "u", "features": iris, "label": 3})).json()
+        record = (await client.get("/inferences")).json()["records"][0]
     assert body["prediction"] in ("versicolor", "virginica")
-    record = (await client.get("/inferences")).json()["records"][0]
     assert record["features"]["petal_length"] == 5.0
     assert record["label"] == "3"
 

@@ -41,11 +41,11 @@ def row(request_id: str, ts: datetime, label: str | None = None) -> InferenceRow
 
 
 def test_sqlite_runs_in_wal_with_full_sync(store):
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         tables = set(sa.inspect(conn).get_table_names())
-    assert tables == {"inferences", "router_config", "prediction_errors", "experiments"}
+    assert tables == {"inferences", "router_config", "prediction_errors", "experiments", "outbox", "replica_heartbeats"}
 
 
 def test_nothing_is_created_before_the_lifespan(settings, source, db_path, tmp_path):
@@ -60,19 +60,22 @@ def test_nothing_is_created_before_the_lifespan(settings, source, db_path, tmp_p
 
 def test_timestamps_round_trip_as_utc(store):
     local = datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
-    store.record(row("a", local))
-    assert store.get("a").ts == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    assert [r.request_id for r in store.recent(since=datetime(2024, 5, 1, 12, 0))] == ["a"]
-    assert store.recent(since=datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC)) == []
+    store.log.record(row("a", local))
+    assert store.log.get("a").ts == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert [r.request_id for r in store.log.recent(since=datetime(2024, 5, 1, 12, 0))] == ["a"]
+    assert store.log.recent(since=datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC)) == []
 
 
-def test_labels_are_write_once(store):
-    store.record(row("a", datetime.now(UTC)))
-    assert store.set_label("a", "setosa").label == "setosa"
+def test_labels_are_write_once_and_a_repeat_is_harmless(store):
+    store.log.record(row("a", datetime.now(UTC)))
+    labelled, now = store.log.set_label("a", "setosa")
+    assert (labelled.label, now) == ("setosa", True)
+    again, now = store.log.set_label("a", "setosa")
+    assert (again, now) == (labelled, False)
     with pytest.raises(AlreadyLabelled):
-        store.set_label("a", "setosa")
+        store.log.set_label("a", "virginica")
     with pytest.raises(UnknownRequest):
-        store.set_label("b", "setosa")
+        store.log.set_label("b", "setosa")
 
 
 @pytest.mark.parametrize(

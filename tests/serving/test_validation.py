@@ -129,6 +129,7 @@ async def test_no_model_is_503_with_a_clear_detail(make_app, make_source):
             "model_name": "Iris",
             "champion_version": None,
             "challenger_version": None,
+            "reasons": ["no champion alias on Iris: /predict answers 503"],
         }
 
 

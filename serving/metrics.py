@@ -1,0 +1,123 @@
+"""The router's Prometheus metrics (prometheus-client), one registry per app, and the middleware timing requests."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class RouterMetrics:
+    """Every metric the router exports; a registry of its own, so two apps in one process do not mix counts."""
+
+    def __init__(self) -> None:
+        """Create the metrics in a fresh registry."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "driftloop_router_http_requests", "HTTP requests by route, method and status.",
+            ["route", "method", "status"], registry=r,
+        )  # fmt: skip
+        self.http_latency = Histogram(
+            "driftloop_router_http_request_duration_seconds", "Time from request to response, by route.",
+            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.predictions = Counter(
+            "driftloop_router_predict_requests", "Answered or failed /predict requests by arm, version and status.",
+            ["arm", "model_version", "status"], registry=r,
+        )  # fmt: skip
+        self.predict_latency = Histogram(
+            "driftloop_router_predict_duration_seconds", "Time to assign, predict and record one request, by arm.",
+            ["arm"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.predicted_class = Counter(
+            "driftloop_router_predictions", "Predictions by arm, version and predicted class.",
+            ["arm", "model_version", "prediction"], registry=r,
+        )  # fmt: skip
+        self.labels = Counter(
+            "driftloop_router_labels", "Labels received (inline or feedback) by arm, version and correctness.",
+            ["arm", "model_version", "correct"], registry=r,
+        )  # fmt: skip
+        self.errors = Counter(
+            "driftloop_router_prediction_errors", "Predictions whose model raised, by arm and version.",
+            ["arm", "model_version"], registry=r,
+        )  # fmt: skip
+        self.replays = Counter(
+            "driftloop_router_idempotent_replays", "Retries answered from the log (same idempotency key).",
+            registry=r,
+        )  # fmt: skip
+        self.store_writes = Histogram(
+            "driftloop_router_store_write_duration_seconds", "Time of each committed store write, by operation.",
+            ["operation"], buckets=_STORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.store_errors = Counter(
+            "driftloop_router_store_unavailable", "Requests answered 503 because the store failed.", registry=r
+        )
+        self.model_load_failures = Counter(
+            "driftloop_router_model_load_failures", "Versions that failed to load, by alias.", ["alias"], registry=r
+        )
+        self.outbox_depth = Gauge(
+            "driftloop_router_outbox_depth", "Router events waiting to be accepted by the Prefect API.", registry=r
+        )
+        self.serving = Gauge(
+            "driftloop_router_serving", "1 for each version served, by alias.", ["alias", "model_version"], registry=r
+        )
+
+    def observe_store_write(self, operation: str, seconds: float) -> None:
+        """Record one committed store write."""
+        self.store_writes.labels(operation).observe(seconds)
+
+    def model_load_failed(self, alias: str) -> None:
+        """Count one failed model load."""
+        self.model_load_failures.labels(alias).inc()
+
+    def set_serving(self, versions: dict[str, str | None]) -> None:
+        """Show which versions serve (alias -> version or None)."""
+        self.serving.clear()
+        for alias, version in versions.items():
+            if version is not None:
+                self.serving.labels(alias, version).set(1)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts and times every HTTP request by its route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: RouterMetrics) -> None:
+        """Wrap `app`."""
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, noting the status of its response."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def noting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting)
+        finally:
+            route = _route(scope)
+            self.metrics.http_requests.labels(route, scope.get("method", ""), str(status["code"])).inc()
+            self.metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+
+
+def _route(scope: Any) -> str:
+    """The route template (`/predict`), never the raw path: raw paths would make unbounded label values."""
+    template = scope.get("path_template")
+    if template:
+        return str(template)
+    handler = scope.get("route_handler")
+    paths = getattr(handler, "paths", None)
+    return sorted(paths)[0] if paths else "unmatched"

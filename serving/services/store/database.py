@@ -1,0 +1,171 @@
+"""The store's connection: engine, SQLite pragmas, short lock waits, schema upgrades, and store errors as 503s."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from serving.errors import StoreUnavailable
+from serving.services.store.tables import heartbeats, metadata
+
+logger = logging.getLogger(__name__)
+
+WriteObserver = Callable[[str, float], None]
+"""Told the name and duration (seconds) of every committed write, for the store-latency metric."""
+
+# Errors that say "not now" (locked, read-only, unreachable, pool exhausted) rather than "your request is wrong".
+_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers run beside the writer; synchronous=FULL makes each commit survive power loss."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
+
+
+class Database:
+    """Opens the engine and hands out transactions whose store failures become `StoreUnavailable` (503)."""
+
+    def __init__(self, url: str, *, busy_timeout: float = 2.0, retry_after: int = 1) -> None:
+        """Describe the database; nothing is opened until `open`.
+
+        Args:
+            url: SQLAlchemy URL (`sqlite:////abs/router.db`, `postgresql+psycopg://...`).
+            busy_timeout: Seconds a statement waits for a lock (SQLite) or a connection before it gives up.
+            retry_after: Seconds a client is told to wait after a store failure.
+        """
+        self.url = url
+        self.busy_timeout = busy_timeout
+        self.retry_after = retry_after
+        self.on_write: WriteObserver | None = None
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The open engine."""
+        if self._engine is None:
+            raise RuntimeError("Store.open() was not called")
+        return self._engine
+
+    def open(self) -> None:
+        """Connect, create missing tables, columns and indexes (idempotent, safe beside other replicas)."""
+        if self._engine is not None:
+            return
+        url = make_url(self.url)
+        if url.get_backend_name() == "sqlite":
+            database = url.database or ""
+            in_memory = database in ("", ":memory:")
+            if not in_memory and not database.startswith("file:"):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(
+                url,
+                # Handlers run in a thread pool, so one connection may be used by several threads in turn.
+                # A short busy timeout: a locked store answers 503 quickly instead of holding the client 30 s.
+                connect_args={"check_same_thread": False, "timeout": self.busy_timeout},
+                # An in-memory database lives only as long as its one connection.
+                **({"poolclass": StaticPool} if in_memory else {}),
+            )
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = sa.create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_timeout=self.busy_timeout,
+                connect_args={"connect_timeout": max(1, round(self.busy_timeout))},
+            )
+        try:
+            self._create(engine)
+        except sa.exc.DatabaseError:
+            # Another replica may have created the tables between our check and our CREATE.
+            self._create(engine)
+        self._engine = engine
+        logger.info("inference store open at %s", url.render_as_string(hide_password=True))
+
+    @staticmethod
+    def _create(engine: Engine) -> None:
+        metadata.create_all(engine)
+        # A store written by an older router: add the nullable columns and the indexes it lacks.
+        inspector = sa.inspect(engine)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                try:
+                    with engine.begin() as conn:
+                        conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                    logger.info("store upgraded: added %s.%s", table.name, column.name)
+                except sa.exc.DatabaseError:
+                    pass  # another replica added it first
+            for index in table.indexes:
+                try:
+                    with engine.begin() as conn:
+                        index.create(conn, checkfirst=True)
+                except sa.exc.DatabaseError:
+                    pass  # another replica created it first
+
+    def close(self) -> None:
+        """Dispose of the connection pool."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _unavailable(self, exc: Exception, what: str) -> StoreUnavailable:
+        logger.error("store %s failed: %s: %s", what, type(exc).__name__, exc)
+        return StoreUnavailable(
+            f"the inference store could not {what} (busy, read-only or unreachable); retry in {self.retry_after} s",
+            headers={"Retry-After": str(self.retry_after)},
+        )
+
+    @contextlib.contextmanager
+    def begin(self, operation: str) -> Iterator[Connection]:
+        """A transaction that commits on exit; store failures raise `StoreUnavailable`.
+
+        Args:
+            operation: Name of the write, for the store-latency metric and the log.
+        """
+        started = time.perf_counter()
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc, "write") from exc
+        if self.on_write is not None:
+            self.on_write(operation, time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A read-only connection; store failures raise `StoreUnavailable`."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc, "read") from exc
+
+    def heartbeat(self, replica_id: str) -> None:
+        """Write this replica's heartbeat: proves that the store takes writes right now (GET /ready).
+
+        Raises:
+            StoreUnavailable: It did not.
+        """
+        now = datetime.now(UTC)
+        with self.begin("heartbeat") as conn:
+            updated = conn.execute(
+                sa.update(heartbeats).where(heartbeats.c.replica_id == replica_id).values(seen_at=now)
+            ).rowcount
+            if not updated:
+                conn.execute(sa.insert(heartbeats).values(replica_id=replica_id, seen_at=now))
