@@ -355,7 +355,8 @@ def retrain(
             version=version,
             run_id=registered["run_id"],
             gate_passed=passed,
-            metrics={f"holdout_{k}": v for k, v in result.holdout_metrics.items()} | gate_metrics(evidence),
+            metrics={f"holdout_{k}": v for k, v in result.holdout_metrics.items()}
+            | {k: v for k, v in gate_metrics(evidence).items() if "f1" in k},
         ).model_dump(mode="json"),
         version=version,
         run_id=registered["run_id"],
