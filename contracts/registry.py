@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from typing import Literal
 
 import msgspec
 
@@ -83,3 +84,38 @@ def classes_from_tags(tags: Mapping[str, str]) -> frozenset[str] | None:
     except ValueError:
         return None
     return frozenset(str(v) for v in values) if isinstance(values, list) and values else None
+
+
+TAG_TRIGGER = "driftloop.trigger"
+"""Run and version tag: what started the training (`bootstrap`, or one of `RETRAIN_TRIGGERS`)."""
+TRIGGER_DRIFT = "drift"
+"""A retrain started by the drift automation (`automations/retrain_on_drift.yaml`)."""
+TRIGGER_SCHEDULE = "schedule"
+"""A retrain started by the schedule of the `retrain-scheduled` deployment (`prefect.yaml`)."""
+TRIGGER_MANUAL = "manual"
+"""A retrain started by hand (a deployment run from the UI or CLI, or a direct call)."""
+RetrainTrigger = Literal["drift", "schedule", "manual"]
+"""What may start a retrain (the retrain flow's `trigger` parameter); the flow records which one did."""
+RETRAIN_TRIGGERS: tuple[RetrainTrigger, ...] = (TRIGGER_DRIFT, TRIGGER_SCHEDULE, TRIGGER_MANUAL)
+
+TRAINING_ARTIFACT_DIR = "training"
+"""Run artifact folder holding the rows a version was trained on, so later retrains can draw history from them."""
+TRAINING_FILE = "training.parquet"
+"""Features and target of every training row, plus the row columns below."""
+WINDOW_FILE = "window.json"
+"""How the training rows were chosen: the policy, row counts per source, time bounds and content hashes."""
+ROW_ID = "_row_id"
+"""Row column: a stable id (`original:<index>` for a row of the original data, the request id for traffic)."""
+ROW_SOURCE = "_source"
+"""Row column: where the row came from: `original` (the data the first version was trained on) or `traffic`."""
+ROW_TS = "_ts"
+"""Row column: when the request was logged (UTC; empty for original rows)."""
+ROW_COLUMNS = (ROW_ID, ROW_SOURCE, ROW_TS)
+TAG_ORIGINAL_RUN = "driftloop.training.original_run"
+"""Run and version tag of a retrained version: the run whose training rows are the original data (the bootstrap
+run). A version without it (a bootstrap) holds the original data in its own run."""
+
+GATE_ARTIFACT_DIR = "gate"
+"""Run artifact folder of the quality gate's evidence: the holdout rows and the comparison on them."""
+GATE_HOLDOUT_FILE = "holdout.parquet"
+GATE_EVIDENCE_FILE = "evidence.json"

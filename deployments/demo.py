@@ -1,10 +1,11 @@
 """The demo: bring up the stack and run the whole loop once, printing a timeline and a summary.
 
-`python -m deployments.demo [--keep-running] [--timeout S] [--stall S] [--schedule-seconds S]`; exits 0 when the loop
-closed (drift detected, challenger trained and registered, A/B decided, challenger promoted and served), 1 when it did
-not (saying which stage did not happen, with the flow runs and the end of every service log), 2 when a service could
-not start. It waits as long as the loop makes progress: it gives up when no new stage happened for `--stall` seconds
-(or at the overall `--timeout`), so a slow machine gets a slow demo rather than a failed one.
+`python -m deployments.demo [--keep-running] [--timeout S] [--stall S] [--schedule-seconds S]
+[--retrain-schedule-seconds S]`; exits 0 when the loop closed (drift detected, challenger trained and registered, A/B
+decided, challenger promoted and served), 1 when it did not (saying which stage did not happen, with the flow runs and
+the end of every service log), 2 when a service could not start. It waits as long as the loop makes progress: it gives
+up when no new stage happened for `--stall` seconds (or at the overall `--timeout`), so a slow machine gets a slow demo
+rather than a failed one. The scheduled retrain is paused unless `--retrain-schedule-seconds` asks for it.
 """
 
 from __future__ import annotations
@@ -402,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         "--stall", type=float, help="seconds without a new stage before giving up (DRIFTLOOP_DEMO_STALL_SECONDS)"
     )
     parser.add_argument("--schedule-seconds", type=int, help="drift and A/B interval (DRIFTLOOP_DEMO_SCHEDULE_SECONDS)")
+    parser.add_argument(
+        "--retrain-schedule-seconds",
+        type=int,
+        help="run the scheduled retrain every S seconds (default 0: paused; DRIFTLOOP_DEMO_RETRAIN_SCHEDULE_SECONDS)",
+    )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     if args.keep_running:
@@ -412,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["demo_stall_seconds"] = args.stall
     if args.schedule_seconds:
         overrides["demo_schedule_seconds"] = args.schedule_seconds
+    if args.retrain_schedule_seconds is not None:
+        overrides["demo_retrain_schedule_seconds"] = args.retrain_schedule_seconds
     settings = StackSettings(**overrides)
     # Also when started in the background, where SIGINT arrives ignored and Python would keep ignoring it.
     signal.signal(signal.SIGINT, _raise_interrupt)
@@ -427,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, url in urls(settings).items():
                 timeline.log(f"{name}: {url}")
             stack.set_schedules(settings.demo_schedule_seconds)
+            stack.set_retrain_schedule(settings.demo_retrain_schedule_seconds)
             summary = asyncio.run(run_loop(stack, settings, timeline))
             print_summary(summary, timeline)
             if not summary["closed"]:

@@ -28,6 +28,11 @@ class StackSettings(BaseSettings):
     )
 
     demo_schedule_seconds: int = Field(30, description="Interval of the drift and A/B schedules during the demo.")
+    demo_retrain_schedule_seconds: int = Field(
+        0,
+        ge=0,
+        description="Interval of the scheduled retrain during the demo; 0 pauses it (the demo's story is drift).",
+    )
     demo_stall_seconds: float = Field(
         300.0,
         description="The demo gives up (exit 1) when the loop made no progress (no new stage) for this long.",

@@ -342,6 +342,24 @@ class Stack:
         asyncio.run(update())
         self.log(f"drift and A/B schedules run every {seconds} s")
 
+    def set_retrain_schedule(self, seconds: int, deployment: str = "retrain/retrain-scheduled") -> None:
+        """Pause the scheduled retrain (`seconds` 0), or run it every `seconds` instead of its weekly calendar."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.schedules import IntervalSchedule
+
+        async def update() -> None:
+            async with get_client() as client:
+                found = await client.read_deployment_by_name(deployment)
+                for schedule in await client.read_deployment_schedules(found.id):
+                    if seconds > 0:
+                        interval = IntervalSchedule(interval=timedelta(seconds=seconds))
+                        await client.update_deployment_schedule(found.id, schedule.id, schedule=interval, active=True)
+                    else:
+                        await client.update_deployment_schedule(found.id, schedule.id, active=False)
+
+        asyncio.run(update())
+        self.log(f"scheduled retrain every {seconds} s" if seconds > 0 else "scheduled retrain paused")
+
     def stop(self) -> None:
         """Stop every started process, newest first; SIGKILL whatever outlives its grace period."""
         # A second Ctrl-C must not interrupt the shutdown and leave servers holding their ports.

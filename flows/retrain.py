@@ -1,8 +1,13 @@
-"""Retrain flow: PyCaret AutoML on reference plus fresh labelled traffic; a gated candidate becomes challenger."""
+"""Retrain flow: PyCaret AutoML on a deliberate data window; a candidate that beats the champion fairly is challenger.
+
+One flow for every trigger (the drift automation, the weekly `retrain-scheduled` deployment, a manual run): the same
+window policy, training, gate and one-candidate-in-flight rule, and the run records which trigger started it.
+"""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -11,7 +16,24 @@ from prefect.artifacts import create_markdown_artifact
 
 from contracts import events
 from contracts.api import ExperimentPlan
-from contracts.registry import CHALLENGER, CHAMPION, TAG_GATE, TAG_LOOP_ID, plan_tags
+from contracts.registry import (
+    CHALLENGER,
+    CHAMPION,
+    GATE_ARTIFACT_DIR,
+    GATE_EVIDENCE_FILE,
+    GATE_HOLDOUT_FILE,
+    TAG_GATE,
+    TAG_LOOP_ID,
+    TAG_ORIGINAL_RUN,
+    TAG_TRIGGER,
+    TRAINING_ARTIFACT_DIR,
+    TRIGGER_DRIFT,
+    TRIGGER_MANUAL,
+    WINDOW_FILE,
+    RetrainTrigger,
+    plan_tags,
+)
+from flows.lib import retrain_report
 from flows.lib.gate import latency_budget_ms, passes_gate
 from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
@@ -20,10 +42,9 @@ from flows.tasks import (
     emit,
     fetch_traffic,
     find_version,
-    frame_from_traffic,
-    load_reference,
     register_candidate,
     report_startup,
+    retrain_slot,
     router,
     run_name,
     set_alias,
@@ -33,6 +54,10 @@ from flows.tasks import (
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from contracts.api import InferenceRecord
+    from flows.lib.comparison import HoldoutComparison
+    from flows.lib.window import History, TrainingWindow
 
 
 @task(**IO_RETRIES)
@@ -49,6 +74,62 @@ def measure_cost(pipeline: Any, features: pd.DataFrame) -> float:
     from flows.lib import training
 
     return training.measure_serving_cost(pipeline, features).single_row_ms
+
+
+@task(**IO_RETRIES)
+def load_history(model_name: str) -> History:
+    """The original training rows (from the run that holds them) and the row ids the champion was trained on."""
+    from flows.lib import registry
+
+    return registry.load_history(model_name, CHAMPION)
+
+
+@task
+def cut_window(history: History, records: list[InferenceRecord], settings: FlowSettings, now: datetime):
+    """Cut the training rows and the gate's holdout from the original data and the window's labelled traffic."""
+    from flows.lib import window
+
+    policy = window.WindowPolicy(
+        days=settings.retrain_window_days,
+        history_share=settings.retrain_history_share,
+        max_rows=settings.retrain_max_rows,
+        holdout_share=settings.gate_holdout_share,
+        min_holdout_rows=settings.gate_min_holdout_rows,
+        seed=settings.session_id,
+    )
+    traffic = window.traffic_rows(records, history.rows, settings.target)
+    return window.select_window(history, traffic, policy=policy, now=now, target=settings.target)
+
+
+@task
+def window_shortfall(cut: TrainingWindow, settings: FlowSettings) -> str | None:
+    """Why the window is too thin to retrain on, or None."""
+    from flows.lib import window
+
+    return window.shortfall(cut, min_traffic=settings.retrain_min_labelled, min_holdout=settings.gate_min_holdout_rows)
+
+
+@task
+def compare_on_holdout(candidate: Any, champion: Any, holdout: pd.DataFrame, settings: FlowSettings):
+    """Score both models on the gate's holdout, with an interval on their F1 difference."""
+    import numpy as np
+
+    from flows.lib import comparison, training
+
+    features, labels = holdout.drop(columns=[settings.target]), holdout[settings.target]
+    return comparison.HoldoutComparison(
+        candidate=training.evaluate(candidate, holdout, settings.target),
+        champion=training.evaluate(champion, holdout, settings.target),
+        f1=comparison.paired_difference(
+            labels,
+            np.asarray(candidate.predict(features)),
+            np.asarray(champion.predict(features)),
+            metric="f1_macro",
+            confidence=settings.gate_confidence,
+            resamples=settings.gate_resamples,
+            seed=settings.session_id,
+        ),
+    )
 
 
 @task
@@ -103,8 +184,9 @@ def retrain(
     report_url: str | None = None,
     loop_id: str = "",
     force: bool = False,
+    trigger: RetrainTrigger | None = None,
 ) -> dict:
-    """Train a candidate on the champion's reference plus fresh labelled traffic and register it.
+    """Train a candidate on the window policy's rows, judge it against the champion on unseen rows, register it.
 
     Args:
         model_name: Registered model (default from settings).
@@ -113,6 +195,8 @@ def retrain(
         report_url: Where the drift report that triggered this run is.
         loop_id: The turn of the loop this run belongs to (a new one when empty).
         force: Retrain even while a challenger is already under test.
+        trigger: What started the run: `drift`, `schedule` or `manual` (default: `drift` when a drift share is
+            given, else `manual`).
 
     Returns:
         What happened: the new version and whether it became challenger, or why nothing was trained.
@@ -120,130 +204,147 @@ def retrain(
     startup_cpu = report_startup("retrain")
     settings = get_settings()
     model_name = model_name or settings.model_name
+    trigger = trigger or (TRIGGER_DRIFT if drift_share is not None else TRIGGER_MANUAL)
     loop_id = loop_id or uuid.uuid4().hex[:12]
     connect_mlflow(settings)
 
-    champion = find_version(model_name, CHAMPION)
-    if champion is None:
-        raise RuntimeError(f"{model_name} has no {CHAMPION}: run the bootstrap flow first")
-    challenger = find_version(model_name, CHALLENGER)
-    if challenger is not None and not force:
-        print(f"v{challenger['version']} is already under A/B test as {CHALLENGER}: not retraining")
-        return {"skipped": f"challenger v{challenger['version']} under test"}
+    # One candidate in flight per model: one retrain at a time, whatever started it, and none while a challenger
+    # is under test. The challenger is checked inside the slot, so two runs cannot both pass the check.
+    with retrain_slot(model_name, wait_seconds=settings.retrain_slot_wait_seconds) as held:
+        if not held:
+            return skip(model_name, trigger, "another retrain of this model is running")
+        champion = find_version(model_name, CHAMPION)
+        if champion is None:
+            raise RuntimeError(f"{model_name} has no {CHAMPION}: run the bootstrap flow first")
+        challenger = find_version(model_name, CHALLENGER)
+        if challenger is not None and not force:
+            return skip(model_name, trigger, f"v{challenger['version']} is already under A/B test as {CHALLENGER}")
 
-    reference = load_reference(model_name, CHAMPION)
-    records = fetch_traffic(settings, limit=settings.retrain_max_labelled, minutes=None, labelled=True)
-    fresh = frame_from_traffic(records, reference, settings.target, labelled=True)
-    if len(fresh) < settings.retrain_min_labelled:
-        print(f"only {len(fresh)} labelled requests (need {settings.retrain_min_labelled}): not retraining")
-        return {"skipped": f"{len(fresh)} labelled rows"}
-    import pandas as pd  # here, not at module level: a run that skips never pays for it
-
-    training_data = pd.concat([reference, fresh], ignore_index=True)
-    # The newest traffic is what the new model will see: it becomes the reference for the next drift checks.
-    new_reference = fresh.head(settings.drift_window_rows) if len(fresh) >= settings.drift_min_rows else training_data
-    print(f"training on {len(reference)} reference + {len(fresh)} fresh labelled rows")
-
-    # The winner must fit the serving budget: the guardrail's limit on what the champion costs on this machine.
-    champion_pipeline = load_champion(model_name)
-    features = training_data.drop(columns=[settings.target])
-    champion_ms = measure_cost(champion_pipeline, features)
-    budget = latency_budget_ms(
-        budget_ms=settings.retrain_latency_budget_ms,
-        champion_single_row_ms=champion_ms,
-        guardrail_margin=settings.ab_guardrail_latency_margin,
-        guardrail_slack_ms=settings.ab_guardrail_latency_slack_ms,
-    )
-    result = train_candidate(training_data, settings, latency_budget_ms=budget)
-    champion_metrics = score(champion_pipeline, result.holdout, settings.target)
-    passed, why = passes_gate(
-        result.holdout_metrics,
-        champion_metrics,
-        settings.gate_min_f1,
-        candidate_ms=result.chosen_cost.single_row_ms,
-        budget_ms=budget,
-    )
-    registered = register_candidate(
-        result,
-        training_data=training_data,
-        reference=new_reference,
-        settings=settings,
-        model_name=model_name,
-        run_name=f"retrain {model_name} from v{champion['version']}",
-        extra_metrics={f"champion_holdout_{k}": v for k, v in champion_metrics.items()}
-        | {"champion_serving_predict_ms_1row": champion_ms, "startup_cpu_seconds": startup_cpu}
-        | ({"trigger_drift_share": drift_share} if drift_share is not None else {}),
-        tags={
-            "driftloop.trigger": "drift" if drift_share is not None else "manual",
-            "driftloop.drifted_columns": ",".join(drifted_columns or []),
-            "driftloop.drift_report": report_url or "",
-            "driftloop.parent_champion": champion["version"],
-            TAG_LOOP_ID: loop_id,
-        },
-    )
-    version = registered["version"]
-    tags = {TAG_GATE: "passed" if passed else "failed", f"{TAG_GATE}.reason": why, TAG_LOOP_ID: loop_id}
-    plan = None
-    if passed:
-        observed = score(champion_pipeline, fresh, settings.target)["accuracy"]
-        # A lift of `mde` must fit under 100%: a champion already near perfect is planned against 1 - mde.
-        baseline = min(observed, 1.0 - settings.ab_mde - 0.005)
-        plan = plan_experiment(
-            settings, champion_version=champion["version"], challenger_version=version, baseline=baseline,
-            loop_id=loop_id,
-        )  # fmt: skip
-        tags |= plan_tags(plan)
-    tag_version(model_name, version, tags)
-    if plan is not None:
-        # The plan reaches the router before the alias, so the experiment has it from its first request.
-        send_plan(settings, plan)
-        set_alias(model_name, CHALLENGER, version, reason=f"passed the quality gate: {why}", loop_id=loop_id)
-        print(
-            f"experiment planned: baseline accuracy {plan.baseline:.3f}, MDE {plan.mde}, alpha {plan.alpha}, "
-            f"power {plan.power}: {plan.min_samples_per_arm} labelled outcomes per arm "
-            f"(single-look test: {plan.fixed_horizon_samples_per_arm}), at most {plan.max_duration_hours} h"
+        history = load_history(model_name)
+        now = datetime.now(UTC)
+        records = fetch_traffic(
+            settings, limit=settings.retrain_max_labelled, minutes=settings.retrain_window_days * 1440, labelled=True
         )
+        window = cut_window(history, records, settings, now)
+        thin = window_shortfall(window, settings)
+        if thin is not None:
+            return skip(model_name, trigger, thin)
+        fresh = window.recent  # every labelled request of the window, newest first
+        training_data = window.training_data
+        # The newest traffic is what the new model will see: it becomes the reference for the next drift checks.
+        new_reference = (
+            fresh.head(settings.drift_window_rows) if len(fresh) >= settings.drift_min_rows else training_data
+        )
+        record = window.record
+        print(
+            f"{trigger} retrain on {record.training_rows} rows: {record.history.rows} of {record.history.available} "
+            f"original, {record.traffic.rows} of {record.traffic.available} labelled requests since {record.since}; "
+            f"gate holdout {record.holdout.rows} requests the champion never saw"
+        )
+
+        # The winner must fit the serving budget: the guardrail's limit on what the champion costs on this machine.
+        champion_pipeline = load_champion(model_name)
+        features = training_data.drop(columns=[settings.target])
+        champion_ms = measure_cost(champion_pipeline, features)
+        budget = latency_budget_ms(
+            budget_ms=settings.retrain_latency_budget_ms,
+            champion_single_row_ms=champion_ms,
+            guardrail_margin=settings.ab_guardrail_latency_margin,
+            guardrail_slack_ms=settings.ab_guardrail_latency_slack_ms,
+        )
+        result = train_candidate(training_data, settings, latency_budget_ms=budget)
+        evidence = compare_on_holdout(result.pipeline, champion_pipeline, window.holdout_data, settings)
+        passed, why = passes_gate(
+            evidence.candidate,
+            evidence.champion,
+            settings.gate_min_f1,
+            candidate_ms=result.chosen_cost.single_row_ms,
+            budget_ms=budget,
+            interval=(evidence.f1.low, evidence.f1.high),
+            max_loss=settings.gate_max_loss,
+        )
+        gate_tags = {TAG_GATE: "passed" if passed else "failed", f"{TAG_GATE}.reason": why}
+        registered = register_candidate(
+            result,
+            training_data=training_data,
+            reference=new_reference,
+            settings=settings,
+            model_name=model_name,
+            run_name=f"retrain {model_name} from v{champion['version']} ({trigger})",
+            extra_metrics=gate_metrics(evidence)
+            | {"champion_serving_predict_ms_1row": champion_ms, "startup_cpu_seconds": startup_cpu}
+            | ({"trigger_drift_share": drift_share} if drift_share is not None else {}),
+            tags={
+                TAG_TRIGGER: trigger,
+                "driftloop.drifted_columns": ",".join(drifted_columns or []),
+                "driftloop.drift_report": report_url or "",
+                "driftloop.parent_champion": champion["version"],
+                TAG_ORIGINAL_RUN: history.run_id,
+                TAG_LOOP_ID: loop_id,
+            }
+            | gate_tags,
+            training_rows=window.training,
+            frames={f"{GATE_ARTIFACT_DIR}/{GATE_HOLDOUT_FILE}": window.holdout},
+            documents={
+                f"{TRAINING_ARTIFACT_DIR}/{WINDOW_FILE}": record.as_dict(),
+                f"{GATE_ARTIFACT_DIR}/{GATE_EVIDENCE_FILE}": evidence.as_dict()
+                | {"passed": passed, "reason": why, "max_loss": settings.gate_max_loss, "latency_budget_ms": budget}
+                | {
+                    "candidate_predict_ms_1row": result.chosen_cost.single_row_ms,
+                    "champion_predict_ms_1row": champion_ms,
+                },
+            },
+        )
+        version = registered["version"]
+        tags = gate_tags | {TAG_LOOP_ID: loop_id}
+        plan = None
+        if passed:
+            observed = score(champion_pipeline, fresh, settings.target)["accuracy"]
+            # A lift of `mde` must fit under 100%: a champion already near perfect is planned against 1 - mde.
+            baseline = min(observed, 1.0 - settings.ab_mde - 0.005)
+            plan = plan_experiment(
+                settings, champion_version=champion["version"], challenger_version=version, baseline=baseline,
+                loop_id=loop_id,
+            )  # fmt: skip
+            tags |= plan_tags(plan)
+        tag_version(model_name, version, tags)
+        if plan is not None:
+            # The plan reaches the router before the alias, so the experiment has it from its first request.
+            send_plan(settings, plan)
+            set_alias(model_name, CHALLENGER, version, reason=f"passed the quality gate: {why}", loop_id=loop_id)
+            print(
+                f"experiment planned: baseline accuracy {plan.baseline:.3f}, MDE {plan.mde}, alpha {plan.alpha}, "
+                f"power {plan.power}: {plan.min_samples_per_arm} labelled outcomes per arm "
+                f"(single-look test: {plan.fixed_horizon_samples_per_arm}), at most {plan.max_duration_hours} h"
+            )
     print(f"v{version} ({result.model_id}) {'is the new ' + CHALLENGER if passed else 'failed the gate'}: {why}")
+    if result.tuning is not None:
+        print(f"tuning {result.tuning.model_id}: {result.tuning.reason}")
     for candidate in result.candidates:
         print(
-            f"candidate {candidate.model_id}: CV F1 {candidate.cv_f1:.3f}, predict "
+            f"candidate {candidate.model_id}: CV F1 {candidate.cv_f1:.3f} on {candidate.trained_rows} rows, predict "
             f"{candidate.serving_cost.single_row_ms:.1f} ms CPU per row, "
             f"{candidate.serving_cost.batch_ms:.1f} ms per {candidate.serving_cost.batch_rows} rows"
             f"{'' if candidate.within_budget else ' (over the budget)'}"
         )
 
-    summary = {
-        "version": version,
-        "run_id": registered["run_id"],
-        "best_model": result.model_id,
-        "gate_passed": passed,
-        "gate_reason": why,
-        "holdout": result.holdout_metrics,
-        "champion_holdout": champion_metrics,
-        "predict_ms_1row": result.serving_cost.single_row_ms,
-        "champion_predict_ms_1row": champion_ms,
-        "latency_budget_ms": budget,
-        "loop_id": loop_id,
-        "plan": msgspec.structs.asdict(plan) if plan else None,
-    }
     create_markdown_artifact(
         key="retrain-summary",
-        markdown=(
-            f"# Retrain: {model_name} v{version}\n\nBest model `{result.model_id}` trained on "
-            f"{len(training_data)} rows ({len(fresh)} fresh). Gate **{'passed' if passed else 'failed'}**: {why}.\n\n"
-            "| metric | candidate | champion |\n|---|---|---|\n"
-            + "\n".join(
-                f"| {k} | {v:.3f} | {champion_metrics.get(k, float('nan')):.3f} |"
-                for k, v in result.holdout_metrics.items()
-            )
-            + f"\n| predict, CPU ms per row | {result.serving_cost.single_row_ms:.1f} | {champion_ms:.1f} |\n\n"
-            f"Candidates (latency budget {budget:.1f} ms CPU per row):\n\n"
-            "| model | CV F1 | CPU ms per row | CPU ms per 32 rows | within budget |\n|---|---|---|---|---|\n"
-            + "\n".join(
-                f"| {c.model_id}{' (chosen)' if c.model_id == result.model_id else ''} | {c.cv_f1:.3f} | "
-                f"{c.serving_cost.single_row_ms:.1f} | {c.serving_cost.batch_ms:.1f} | {c.within_budget} |"
-                for c in result.candidates
-            )
+        markdown=retrain_report.summary(
+            model_name=model_name,
+            version=version,
+            trigger=trigger,
+            loop_id=loop_id,
+            drift_share=drift_share,
+            drifted_columns=drifted_columns or [],
+            report_url=report_url,
+            window=record,
+            result=result,
+            evidence=evidence,
+            passed=passed,
+            why=why,
+            champion_ms=champion_ms,
+            max_loss=settings.gate_max_loss,
         ),
     )
     emit(
@@ -254,7 +355,8 @@ def retrain(
             version=version,
             run_id=registered["run_id"],
             gate_passed=passed,
-            metrics={f"holdout_{k}": v for k, v in result.holdout_metrics.items()},
+            metrics={f"holdout_{k}": v for k, v in result.holdout_metrics.items()}
+            | {k: v for k, v in gate_metrics(evidence).items() if "f1" in k},
         ).model_dump(mode="json"),
         version=version,
         run_id=registered["run_id"],
@@ -264,4 +366,43 @@ def retrain(
             model_name=model_name, version=version, run_id=registered["run_id"], reason=why, loop_id=loop_id
         )
         emit(events.MODEL_REJECTED, model_name, rejected.model_dump(mode="json"), version=version)
-    return summary
+    return {
+        "version": version,
+        "run_id": registered["run_id"],
+        "trigger": trigger,
+        "best_model": result.model_id,
+        "gate_passed": passed,
+        "gate_reason": why,
+        "gate": evidence.as_dict(),
+        "window": record.as_dict(),
+        "tuning": result.tuning.as_dict() if result.tuning else None,
+        "scale": result.scale.as_dict() if result.scale else None,
+        "holdout": result.holdout_metrics,
+        "predict_ms_1row": result.serving_cost.single_row_ms,
+        "champion_predict_ms_1row": champion_ms,
+        "latency_budget_ms": budget,
+        "loop_id": loop_id,
+        "plan": msgspec.structs.asdict(plan) if plan else None,
+    }
+
+
+def gate_metrics(evidence: HoldoutComparison) -> dict[str, float]:
+    """The gate's evidence as run metrics: both models on the holdout and the interval on their F1 difference."""
+    metrics = {f"gate_candidate_{k}": v for k, v in evidence.candidate.items()}
+    metrics |= {f"gate_champion_{k}": v for k, v in evidence.champion.items()}
+    f1 = evidence.f1
+    return metrics | {
+        "gate_f1_difference": f1.difference,
+        "gate_f1_difference_low": f1.low,
+        "gate_f1_difference_high": f1.high,
+        "gate_holdout_rows": float(f1.rows),
+    }
+
+
+def skip(model_name: str, trigger: str, reason: str) -> dict[str, str]:
+    """End a run that trains nothing: say why in the log and in the run's artifact."""
+    print(f"{trigger} retrain of {model_name} skipped: {reason}")
+    create_markdown_artifact(
+        key="retrain-summary", markdown=retrain_report.skipped(model_name=model_name, trigger=trigger, reason=reason)
+    )
+    return {"skipped": reason, "trigger": trigger}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 from pydantic import Field
@@ -49,10 +50,65 @@ class FlowSettings(RouterTokens):
         description="CPU ms a single-row predict of the winner may cost; the champion's cost under the latency "
         "guardrail's limit tightens it.",
     )
-    retrain_min_labelled: int = Field(30, description="Fewer fresh labelled rows than this: no retrain.")
-    retrain_max_labelled: int = Field(2000, description="At most this many of the newest labelled rows are used.")
+    retrain_min_labelled: int = Field(
+        30, description="Fewer labelled requests than this to train on (outside the gate's holdout): no retrain."
+    )
+    retrain_max_labelled: int = Field(
+        10_000,
+        ge=1,
+        le=10_000,
+        description="At most this many of the window's newest labelled requests are read (one router page).",
+    )
+    retrain_window_days: float = Field(
+        7.0, gt=0, description="Labelled traffic of the last this many days is training and holdout material."
+    )
+    retrain_history_share: float = Field(
+        0.5, ge=0, le=1, description="Share of the original training data every retrain keeps (a seeded sample)."
+    )
+    retrain_max_rows: int = Field(
+        1_000_000, ge=1, description="At most this many training rows (history and traffic cut in proportion)."
+    )
+    retrain_tune_iterations: int = Field(
+        10, ge=0, description="At most this many hyperparameter draws when tuning the winner (0: no tuning)."
+    )
+    retrain_tune_seconds: float = Field(
+        120.0, ge=0, description="Time budget of tuning: the draws are cut to what fits, from the winner's CV time."
+    )
+    retrain_fix_imbalance: Literal["auto", "always", "never"] = Field(
+        "auto", description="Rebalance the classes in training: `auto` from the ratio below, `always` or `never`."
+    )
+    retrain_imbalance_ratio: float = Field(
+        3.0, gt=1, description="`auto` rebalances when the largest class has this many times the smallest's rows."
+    )
+    retrain_imbalance_method: str = Field(
+        "smote", description="PyCaret's fix_imbalance_method: an imblearn resampler name (`smote`, ...)."
+    )
+    retrain_scale_rows: int = Field(
+        50_000, ge=1, description="From this many training rows on, the model list and folds adapt (scale policy)."
+    )
+    retrain_scale_folds: int = Field(2, ge=2, description="Cross-validation folds at scale.")
+    retrain_scale_sample_rows: int = Field(
+        50_000, ge=100, description="At scale, the sampled models train on a seeded sample of this many rows."
+    )
+    retrain_scale_sampled_models: list[str] = Field(
+        ["rf", "et", "gbc", "ada", "knn"],
+        description="Models whose cost grows badly with rows: at scale they train on the seeded sample.",
+    )
+    retrain_scale_dropped_models: list[str] = Field(["rbfsvm", "gpc", "mlp"], description="Models left out at scale.")
+    retrain_slot_wait_seconds: float = Field(
+        30.0, gt=0, description="How long taking the model's free retrain slot may take (a held one is not waited for)."
+    )
     gate_min_f1: float = Field(0.7, description="A candidate must reach this holdout F1 (macro) to be a challenger.")
-    session_id: int = Field(42, description="Random seed for PyCaret.")
+    gate_holdout_share: float = Field(
+        0.3, ge=0, lt=1, description="Share of the window's requests unseen by the champion held out for the gate."
+    )
+    gate_min_holdout_rows: int = Field(30, ge=1, description="Fewer holdout rows than this: no retrain.")
+    gate_max_loss: float = Field(
+        0.02, ge=0, description="The gate fails when its interval leaves open an F1 loss larger than this."
+    )
+    gate_confidence: float = Field(0.95, gt=0, lt=1, description="Level of the interval on the F1 difference.")
+    gate_resamples: int = Field(2000, ge=100, description="Bootstrap resamples of that interval.")
+    session_id: int = Field(42, description="Random seed for PyCaret, the window's samples and the bootstrap.")
 
     ab_alpha: float = Field(0.05, description="Significance level of the A/B test (valid under repeated looks).")
     ab_power: float = Field(0.8, description="Power the experiment is planned for.")

@@ -8,6 +8,8 @@ that skips pays for none of them.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,47 @@ def router(settings: FlowSettings) -> RouterClient:
     return RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds)
 
 
+def retrain_slot_name(model_name: str) -> str:
+    """The Prefect global concurrency limit that lets one retrain of a model run at a time, whatever started it."""
+    return f"driftloop-retrain:{model_name}"
+
+
+@contextmanager
+def retrain_slot(model_name: str, *, wait_seconds: float) -> Iterator[bool]:
+    """Hold the model's retrain slot for the block: True when held, False when another retrain holds it.
+
+    Each deployment's own concurrency limit keeps its runs apart, but the drift-triggered, the scheduled and a manual
+    retrain are different deployments: without one slot per model, two of them could train and gate a candidate each
+    at the same time and both become challenger. The slot is a Prefect global concurrency limit of 1 held through a
+    lease, so a run that dies frees it when its lease runs out.
+
+    Args:
+        model_name: The model whose slot to hold.
+        wait_seconds: How long acquiring a slot that looked free may take (a busy server answers slowly; a slot that
+            another run holds is not waited for).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = retrain_slot_name(model_name)
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+        except ObjectAlreadyExists:  # created by a run that started at the same moment
+            pass
+        limit = client.read_global_concurrency_limit_by_name(name)
+    with ExitStack() as stack:
+        # A held slot means a retrain is training now: skip at once rather than wait minutes for it.
+        held = limit.active_slots < limit.limit
+        if held:
+            try:
+                stack.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True))
+            except TimeoutError:  # another run took it between the read and the acquisition
+                held = False
+        yield held
+
+
 @task(**IO_RETRIES)
 def connect_mlflow(settings: FlowSettings) -> None:
     """Point this process at the MLflow tracking server and experiment."""
@@ -92,8 +135,9 @@ def fetch_traffic(
 
 @task
 def train_candidate(training_data: pd.DataFrame, settings: FlowSettings, *, latency_budget_ms: float | None = None):
-    """Run PyCaret's setup and compare_models, pick the best candidate within the latency budget, finalize it."""
+    """Compare models with PyCaret (adapted to the data size), pick one within the latency budget, tune it, finalize."""
     from flows.lib import training  # PyCaret takes seconds to import: only flows that train pay for it.
+    from flows.lib.training_policy import ImbalancePolicy, ScalePolicy, TuningPolicy
 
     return training.train(
         training_data,
@@ -103,6 +147,19 @@ def train_candidate(training_data: pd.DataFrame, settings: FlowSettings, *, late
         session_id=settings.session_id,
         candidates=settings.retrain_candidates,
         latency_budget_ms=latency_budget_ms,
+        scale=ScalePolicy(
+            rows=settings.retrain_scale_rows,
+            folds=settings.retrain_scale_folds,
+            sample_rows=settings.retrain_scale_sample_rows,
+            sampled=tuple(settings.retrain_scale_sampled_models),
+            dropped=tuple(settings.retrain_scale_dropped_models),
+        ),
+        tuning=TuningPolicy(iterations=settings.retrain_tune_iterations, seconds=settings.retrain_tune_seconds),
+        imbalance=ImbalancePolicy(
+            mode=settings.retrain_fix_imbalance,
+            ratio=settings.retrain_imbalance_ratio,
+            method=settings.retrain_imbalance_method,
+        ),
     )
 
 
@@ -117,14 +174,38 @@ def register_candidate(
     run_name: str,
     extra_metrics: dict[str, float] | None = None,
     tags: dict[str, str] | None = None,
+    training_rows: pd.DataFrame | None = None,
+    frames: dict[str, pd.DataFrame] | None = None,
+    documents: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Log the candidate, its metrics and its reference data to MLflow, and register a new version."""
-    from flows.lib import registry
+    """Log the candidate, its metrics, its training rows and its reference data to MLflow; register a new version.
+
+    The training rows are kept with every version (default: `training_data` as original rows), so a later retrain
+    can draw history from them and check which rows a version saw.
+    """
+    from contracts.registry import TRAINING_ARTIFACT_DIR, TRAINING_FILE
+    from flows.lib import registry, window
 
     metrics = {f"cv_{k}": v for k, v in result.cv_metrics.items()}
     metrics |= {f"holdout_{k}": v for k, v in result.holdout_metrics.items()}
     metrics |= {f"serving_{k}": v for k, v in result.serving_cost.as_metrics().items()}
+    metrics |= {"trained_rows": result.trained_rows}
+    if result.imbalance is not None:
+        metrics |= {"class_imbalance_ratio": result.imbalance.ratio}
+    if result.tuning is not None:
+        metrics |= {"tune_iterations": result.tuning.iterations, "tune_untuned_cv_f1": result.tuning.untuned_cv_f1}
+        if result.tuning.tuned_cv_f1 is not None:
+            metrics |= {"tune_tuned_cv_f1": result.tuning.tuned_cv_f1, "tune_seconds": result.tuning.seconds}
     metrics |= extra_metrics or {}
+    rows = window.original_rows(training_data) if training_rows is None else training_rows
+    frames = {f"{TRAINING_ARTIFACT_DIR}/{TRAINING_FILE}": rows} | (frames or {})
+    documents = dict(documents or {})
+    documents["training/plan.json"] = {
+        "scale": result.scale.as_dict() if result.scale else None,
+        "tuning": result.tuning.as_dict() if result.tuning else None,
+        "imbalance": result.imbalance.as_dict() if result.imbalance else None,
+        "timings_s": result.timings,
+    }
     version = registry.log_candidate(
         pipeline=result.pipeline,
         train_data=training_data,
@@ -139,11 +220,20 @@ def register_candidate(
             "training_rows": len(training_data),
             "reference_rows": len(reference),
             "latency_budget_ms": result.latency_budget_ms,
+            "at_scale": result.scale.at_scale if result.scale else False,
+            "cv_folds_used": result.scale.folds if result.scale else settings.retrain_folds,
+            "models_sampled": ",".join(result.scale.sampled) if result.scale else "",
+            "models_dropped": ",".join(result.scale.dropped) if result.scale else "",
+            "sample_rows": result.scale.sample_rows if result.scale else 0,
+            "tuned": result.tuned_kept,
+            "fix_imbalance": result.imbalance.fixed if result.imbalance else False,
         },
         metrics=metrics,
         tags=tags,
         run_name=run_name,
         tables={"candidates.json": result.candidate_table()},
+        frames=frames,
+        documents=documents,
     )
     return {"version": str(version.version), "run_id": version.run_id}
 

@@ -1,6 +1,7 @@
 """Every flow module imports, prefect.yaml points at real flows, and every automation file validates."""
 
 import importlib
+import typing
 import uuid
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from prefect import Flow
 
 from automations.apply import build, definitions, referenced_deployments
 from contracts import events
+from contracts.registry import RETRAIN_TRIGGERS, TRIGGER_DRIFT, TRIGGER_SCHEDULE, RetrainTrigger
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
@@ -48,9 +50,30 @@ def test_every_automation_validates_and_watches_a_known_event(path, definition):
 
 def test_retrain_automation_passes_every_payload_key_it_templates():
     retrain = next(d for p, d in definitions() if p.name == "retrain_on_drift.yaml")
-    templated = {v.split("event.payload.")[1].strip(" }") for v in retrain["actions"][0]["parameters"].values()}
+    parameters = retrain["actions"][0]["parameters"]
+    templated = {v.split("event.payload.")[1].strip(" }") for v in parameters.values() if "event.payload." in v}
     assert templated == {"model_name", "drift_share", "drifted_columns", "report_url", "loop_id"}
     assert templated <= set(events.DriftPayload.model_fields)
+    assert parameters["trigger"] == TRIGGER_DRIFT
+
+
+def test_the_scheduled_retrain_runs_the_same_flow_weekly_as_trigger_schedule():
+    by_name = {d["name"]: d for d in DEPLOYMENTS}
+    scheduled, on_drift = by_name["retrain-scheduled"], by_name["retrain"]
+    assert scheduled["entrypoint"] == on_drift["entrypoint"] == "flows/retrain.py:retrain"
+    assert scheduled["schedules"] == [{"cron": "0 3 * * 1", "timezone": "UTC", "slug": "weekly"}]
+    assert scheduled["parameters"] == {"trigger": TRIGGER_SCHEDULE}
+    assert "schedules" not in on_drift  # the drift-triggered one runs on events only
+    assert scheduled["concurrency_limit"] == on_drift["concurrency_limit"]
+
+
+def test_the_retrain_trigger_parameter_accepts_exactly_the_contract_triggers():
+    from flows.retrain import retrain
+
+    schema = retrain.parameters.model_dump_for_openapi()
+    definition = schema["properties"]["trigger"]
+    choices = next(option["enum"] for option in definition["anyOf"] if "enum" in option)
+    assert set(choices) == set(RETRAIN_TRIGGERS) == set(typing.get_args(RetrainTrigger))
 
 
 HEAVY = ("mlflow", "pandas", "numpy", "scipy", "sklearn", "pycaret", "evidently", "matplotlib")

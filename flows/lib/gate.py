@@ -33,8 +33,14 @@ def passes_gate(
     *,
     candidate_ms: float | None = None,
     budget_ms: float | None = None,
+    interval: tuple[float, float] | None = None,
+    max_loss: float = 0.0,
 ) -> tuple[bool, str]:
-    """A candidate must fit the latency budget, reach the absolute F1 floor and match the champion on the same rows.
+    """A candidate must fit the latency budget, reach the F1 floor, match the champion and not plausibly lose to it.
+
+    The checks, in order: the latency budget; the absolute F1 floor; the point estimate (candidate F1 at least the
+    champion's on the same rows); and, given the interval on candidate minus champion F1, its lower bound must not
+    be below `-max_loss`: a holdout too small to rule out a loss larger than that is no evidence for an experiment.
 
     Args:
         candidate: The candidate's holdout metrics (`f1_macro`).
@@ -42,6 +48,8 @@ def passes_gate(
         min_f1: The absolute F1 floor.
         candidate_ms: The candidate's single-row predict cost in CPU ms (None: not measured).
         budget_ms: The latency budget (None: none).
+        interval: The interval on the F1 difference, candidate minus champion (None: point estimates only).
+        max_loss: The largest F1 loss the interval may leave open.
 
     Returns:
         (passed, why), the reason naming the figures it rests on.
@@ -56,4 +64,10 @@ def passes_gate(
         return False, f"holdout F1 {f1:.3f} below the floor {min_f1}{cost}"
     if f1 < champion_f1:
         return False, f"holdout F1 {f1:.3f} below the champion's {champion_f1:.3f} on the same rows{cost}"
-    return True, f"holdout F1 {f1:.3f} >= floor {min_f1} and >= champion's {champion_f1:.3f}{cost}"
+    shown = "" if interval is None else f", difference interval [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+    if interval is not None and interval[0] < -max_loss:
+        return False, (
+            f"holdout F1 {f1:.3f} vs the champion's {champion_f1:.3f}{shown}: a loss of more than {max_loss:g} "
+            f"is not ruled out{cost}"
+        )
+    return True, f"holdout F1 {f1:.3f} >= floor {min_f1} and >= champion's {champion_f1:.3f}{shown}{cost}"

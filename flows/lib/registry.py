@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,18 +29,24 @@ from contracts.registry import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
     REQUESTED_BY_LOOP,
+    ROW_SOURCE,
     TAG_CLASSES,
     TAG_DECISION,
     TAG_DECISION_ID,
+    TAG_ORIGINAL_RUN,
     TAG_PREVIOUS_CHAMPION,
     TAG_REPLACED_BY,
     TAG_TARGET,
+    TRAINING_ARTIFACT_DIR,
+    TRAINING_FILE,
     classes_tag,
     model_uri,
     plan_from_tags,
 )
+from flows.lib import window
 
 REFERENCE_ARTIFACT_PATH = f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
+TRAINING_ARTIFACT_PATH = f"{TRAINING_ARTIFACT_DIR}/{TRAINING_FILE}"
 
 # What unpickling a PyCaret pipeline imports (pycaret.internal.pipeline extends imblearn's Pipeline and
 # holds sklearn, category_encoders and pandas objects), pinned to what trained it.
@@ -106,6 +113,8 @@ def log_candidate(
     tags: dict[str, str] | None = None,
     run_name: str,
     tables: dict[str, dict[str, list]] | None = None,
+    frames: dict[str, pd.DataFrame] | None = None,
+    documents: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Log a trained pipeline in one MLflow run and register it as a new version of `model_name`.
 
@@ -124,6 +133,8 @@ def log_candidate(
         tags: Tags set on the run and on the new version.
         run_name: Name of the run.
         tables: Table artifacts (file name to columns), shown as tables in the MLflow UI.
+        frames: Data artifacts (artifact path to frame), stored as parquet: the training rows, the gate's holdout.
+        documents: JSON artifacts (artifact path to JSON-ready value): how the window was cut, the gate's evidence.
 
     Returns:
         The registered version (its `run_id` is the run above), with tags set. Note that
@@ -145,10 +156,18 @@ def log_candidate(
         mlflow.set_tags({**tags, TAG_TARGET: target})
         for artifact_file, table in (tables or {}).items():
             mlflow.log_table(data=table, artifact_file=artifact_file)
+        for artifact_file, document in (documents or {}).items():
+            mlflow.log_dict(document, artifact_file)
         with tempfile.TemporaryDirectory(prefix="driftloop-ref-") as tmp:
             path = Path(tmp) / REFERENCE_FILE
             reference.reset_index(drop=True).to_parquet(path, index=False)
             mlflow.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT_DIR)
+            for artifact_path, frame in (frames or {}).items():
+                folder, _, name = artifact_path.rpartition("/")
+                (Path(tmp) / "frames").mkdir(exist_ok=True)
+                path = Path(tmp) / "frames" / name
+                frame.reset_index(drop=True).to_parquet(path, index=False)
+                mlflow.log_artifact(str(path), artifact_path=folder or None)
         info = mlflow.sklearn.log_model(
             pipeline,
             name=MODEL_ARTIFACT,
@@ -228,6 +247,53 @@ def load_reference(model_name: str, alias: str) -> pd.DataFrame:
             run_id=version.run_id, artifact_path=REFERENCE_ARTIFACT_PATH, dst_path=tmp
         )
         return pd.read_parquet(local)
+
+
+def load_training(run_id: str) -> pd.DataFrame | None:
+    """The training rows logged with a run (`TRAINING_ARTIFACT_DIR/TRAINING_FILE`), or None when it has none.
+
+    Versions registered before training rows were kept have none.
+    """
+    listed = {Path(a.path).name for a in _client().list_artifacts(run_id, TRAINING_ARTIFACT_DIR)}
+    if TRAINING_FILE not in listed:
+        return None
+    with tempfile.TemporaryDirectory(prefix="driftloop-train-") as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TRAINING_ARTIFACT_PATH, dst_path=tmp)
+        return pd.read_parquet(local)
+
+
+def load_history(model_name: str, alias: str) -> window.History:
+    """The original training rows and the row ids the aliased version was trained on, for the next training window.
+
+    The original rows are in the run its `TAG_ORIGINAL_RUN` tag names, or in its own run when it has none (a
+    bootstrap). A version registered before training rows were kept has no record: its reference stands in for the
+    original data, and every request logged before it was registered counts as seen by it (none of them may judge it).
+
+    Raises:
+        LookupError: When the alias (or model) does not exist.
+    """
+    version = get_version(model_name, alias)
+    if version is None:
+        raise LookupError(f"{model_name} has no version aliased {alias!r}.")
+    trained_on = load_training(version.run_id)
+    if trained_on is None:
+        registered = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
+        return window.History(
+            rows=window.original_rows(load_reference(model_name, alias), prefix="reference"),
+            run_id=version.run_id,
+            seen_ids=frozenset(),
+            seen_until=registered,
+            note=f"v{version.version} has no training record: its reference stands in for the original data, and "
+            f"requests logged before {registered.isoformat()} count as seen by it",
+        )
+    original_run = version.tags.get(TAG_ORIGINAL_RUN) or version.run_id
+    original = trained_on if original_run == version.run_id else load_training(original_run)
+    note = ""
+    if original is None:
+        note = f"the original run {original_run} has no training record: v{version.version}'s original rows stand in"
+        original, original_run = trained_on, version.run_id
+    original = original[original[ROW_SOURCE] == window.ORIGINAL].reset_index(drop=True)
+    return window.History(rows=original, run_id=original_run, seen_ids=window.seen_rows(trained_on), note=note)
 
 
 def load_pipeline(model_name: str, alias: str) -> Any:

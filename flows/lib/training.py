@@ -15,6 +15,18 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from flows.lib.data import align_target
+from flows.lib.training_policy import (
+    ImbalanceCheck,
+    ImbalancePolicy,
+    ScalePlan,
+    ScalePolicy,
+    TuningOutcome,
+    TuningPolicy,
+    check_imbalance,
+    keep_tuned,
+    plan_scale,
+    tuning_iterations,
+)
 
 # PyCaret's CV grid columns worth keeping, renamed. AUC is left out on purpose: PyCaret 3.3.2 reports
 # multiclass AUC as 0.0 for some models (lr, lightgbm), so nothing may sort or gate on it.
@@ -89,6 +101,10 @@ class Candidate:
     cv_accuracy: float
     serving_cost: ServingCost
     within_budget: bool
+    trained_rows: int = 0
+    """Rows of the data it was cross-validated on (fewer than the training rows when sampled at scale)."""
+    seconds_per_fold: float = 0.0
+    """PyCaret's `TT (Sec)`: seconds of one cross-validation fold (fit and score)."""
 
 
 @dataclass
@@ -119,15 +135,34 @@ class TrainResult:
     """Serving cost of the finalized pipeline (the one that is registered)."""
     latency_budget_ms: float | None = None
     """CPU ms per single-row predict a candidate had to stay within (None: no budget)."""
+    scale: ScalePlan | None = None
+    """Which models trained on which rows with how many folds."""
+    tuning: TuningOutcome | None = None
+    """What tuning the winner did (None: tuning is off)."""
+    tuned_cost: ServingCost | None = None
+    """Serving cost of the tuned model (measured before finalizing), when it was tuned."""
+    imbalance: ImbalanceCheck | None = None
+    """The class balance of the training rows and whether training rebalanced it."""
+    trained_rows: int = 0
+    """Rows the final pipeline was fitted on (a seeded sample for a model sampled at scale)."""
+
+    @property
+    def tuned_kept(self) -> bool:
+        """Whether the registered model is the tuned one."""
+        return self.tuning is not None and self.tuning.kept
 
     @property
     def within_budget(self) -> bool:
         """Whether the chosen model fits the latency budget (always True without one)."""
+        if self.tuned_kept and self.tuned_cost is not None:
+            return self.latency_budget_ms is None or self.tuned_cost.single_row_ms <= self.latency_budget_ms
         return next((c.within_budget for c in self.candidates if c.model_id == self.model_id), True)
 
     @property
     def chosen_cost(self) -> ServingCost:
         """The serving cost the choice rested on (measured before finalizing), else the final pipeline's."""
+        if self.tuned_kept and self.tuned_cost is not None:
+            return self.tuned_cost
         chosen = next((c.serving_cost for c in self.candidates if c.model_id == self.model_id), None)
         assert chosen is not None or self.serving_cost is not None, "no serving cost was measured"
         return chosen or self.serving_cost
@@ -142,6 +177,7 @@ class TrainResult:
             "predict_ms_1row": [c.serving_cost.single_row_ms for c in self.candidates],
             f"predict_ms_{SERVING_BATCH_ROWS}rows": [c.serving_cost.batch_ms for c in self.candidates],
             "within_budget": [c.within_budget for c in self.candidates],
+            "trained_rows": [c.trained_rows for c in self.candidates],
             "chosen": [c.model_id == self.model_id for c in self.candidates],
         }
 
@@ -203,28 +239,41 @@ def train(
     n_jobs: int | None = 1,
     candidates: int = 3,
     latency_budget_ms: float | None = None,
+    scale: ScalePolicy | None = None,
+    tuning: TuningPolicy | None = None,
+    imbalance: ImbalancePolicy | None = None,
 ) -> TrainResult:
-    """Pick the best of `models` by cross-validated F1 that fits the latency budget, score it, refit on all.
+    """Pick the best of `models` by cross-validated F1 that fits the latency budget, tune it, score it, refit on all.
 
     compare_models ranks `models` by CV F1; the best `candidates` of them are timed as they would serve (PyCaret's
     preprocessing plus the model, fitted on the training split) and the best one whose single-row predict costs at
     most `latency_budget_ms` of CPU wins. When none fits, the cheapest wins and `TrainResult.within_budget` is
     False, so the gate can refuse it with the reason.
 
+    The winner is then tuned (`tune_model`, random search on F1, within the `tuning` budget) and the tuned model is
+    kept only if it beats the untuned one on the same cross-validation folds and still fits the latency budget.
+
+    At scale (`scale`, see `training_policy.plan_scale`) the folds drop, some models are left out, and models whose
+    cost grows badly with rows are compared, tuned and fitted on a seeded stratified sample, in a PyCaret experiment
+    of their own; every model's CV score comes from the rows it trained on.
+
     Args:
         data: Features and target.
         target: Name of the target column.
         models: PyCaret model ids for compare_models, e.g. `["lr", "dt", "rf"]`.
         folds: Cross-validation folds.
-        session_id: Random seed, for reproducible splits and models.
+        session_id: Random seed, for reproducible splits, samples and models.
         n_jobs: Parallel jobs for PyCaret. 1 is several times faster on small data (process start-up
             dominates); use -1 for large data.
         candidates: How many of the best models are timed and considered.
         latency_budget_ms: CPU milliseconds a single-row predict may cost; None: no budget.
+        scale: When and how to adapt to large data (None: never).
+        tuning: The tuning budget (None: no tuning).
+        imbalance: When to rebalance the classes (None: never).
 
     Returns:
         The finalized pipeline, which takes raw feature columns, plus its metrics, its serving cost, the candidates
-        it was chosen from and the holdout rows.
+        it was chosen from, the holdout rows, the scale plan, the tuning outcome and the class balance check.
 
     Raises:
         ValueError: When `target` is missing or `models` is empty.
@@ -235,25 +284,43 @@ def train(
     if not models:
         raise ValueError("No PyCaret model ids given to compare.")
     data = data.reset_index(drop=True)
+    balance = check_imbalance(data[target].astype(str).value_counts().to_dict(), imbalance)
+    plan = plan_scale(len(data), list(models), folds, scale)
+    groups = [(data, plan.full, "")]
+    if plan.sampled:
+        groups.append((stratified_sample(data, target, plan.sample_rows, session_id), plan.sampled, "_sample"))
+    features = data.drop(columns=[target])
     experiment_cls = _classification_experiment()
     timings: dict[str, float] = {}
     caught: list[str] = []
     best = None
     with _collect_warnings(caught):
-        exp, ranked, grid = _compare(
-            experiment_cls(), data, target, models, folds, session_id, n_jobs, timings, max(1, candidates)
-        )
+        ranked: list[_Ranked] = []
+        for rows, group, suffix in groups:
+            if group:
+                setup = {"session_id": session_id, "fold": plan.folds, "n_jobs": n_jobs, "balance": balance}
+                ranked += _compare(experiment_cls(), rows, target, group, setup, timings, suffix, candidates)
+        # Each experiment ranked its own models; merged by CV F1 (stable: full-data models first on a tie).
+        ranked = sorted(ranked, key=lambda r: r.cv_f1, reverse=True)[: max(1, candidates)]
         if ranked:
             started = time.perf_counter()
-            timed = _time_candidates(exp, ranked, grid, data.drop(columns=[target]), latency_budget_ms)
+            timed = _time_candidates(ranked, features, latency_budget_ms)
             timings["serving_cost"] = time.perf_counter() - started
             chosen = _choose(timed)
-            best = ranked[timed.index(chosen)]
-            row = grid.loc[chosen.model_id]
-            cv_metrics = {name: float(row[col]) for col, name in _CV_COLUMNS.items() if col in row.index}
+            winner = ranked[timed.index(chosen)]
+            best, exp = winner.model, winner.exp
+            cv_metrics = _cv_metrics(winner.row)
+
+            tuned_cost, outcome = None, None
+            if tuning is not None:
+                started = time.perf_counter()
+                outcome, tuned, tuned_grid, tuned_cost = _tune(winner, tuning, plan.folds, features, latency_budget_ms)
+                timings["tune_model"] = time.perf_counter() - started
+                if outcome.kept:
+                    best, cv_metrics = tuned, _cv_metrics(tuned_grid.loc["Mean"])
 
             started = time.perf_counter()
-            holdout = data.loc[exp.test.index]
+            holdout = winner.data.loc[exp.test.index]
             scored = exp.predict_model(best, verbose=False)
             predictions = scored.loc[holdout.index, "prediction_label"]
             holdout_metrics = classification_metrics(holdout[target], predictions)
@@ -262,7 +329,7 @@ def train(
             started = time.perf_counter()
             pipeline = exp.finalize_model(best)
             timings["finalize_model"] = time.perf_counter() - started
-            final_cost = measure_serving_cost(pipeline, data.drop(columns=[target]))
+            final_cost = measure_serving_cost(pipeline, features)
     if best is None:
         raise RuntimeError(f"PyCaret could not train any of {models}. Warnings: {caught[-5:]}")
 
@@ -278,29 +345,78 @@ def train(
         candidates=timed,
         serving_cost=final_cost,
         latency_budget_ms=latency_budget_ms,
+        scale=plan,
+        tuning=outcome,
+        tuned_cost=tuned_cost,
+        imbalance=balance,
+        trained_rows=len(winner.data),
     )
 
 
-def _time_candidates(
-    exp: Any, ranked: list[Any], grid: pd.DataFrame, features: pd.DataFrame, budget_ms: float | None
-) -> list[Candidate]:
-    """Each ranked model's serving cost, timed inside PyCaret's preprocessing pipeline as it would serve."""
+def stratified_sample(data: pd.DataFrame, target: str, rows: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of about `rows` rows that keeps each class's share (every class keeps at least one row).
+
+    Args:
+        data: Features and target.
+        target: Name of the target column.
+        rows: Rows wanted.
+        seed: Random seed.
+
+    Returns:
+        The sampled rows in their original order, with a fresh index.
+    """
+    if rows >= len(data):
+        return data
+    share = rows / len(data)
+    parts = [
+        group.sample(n=max(1, round(share * len(group))), random_state=seed)
+        for _, group in data.groupby(target, observed=True, sort=True)
+    ]
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+@dataclass
+class _Ranked:
+    """A model that compare_models returned, with the experiment and rows it was cross-validated on."""
+
+    exp: Any
+    model: Any
+    row: pd.Series
+    """Its row of the compare_models grid."""
+    data: pd.DataFrame
+
+    @property
+    def model_id(self) -> str:
+        return str(self.row.name)
+
+    @property
+    def cv_f1(self) -> float:
+        return float(self.row["F1"])
+
+
+def _cv_metrics(row: pd.Series) -> dict[str, float]:
+    """PyCaret grid columns worth keeping, renamed, from one grid row."""
+    return {name: float(row[col]) for col, name in _CV_COLUMNS.items() if col in row.index}
+
+
+def _time_candidates(ranked: list[_Ranked], features: pd.DataFrame, budget_ms: float | None) -> list[Candidate]:
+    """Each ranked model's serving cost, timed inside its PyCaret preprocessing pipeline as it would serve."""
     from pycaret.internal.pipeline import estimator_pipeline
 
     timed = []
-    for model in ranked:
-        model_id = exp._get_model_id(model)  # the grid's index: PyCaret's id of the model's class
-        row = grid.loc[model_id]
-        with estimator_pipeline(exp.pipeline, model) as pipeline:
+    for entry in ranked:
+        with estimator_pipeline(entry.exp.pipeline, entry.model) as pipeline:
             cost = measure_serving_cost(pipeline, features)
         timed.append(
             Candidate(
-                model_id=str(model_id),
-                model_name=str(row.get("Model", model_id)),
-                cv_f1=float(row["F1"]),
-                cv_accuracy=float(row["Accuracy"]),
+                model_id=entry.model_id,
+                model_name=str(entry.row.get("Model", entry.model_id)),
+                cv_f1=entry.cv_f1,
+                cv_accuracy=float(entry.row["Accuracy"]),
                 serving_cost=cost,
                 within_budget=budget_ms is None or cost.single_row_ms <= budget_ms,
+                trained_rows=len(entry.data),
+                seconds_per_fold=float(entry.row.get("TT (Sec)", 0.0)),
             )
         )
     return timed
@@ -314,39 +430,91 @@ def _choose(timed: list[Candidate]) -> Candidate:
     return min(timed, key=lambda c: c.serving_cost.single_row_ms)
 
 
+def _tune(
+    winner: _Ranked, policy: TuningPolicy, folds: int, features: pd.DataFrame, budget_ms: float | None
+) -> tuple[TuningOutcome, Any, pd.DataFrame | None, ServingCost | None]:
+    """Tune the winner within the budget; the outcome says whether the tuned model beat it on the same folds.
+
+    Returns:
+        (outcome, tuned model or None, its CV grid or None, its serving cost or None).
+    """
+    from pycaret.internal.pipeline import estimator_pipeline
+
+    untuned = winner.cv_f1
+    seconds_per_fold = float(winner.row.get("TT (Sec)", 0.0))
+    iterations = tuning_iterations(policy, seconds_per_fold=seconds_per_fold, folds=folds)
+    if iterations == 0:
+        why = (
+            f"not tuned: one draw costs about {seconds_per_fold * folds * 2:.1f} s (a draw and the final CV), over "
+            f"the budget of {policy.seconds:g} s"
+            if policy.iterations > 0 and policy.seconds > 0
+            else "tuning is off"
+        )
+        return TuningOutcome(winner.model_id, 0, untuned, reason=why), None, None, None
+    started = time.perf_counter()
+    # choose_better=False: the comparison with the untuned model is ours (keep_tuned), on the grids of both.
+    tuned = winner.exp.tune_model(
+        winner.model, n_iter=iterations, optimize="F1", choose_better=False, verbose=False, tuner_verbose=False
+    )
+    grid = winner.exp.pull()
+    seconds = time.perf_counter() - started
+    tuned_f1 = float(grid.loc["Mean", "F1"])
+    with estimator_pipeline(winner.exp.pipeline, tuned) as pipeline:
+        cost = measure_serving_cost(pipeline, features)
+    kept, why = keep_tuned(untuned, tuned_f1, tuned_ms=cost.single_row_ms, budget_ms=budget_ms)
+    before, after = winner.model.get_params(), tuned.get_params()
+    changed = {k: str(v) for k, v in after.items() if k in before and str(before[k]) != str(v)}
+    outcome = TuningOutcome(
+        model_id=winner.model_id,
+        iterations=iterations,
+        untuned_cv_f1=untuned,
+        tuned_cv_f1=tuned_f1,
+        kept=kept,
+        reason=why,
+        seconds=seconds,
+        params=changed,
+        tuned_single_row_ms=cost.single_row_ms,
+    )
+    return outcome, tuned, grid, cost
+
+
 def _compare(
     exp: Any,
     data: pd.DataFrame,
     target: str,
-    models: list[str],
-    folds: int,
-    session_id: int,
-    n_jobs: int | None,
+    models: tuple[str, ...],
+    setup: dict[str, Any],
     timings: dict[str, float],
+    suffix: str,
     n_select: int,
-) -> tuple[Any, list[Any], pd.DataFrame]:
-    """PyCaret's setup and compare_models: the experiment, the best `n_select` models (best first), the grid."""
+) -> list[_Ranked]:
+    """PyCaret's setup and compare_models on `data`: the best `n_select` of `models`, best first."""
+    balance: ImbalanceCheck = setup["balance"]
     started = time.perf_counter()
     exp.setup(
         data,
         target=target,
-        session_id=session_id,
-        fold=folds,
-        n_jobs=n_jobs,
+        session_id=setup["session_id"],
+        fold=setup["fold"],
+        n_jobs=setup["n_jobs"],
+        fix_imbalance=balance.fixed,
+        **({"fix_imbalance_method": balance.method} if balance.fixed else {}),
         verbose=False,
         html=False,
         log_experiment=False,  # broken with MLflow 3 (pycaret#4100): registry.py logs instead
         system_log=False,
     )
-    timings["setup"] = time.perf_counter() - started
+    timings[f"setup{suffix}"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    n_select = max(1, min(n_select, len(models)))
     ranked = exp.compare_models(include=list(models), n_select=n_select, sort="F1", verbose=False)
     grid = exp.pull()
-    timings["compare_models"] = time.perf_counter() - started
+    timings[f"compare_models{suffix}"] = time.perf_counter() - started
     if not isinstance(ranked, list):  # n_select=1 returns the model itself; every model failing returns []
         ranked = [ranked]
-    return exp, ranked, grid
+    # The grid's index is PyCaret's id of each model's class, in the same order as the models returned.
+    return [_Ranked(exp=exp, model=model, row=grid.loc[exp._get_model_id(model)], data=data) for model in ranked]
 
 
 def evaluate(pipeline: Any, data: pd.DataFrame, target: str) -> dict[str, float]:

@@ -133,6 +133,7 @@ def test_drift_detected_runs_retrain_with_the_payload_as_typed_parameters(applie
         "drifted_columns": ["petal_length", "petal_width", "sepal_width"],
         "report_url": "http://mlflow.local/#/experiments/1/runs/abc",
         "loop_id": payload.loop_id,
+        "trigger": "drift",
     }
     assert type(runs[0].parameters["drift_share"]) is float
 

@@ -25,3 +25,21 @@ def test_budget_is_the_guardrail_limit_on_the_champion_when_that_is_tighter():
     assert latency_budget_ms(budget_ms=50, champion_single_row_ms=6, **guardrail) == 29
     assert latency_budget_ms(budget_ms=25, champion_single_row_ms=6, **guardrail) == 25
     assert latency_budget_ms(budget_ms=50, champion_single_row_ms=None, **guardrail) == 50
+
+
+def test_gate_refuses_a_candidate_whose_interval_leaves_a_larger_loss_open():
+    better, champion = {"f1_macro": 0.90}, {"f1_macro": 0.88}
+
+    ok, why = passes_gate(better, champion, 0.7, interval=(-0.05, 0.09), max_loss=0.02)
+    assert (ok, why) == (
+        False,
+        "holdout F1 0.900 vs the champion's 0.880, difference interval [-0.050, +0.090]: a loss of more than 0.02 "
+        "is not ruled out",
+    )
+    ok, why = passes_gate(better, champion, 0.7, interval=(-0.01, 0.05), max_loss=0.02)
+    assert ok and why == "holdout F1 0.900 >= floor 0.7 and >= champion's 0.880, difference interval [-0.010, +0.050]"
+
+
+def test_gate_checks_the_point_estimate_before_the_interval():
+    ok, why = passes_gate({"f1_macro": 0.85}, {"f1_macro": 0.88}, 0.7, interval=(-0.06, 0.0), max_loss=0.02)
+    assert not ok and "below the champion's 0.880" in why
