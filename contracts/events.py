@@ -13,6 +13,8 @@ EXPERIMENT_DECIDED = "driftloop.experiment.decided"
 EXPERIMENT_INVALID = "driftloop.experiment.invalid"
 EXPERIMENT_SAMPLE_REACHED = "driftloop.experiment.sample_reached"
 EXPERIMENT_GUARDRAIL_BREACHED = "driftloop.experiment.guardrail_breached"
+ROUTER_TRAFFIC = "driftloop.router.traffic"
+"""The router served requests in the last period (a heartbeat: its absence is the traffic silence alert)."""
 MODEL_REJECTED = "driftloop.model.rejected"
 """A retrained candidate failed the quality gate (emitted beside `driftloop.model.registered`)."""
 
@@ -146,3 +148,13 @@ class ControlPayload(BaseModel):
     """The version the alias pointed to before (empty when nothing moved)."""
     decision_id: str
     loop_id: str
+
+
+class TrafficPayload(BaseModel):
+    """Payload of `driftloop.router.traffic`: requests one router process logged over one period."""
+
+    model_name: str
+    requests: int
+    since: str
+    until: str
+    replica_id: str

@@ -22,10 +22,14 @@ from contracts.registry import (
     GATE_ARTIFACT_DIR,
     GATE_EVIDENCE_FILE,
     GATE_HOLDOUT_FILE,
+    TAG_DATA_HASH,
+    TAG_DATA_ROWS,
     TAG_GATE,
     TAG_LOOP_ID,
     TAG_ORIGINAL_RUN,
     TAG_TRIGGER,
+    TAG_TRIGGER_EVENT,
+    TAG_WINDOW,
     TRAINING_ARTIFACT_DIR,
     TRIGGER_DRIFT,
     TRIGGER_MANUAL,
@@ -46,6 +50,7 @@ from flows.tasks import (
     report_startup,
     retrain_slot,
     router,
+    run_lineage,
     run_name,
     set_alias,
     tag_version,
@@ -185,6 +190,7 @@ def retrain(
     loop_id: str = "",
     force: bool = False,
     trigger: RetrainTrigger | None = None,
+    trigger_event_id: str = "",
 ) -> dict:
     """Train a candidate on the window policy's rows, judge it against the champion on unseen rows, register it.
 
@@ -197,6 +203,7 @@ def retrain(
         force: Retrain even while a challenger is already under test.
         trigger: What started the run: `drift`, `schedule` or `manual` (default: `drift` when a drift share is
             given, else `manual`).
+        trigger_event_id: The Prefect event that started it (the drift automation passes it), for the lineage.
 
     Returns:
         What happened: the new version and whether it became challenger, or why nothing was trained.
@@ -276,6 +283,11 @@ def retrain(
             | ({"trigger_drift_share": drift_share} if drift_share is not None else {}),
             tags={
                 TAG_TRIGGER: trigger,
+                TAG_TRIGGER_EVENT: trigger_event_id,
+                **run_lineage(),
+                TAG_DATA_ROWS: str(record.training_rows),
+                TAG_DATA_HASH: record.training_hash,
+                TAG_WINDOW: f"{record.traffic.first_ts or ''}/{record.traffic.last_ts or ''}",
                 "driftloop.drifted_columns": ",".join(drifted_columns or []),
                 "driftloop.drift_report": report_url or "",
                 "driftloop.parent_champion": champion["version"],

@@ -52,6 +52,18 @@ def report_startup(stage: str) -> float:
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
 
 
+def run_lineage() -> dict[str, str]:
+    """Tags that tie an MLflow run to the Prefect flow run making it (id and UI link; empty outside a flow run)."""
+    from prefect.runtime import flow_run
+    from prefect.utilities.urls import url_for
+
+    from contracts.registry import TAG_FLOW_RUN_ID, TAG_FLOW_RUN_URL
+
+    if not flow_run.id:
+        return {TAG_FLOW_RUN_ID: "", TAG_FLOW_RUN_URL: ""}
+    return {TAG_FLOW_RUN_ID: flow_run.id, TAG_FLOW_RUN_URL: url_for("flow-run", obj_id=flow_run.id) or ""}
+
+
 def router(settings: FlowSettings) -> RouterClient:
     """A client of the router with the flows' settings and tokens."""
     return RouterClient(settings.router_url, tokens=settings, timeout=settings.http_timeout_seconds)
@@ -231,7 +243,7 @@ def register_candidate(
         metrics=metrics,
         tags=tags,
         run_name=run_name,
-        tables={"candidates.json": result.candidate_table()},
+        tables={"candidates.json": result.candidate_table(), "leaderboard.json": result.leaderboard_table()},
         frames=frames,
         documents=documents,
     )

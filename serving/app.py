@@ -26,6 +26,7 @@ from serving.metrics import MetricsMiddleware, RouterMetrics
 from serving.security import Authorizer, guard
 from serving.services.events import EventEmitter, emit_prefect_event
 from serving.services.experiments import ExperimentService
+from serving.services.heartbeat import TrafficHeartbeat
 from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager, ModelSource, SupportsModelSource
 from serving.services.predict import PredictService
@@ -162,9 +163,10 @@ def create_app(
     replica_id = uuid.uuid4().hex
     models = ModelManager(source, retry_seconds=settings.model_retry_seconds, on_load_failure=metrics.model_load_failed)
     experiments = ExperimentService(store=store, models=models, default_split=settings.ab_split_b)
+    emitter = event_emitter or emit_prefect_event
     relay = EventRelay(
         store=store,
-        emit=event_emitter or emit_prefect_event,
+        emit=emitter,
         replica_id=replica_id,
         max_backoff=settings.outbox_max_backoff_seconds,
     )
@@ -219,6 +221,16 @@ def create_app(
                     await relay_once(relay, metrics)
 
                 loops.append(("driftloop-outbox", settings.outbox_interval_seconds, relay_turn))
+            if settings.traffic_heartbeat_seconds > 0:
+                heartbeat = TrafficHeartbeat(
+                    store=store, emit=emitter, model_name=settings.model_name, replica_id=replica_id
+                )
+
+                async def beat() -> None:
+                    with contextlib.suppress(Exception):  # a store hiccup skips one beat; the next one counts it
+                        await anyio.to_thread.run_sync(heartbeat.beat)
+
+                loops.append(("driftloop-traffic-heartbeat", settings.traffic_heartbeat_seconds, beat))
             for name, interval, turn in loops:
                 task = asyncio.create_task(_every(interval, turn), name=name)
 

@@ -44,6 +44,11 @@ class RouterSettings(RouterTokens):
     store_retry_after_seconds: int = Field(1, description="Retry-After of a 503 caused by the store.")
     outbox_interval_seconds: float = Field(1.0, description="How often pending router events are sent to Prefect.")
     outbox_max_backoff_seconds: float = Field(60.0, description="Longest wait between two tries of one event.")
+    traffic_heartbeat_seconds: float = Field(
+        60.0,
+        description="How often the router reports the requests it logged (`driftloop.router.traffic`, only when "
+        "there were some): the traffic silence alert watches for it. 0 turns it off.",
+    )
 
     def store_url(self) -> str:
         """The inference log's SQLAlchemy URL."""

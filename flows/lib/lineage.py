@@ -59,14 +59,6 @@ def mlflow_ui(tracking_uri: str) -> str | None:
     return tracking_uri.rstrip("/") if tracking_uri.startswith("http") else None
 
 
-def prefect_ui() -> str | None:
-    """The Prefect UI base URL of the server this process talks to (Prefect derives it from PREFECT_API_URL)."""
-    from prefect.settings import get_current_settings
-
-    ui = get_current_settings().ui_url
-    return ui.rstrip("/") if ui else None
-
-
 def _run_link(ui: str | None, experiment_id: str, run_id: str) -> dict[str, str]:
     return {"MLflow run": f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"} if ui else {}
 
@@ -144,8 +136,8 @@ async def from_prefect(loop_id: str) -> list[Step]:
     """The loop's Prefect events (every one carries the loop as a related resource), with their flow runs."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventOccurredFilter, EventRelatedFilter
+    from prefect.utilities.urls import url_for
 
-    ui = prefect_ui()
     steps = []
     async with get_client() as client:
         page = await client.read_events(
@@ -158,10 +150,11 @@ async def from_prefect(loop_id: str) -> list[Step]:
         for event in sorted(page.events, key=lambda e: e.occurred):
             links = {}
             flow_run = next((r.id for r in event.related if r.id.startswith("prefect.flow-run.")), None)
-            if flow_run and ui:
-                links["Prefect flow run"] = f"{ui}/runs/flow-run/{flow_run.removeprefix('prefect.flow-run.')}"
-            if ui:
-                links["Prefect event"] = f"{ui}/events/event/{event.occurred:%Y-%m-%d}/{event.id}"
+            if flow_run:
+                run_url = url_for("flow-run", obj_id=flow_run.removeprefix("prefect.flow-run."))
+                links |= {"Prefect flow run": run_url} if run_url else {}
+            event_url = url_for(event)
+            links |= {"Prefect event": event_url} if event_url else {}
             reason = event.payload.get("reason") or ", ".join(event.payload.get("drifted_columns", []))
             steps.append(Step(event.occurred, "event", event.event, str(reason)[:300], links))
     return steps

@@ -167,6 +167,14 @@ class TrainResult:
         assert chosen is not None or self.serving_cost is not None, "no serving cost was measured"
         return chosen or self.serving_cost
 
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    """Every model compare_models scored (PyCaret's grid, one row per model, with the rows it trained on)."""
+
+    def leaderboard_table(self) -> dict[str, list]:
+        """The full leaderboard as columns (for an MLflow table artifact)."""
+        columns = list(dict.fromkeys(key for row in self.leaderboard for key in row))
+        return {column: [row.get(column) for row in self.leaderboard] for column in columns}
+
     def candidate_table(self) -> dict[str, list]:
         """The candidates as columns (for an MLflow table artifact)."""
         return {
@@ -294,12 +302,15 @@ def train(
     timings: dict[str, float] = {}
     caught: list[str] = []
     best = None
+    leaderboard: list[dict[str, Any]] = []
     with _collect_warnings(caught):
         ranked: list[_Ranked] = []
         for rows, group, suffix in groups:
             if group:
                 setup = {"session_id": session_id, "fold": plan.folds, "n_jobs": n_jobs, "balance": balance}
-                ranked += _compare(experiment_cls(), rows, target, group, setup, timings, suffix, candidates)
+                ranked += _compare(
+                    experiment_cls(), rows, target, group, setup, timings, suffix, candidates, leaderboard
+                )
         # Each experiment ranked its own models; merged by CV F1 (stable: full-data models first on a tie).
         ranked = sorted(ranked, key=lambda r: r.cv_f1, reverse=True)[: max(1, candidates)]
         if ranked:
@@ -350,6 +361,7 @@ def train(
         tuned_cost=tuned_cost,
         imbalance=balance,
         trained_rows=len(winner.data),
+        leaderboard=leaderboard,
     )
 
 
@@ -487,8 +499,12 @@ def _compare(
     timings: dict[str, float],
     suffix: str,
     n_select: int,
+    leaderboard: list[dict[str, Any]],
 ) -> list[_Ranked]:
-    """PyCaret's setup and compare_models on `data`: the best `n_select` of `models`, best first."""
+    """PyCaret's setup and compare_models on `data`: the best `n_select` of `models`, best first.
+
+    Every row of the grid (every model scored, not only the selected) is appended to `leaderboard`.
+    """
     balance: ImbalanceCheck = setup["balance"]
     started = time.perf_counter()
     exp.setup(
@@ -511,6 +527,9 @@ def _compare(
     ranked = exp.compare_models(include=list(models), n_select=n_select, sort="F1", verbose=False)
     grid = exp.pull()
     timings[f"compare_models{suffix}"] = time.perf_counter() - started
+    for model_id, row in grid.iterrows():
+        values = {str(k): (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        leaderboard.append({"model_id": str(model_id), **values, "trained_rows": len(data)})
     if not isinstance(ranked, list):  # n_select=1 returns the model itself; every model failing returns []
         ranked = [ranked]
     # The grid's index is PyCaret's id of each model's class, in the same order as the models returned.

@@ -200,8 +200,16 @@ def test_the_notify_flow_logs_the_message_as_a_warning(caplog):
     assert any(r.levelname == "WARNING" and r.getMessage() == message for r in caplog.records)
 
 
-def test_silence_of_the_drift_monitor_is_an_alert_and_steady_checks_are_not(webhook):
-    definition = next(d for p, d in definitions() if p.name == "silence_drift.yaml")
+@pytest.mark.parametrize(
+    "file,event,subject",
+    [
+        ("silence_drift.yaml", events.DRIFT_CHECKED, "no drift check for"),
+        ("silence_traffic.yaml", events.ROUTER_TRAFFIC, "no traffic for"),
+    ],
+    ids=["drift-monitor", "router-traffic"],
+)
+def test_silence_is_an_alert_and_steady_reports_are_not(webhook, file, event, subject):
+    definition = next(d for p, d in definitions() if p.name == file)
     block = Automation.read(name=definition["name"]).actions[0].block_document_id
     automation = build(
         definition | {"name": f"{definition['name']}-test"},
@@ -210,15 +218,15 @@ def test_silence_of_the_drift_monitor_is_an_alert_and_steady_checks_are_not(webh
     try:
         time.sleep(1.0)
         quiet, steady = model(), model()
-        checked = {"model_name": "x"}  # the trigger reads the event name and resource only
+        payload = {"model_name": "x", "requests": 3}  # the trigger reads the event name and resource only
         # `steady` reports every 3 s for 24 s; `quiet` reports twice, then falls silent.
         for i in range(8):
-            about(steady, events.DRIFT_CHECKED, checked)
+            about(steady, event, payload)
             if i < 2:
-                about(quiet, events.DRIFT_CHECKED, checked)
+                about(quiet, event, payload)
             time.sleep(3.0)
-        message = webhook.wait_for(f"no drift check for {quiet}", timeout=30)
+        message = webhook.wait_for(f"{subject} {quiet}", timeout=30)
         assert f"driftloop.model.{quiet}" in message["body"]
-        assert webhook.about(f"no drift check for {steady}") == []
+        assert webhook.about(f"{subject} {steady}") == []
     finally:
         automation.delete()

@@ -66,8 +66,11 @@ def applied(deployments: dict[str, UUID]) -> list[list]:
     return rounds
 
 
-def emit(name: str, payload: BaseModel) -> None:
-    emit_event(event=name, resource=events.model_resource(payload.model_name), payload=payload.model_dump(mode="json"))
+def emit(name: str, payload: BaseModel):
+    """Emit one of the loop's events; returns it (its id is what a triggered run records)."""
+    return emit_event(
+        event=name, resource=events.model_resource(payload.model_name), payload=payload.model_dump(mode="json")
+    )
 
 
 def runs_of(deployment_id: UUID, model_name: str, *, expect: int, timeout: float = 15.0) -> list[FlowRun]:
@@ -123,7 +126,7 @@ def test_drift_detected_runs_retrain_with_the_payload_as_typed_parameters(applie
     assert runs_of(retrain_id, model_name, expect=1, timeout=2.0) == []
 
     payload = drift(model_name)
-    emit(events.DRIFT_DETECTED, payload)
+    event = emit(events.DRIFT_DETECTED, payload)
     runs = runs_of(retrain_id, model_name, expect=1)
 
     assert len(runs) == 1
@@ -134,6 +137,7 @@ def test_drift_detected_runs_retrain_with_the_payload_as_typed_parameters(applie
         "report_url": "http://mlflow.local/#/experiments/1/runs/abc",
         "loop_id": payload.loop_id,
         "trigger": "drift",
+        "trigger_event_id": str(event.id),
     }
     assert type(runs[0].parameters["drift_share"]) is float
 

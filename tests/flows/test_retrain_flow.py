@@ -33,9 +33,15 @@ from contracts.registry import (
     GATE_HOLDOUT_FILE,
     ROW_ID,
     ROW_SOURCE,
+    TAG_DATA_HASH,
+    TAG_DATA_ROWS,
+    TAG_FLOW_RUN_ID,
+    TAG_FLOW_RUN_URL,
     TAG_GATE,
     TAG_ORIGINAL_RUN,
     TAG_TRIGGER,
+    TAG_TRIGGER_EVENT,
+    TAG_WINDOW,
     TRAINING_ARTIFACT_DIR,
     TRAINING_FILE,
     TRIGGER_SCHEDULE,
@@ -228,6 +234,11 @@ def test_a_scheduled_run_trains_on_the_documented_window_and_goes_through_the_fa
     version = MlflowClient().get_model_version(model_name, "2")
     assert run.data.tags[TAG_TRIGGER] == version.tags[TAG_TRIGGER] == TRIGGER_SCHEDULE
     assert run.data.tags[TAG_ORIGINAL_RUN] == world["champion_run"]
+    # Lineage in MLflow: the flow run that made the run, the data it trained on, the full leaderboard.
+    assert run.data.tags[TAG_FLOW_RUN_ID] == str(flow_run.id) and run.data.tags[TAG_TRIGGER_EVENT] == ""
+    assert run.data.tags[TAG_FLOW_RUN_URL].endswith(f"/runs/flow-run/{flow_run.id}")
+    leaderboard = artifact_json(result["run_id"], "leaderboard.json")
+    assert set(leaderboard["data"] and [row[0] for row in leaderboard["data"]]) >= {result["best_model"]}
 
     # The window holds exactly the rows the policy documents.
     training = artifact_frame(result["run_id"], f"{TRAINING_ARTIFACT_DIR}/{TRAINING_FILE}")
@@ -246,6 +257,8 @@ def test_a_scheduled_run_trains_on_the_documented_window_and_goes_through_the_fa
         10,
     )
     assert (window["history"]["rows"], window["holdout"]["rows"], window["training_rows"]) == (75, 33, 162)
+    assert (run.data.tags[TAG_DATA_ROWS], run.data.tags[TAG_DATA_HASH]) == ("162", window["training_hash"])
+    assert run.data.tags[TAG_WINDOW] == f"{window['traffic']['first_ts']}/{window['traffic']['last_ts']}"
     newest = max(r.ts for r in world["in_window"] if r.request_id in traffic_ids)
     assert datetime.fromisoformat(window["traffic"]["last_ts"]) == newest
 

@@ -259,3 +259,9 @@ class InferenceLog:
         )
         with self.db.connect() as conn:
             return {r.arm: int(r.labelled) for r in conn.execute(stmt)}
+
+    def count_since(self, since: datetime) -> int:
+        """Requests logged at or after `since` (answered ones; the heartbeat of the traffic silence alert)."""
+        c = inferences.c
+        with self.db.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).where(c.ts >= since)).scalar_one())
