@@ -103,6 +103,8 @@ class RegisteredPayload(BaseModel):
     run_id: str
     gate_passed: bool
     metrics: dict[str, float]
+    loop_id: str = ""
+    """The turn of the loop the version belongs to (empty for the bootstrap)."""
 
 
 class RejectedPayload(BaseModel):

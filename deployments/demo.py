@@ -19,7 +19,7 @@ import signal
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -30,6 +30,8 @@ from deployments.simulator import Simulator
 from deployments.stack import Stack, StackError, urls
 
 FLOW_RUN_STATES = ("Running", "Completed", "Failed", "Crashed", "Cancelled")
+EVENT_LOOKBACK_SECONDS = 120
+"""How far back each poll of the event log looks for events persisted late."""
 
 
 class Timeline:
@@ -127,15 +129,23 @@ class Watcher:
         async with get_client() as client:
             while True:
                 try:
+                    # Events reach the log in batches and a busy server persists them late, with an `occurred`
+                    # older than events already seen: look back a while and skip what was handled (by id).
                     page = await client.read_events(
                         filter=EventFilter(
-                            occurred=EventOccurredFilter(since=self.since, until=datetime.now(UTC)),
+                            occurred=EventOccurredFilter(
+                                since=self.since - timedelta(seconds=EVENT_LOOKBACK_SECONDS), until=datetime.now(UTC)
+                            ),
                             event=EventNameFilter(prefix=["driftloop.", "prefect.flow-run."]),
-                            order=EventOrder.ASC,  # oldest first, so `since` never skips a page
+                            order=EventOrder.ASC,
                         ),
                         limit=50,
                     )
-                    for event in sorted(page.events, key=lambda e: e.occurred):
+                    events = list(page.events)
+                    while page.next_page:
+                        page = await client.read_events_page(page.next_page)
+                        events += page.events
+                    for event in sorted(events, key=lambda e: e.occurred):
                         if str(event.id) in self.seen:
                             continue
                         self.seen.add(str(event.id))
@@ -245,7 +255,48 @@ async def run_loop(stack: Stack, settings: StackSettings, timeline: Timeline) ->
     finally:
         watch.cancel()
     runs = await flow_runs()
-    return summarize(watcher, sim.stats, settings, runs)
+    summary = summarize(watcher, sim.stats, settings, runs)
+    loop_id = (watcher.promoted or {}).get("loop_id") or (summary["decision"] or {}).get("loop_id")
+    if loop_id:
+        summary["lineage"] = await lineage_of(settings, loop_id)
+    return summary
+
+
+async def lineage_of(settings: StackSettings, loop_id: str) -> dict[str, Any]:
+    """The loop's chain as `python -m flows.lineage` prints it, with every link checked against its server."""
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+
+    from flows.lib import lineage
+
+    chain = await asyncio.to_thread(lineage.from_mlflow, settings.model_name, loop_id, settings.mlflow_url)
+    chain += await lineage.from_prefect(loop_id)
+    chain.sort(key=lambda step: step.at)
+    mlflow, checked, broken = MlflowClient(settings.mlflow_url), 0, []
+    async with get_client() as prefect:
+        for step in chain:
+            for name, url in step.links.items():
+                checked += 1
+                try:
+                    if "/runs/flow-run/" in url:
+                        await prefect.read_flow_run(url.rsplit("/", 1)[-1])
+                    elif "/runs/" in url and url.startswith(settings.mlflow_url):
+                        await asyncio.to_thread(mlflow.get_run, url.rsplit("/", 1)[-1])
+                    elif "/versions/" in url:
+                        await asyncio.to_thread(mlflow.get_model_version, settings.model_name, url.rsplit("/", 1)[-1])
+                    elif "/events/event/" in url:
+                        pass  # an event link: the event was read from the server a moment ago
+                except Exception as exc:  # noqa: BLE001 - a broken link is reported, not fatal
+                    broken.append(f"{name} {url}: {type(exc).__name__}")
+    markdown = lineage.Lineage(settings.model_name, loop_id, chain).markdown()
+    return {
+        "loop_id": loop_id,
+        "kinds": sorted({step.kind for step in chain}),
+        "steps": [(step.kind, step.title) for step in chain],
+        "links_checked": checked,
+        "broken_links": broken,
+        "markdown": markdown,
+    }
 
 
 STARTUP = re.compile(r"([0-9.]+) s of CPU from process start to the first task")
@@ -382,6 +433,13 @@ def print_summary(summary: dict[str, Any], timeline: Timeline) -> None:
     )
     for name, url in summary["urls"].items():
         print(f"{name:<17} {url}")
+    if summary.get("lineage"):
+        lineage = summary["lineage"]
+        print(
+            f"lineage           loop {lineage['loop_id']}: {len(lineage['steps'])} steps "
+            f"({', '.join(lineage['kinds'])}), {lineage['links_checked']} links checked, "
+            f"{len(lineage['broken_links'])} broken (`uv run python -m flows.lineage {lineage['loop_id']}`)"
+        )
     if summary["closed"]:
         print("LOOP CLOSED: " + ", ".join(f"{k} at {v:.0f} s" for k, v in summary["stages_s"].items()))
     else:

@@ -16,7 +16,7 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from contracts import events
-from contracts.api import ExperimentEnd, ExperimentPlan, Outcomes
+from contracts.api import ExperimentEnd, ExperimentPlan, Health, Outcomes
 from contracts.registry import CHALLENGER
 from flows.settings import FlowSettings, get_settings
 from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, mlflow_run_url, report_startup, router, run_name
@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from flows.lib import experiment
 
 IO = IO_RETRIES
+
+
+@task(**IO)
+def router_health(settings: FlowSettings) -> Health:
+    """What the router serves right now (cheap: no store or registry call)."""
+    with router(settings) as client:
+        return client.health()
 
 
 @task(**IO)
@@ -132,6 +139,11 @@ def ab_evaluation(model_name: str | None = None) -> dict:
     settings = get_settings()
     model_name = model_name or settings.model_name
     # The router first: without a challenger there is nothing to evaluate, and MLflow need not even be imported.
+    health = router_health(settings)
+    if health.champion_version is None or health.challenger_version is None:
+        print(f"skipped: the router serves no experiment (champion {health.champion_version}, challenger "
+              f"{health.challenger_version})")  # fmt: skip
+        return {"decision": "NO_EXPERIMENT", "router_challenger": "none"}
     outcomes = fetch_outcomes(settings)
     if outcomes.challenger_version is None:
         print(f"skipped: the router serves no challenger (experiment {outcomes.experiment_id})")

@@ -369,6 +369,7 @@ def retrain(
             gate_passed=passed,
             metrics={f"holdout_{k}": v for k, v in result.holdout_metrics.items()}
             | {k: v for k, v in gate_metrics(evidence).items() if "f1" in k},
+            loop_id=loop_id,
         ).model_dump(mode="json"),
         version=version,
         run_id=registered["run_id"],

@@ -94,6 +94,13 @@ class RouterClient:
             self._send("POST", "/config", ConfigUpdate(ab_split_b=ab_split_b)), type=RouterConfig
         )
 
+    def health(self) -> Health:
+        """Which versions the router serves (`/health` is 503 `no_model` without a champion: not an error here)."""
+        response = self._http.get("/health")
+        if response.status_code not in (200, 503):
+            response.raise_for_status()
+        return msgspec.json.decode(response.content, type=Health)
+
     def reload_models(self) -> Health:
         """Make the router re-read the registry aliases now."""
         response = self._http.post("/models/reload", headers=self._admin)

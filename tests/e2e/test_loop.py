@@ -143,3 +143,16 @@ def test_every_look_is_recorded_and_the_promotion_is_in_the_alias_history(demo):
     assert int(challenger["driftloop.plan.min_samples_per_arm"]) > 0
     # One turn of the loop: the drift event's id travelled through retrain and the plan into the decision.
     assert challenger["driftloop.loop_id"] == decision["loop_id"] != ""
+
+
+def test_the_lineage_of_the_loop_shows_the_whole_chain_with_working_links(demo):
+    _, summary, _ = demo
+    lineage = summary["lineage"]
+    assert lineage["loop_id"] == summary["decision"]["loop_id"] != ""
+    assert {"event", "run", "version", "look", "move"} <= set(lineage["kinds"])
+    titles = [title for _, title in lineage["steps"]]
+    # From the drift alarm to the alias moves, in the order they happened.
+    assert titles[0] == "driftloop.drift.detected"
+    assert titles.index("driftloop.drift.detected") < titles.index("driftloop.model.registered")
+    assert titles.index("driftloop.model.registered") < titles.index("driftloop.model.promoted")
+    assert lineage["links_checked"] >= 8 and lineage["broken_links"] == []
