@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from contracts import events
+from deployments import databases
 from deployments.settings import StackSettings
 from deployments.simulator import Simulator
 from deployments.stack import Stack, StackError, urls
@@ -488,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         # already learnt the drift, so it would rightly never lose. Start clean unless told otherwise.
         shutil.rmtree(settings.home)
         timeline.log(f"cleared {settings.home} (the last run's state; --keep-state keeps it)")
+    if not args.keep_state:
+        # A profile on server databases keeps its state there: start those clean too.
+        server_dbs = [settings.prefect_database_url, settings.mlflow_backend_store_uri, settings.router_store_url]
+        for line in databases.ensure(server_dbs, reset=True):
+            timeline.log(f"{line} (reset: the last run's state; --keep-state keeps it)")
     try:
         with Stack(settings, log=timeline.log) as stack:
             for name, url in urls(settings).items():

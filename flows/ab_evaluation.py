@@ -17,9 +17,20 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from contracts import events
 from contracts.api import ExperimentEnd, ExperimentPlan, Health, Outcomes
-from contracts.registry import CHALLENGER
+from contracts.registry import CHALLENGER, CHAMPION
 from flows.settings import FlowSettings, get_settings
-from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, mlflow_run_url, report_startup, router, run_name
+from flows.tasks import (
+    IO_RETRIES,
+    connect_mlflow,
+    current_aliases,
+    emit,
+    find_version,
+    mlflow_run_url,
+    registry_lock,
+    report_startup,
+    router,
+    run_name,
+)
 
 if TYPE_CHECKING:
     from flows.lib import experiment
@@ -217,20 +228,32 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         challenger_correct=challenger_arm["correct"],
         report_url=where["run_url"],
     ).model_dump(mode="json")
-    emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
     moved = {"reason": decision.reason, "decision_id": decision_id, "loop_id": plan.loop_id, "evidence": ev}
-    if decision.decision == "PROMOTE":
-        promote(model_name, version, **moved)
-        end_at_router(settings, ExperimentEnd(challenger_version=version, decision="PROMOTE", reason=decision.reason),
-                      split=None)  # fmt: skip
-        emit(events.MODEL_PROMOTED, model_name, payload, version=version)
-    elif decision.decision == "ROLLBACK":
-        roll_back(model_name, **moved)
-        end_at_router(settings, ExperimentEnd(challenger_version=version, decision="ROLLBACK", reason=decision.reason),
-                      split=0.0)  # fmt: skip
-        emit(events.MODEL_ROLLED_BACK, model_name, payload, version=version)
-    elif decision.decision == "INVALID":
-        emit(events.EXPERIMENT_INVALID, model_name, payload, version=version)
+    if decision.decision not in ("PROMOTE", "ROLLBACK"):
+        emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
+        if decision.decision == "INVALID":
+            emit(events.EXPERIMENT_INVALID, model_name, payload, version=version)
+    else:
+        with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
+            # Re-read both aliases under the lock: another look (or a control) may have acted since this one read.
+            from flows.lib.registry import moved_since
+
+            seen = {CHAMPION: outcomes.champion_version, CHALLENGER: version}
+            stale = moved_since(seen, current_aliases(model_name))
+            if stale is not None:
+                print(f"{decision.decision} not carried out: {stale}")
+                return decision.to_dict() | {"decision_id": decision_id, "superseded": stale} | where
+            emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
+            if decision.decision == "PROMOTE":
+                promote(model_name, version, **moved)
+                end = ExperimentEnd(challenger_version=version, decision="PROMOTE", reason=decision.reason)
+                end_at_router(settings, end, split=None)
+                emit(events.MODEL_PROMOTED, model_name, payload, version=version)
+            else:
+                roll_back(model_name, **moved)
+                end = ExperimentEnd(challenger_version=version, decision="ROLLBACK", reason=decision.reason)
+                end_at_router(settings, end, split=0.0)
+                emit(events.MODEL_ROLLED_BACK, model_name, payload, version=version)
     if plan.loop_id:
         record_lineage(model_name, plan.loop_id, settings.mlflow_tracking_uri)
     from prefect.runtime import flow_run
