@@ -17,18 +17,9 @@ from litestar.testing import AsyncTestClient
 
 from serving.errors import AlreadyLabelled, ExperimentConflict
 from serving.services.store import InferenceRow, NewEvent, Store
-from tests.postgres import require_server, temporary_database, with_driver
 from tests.serving.conftest import auth
 
 PROCESSES = 8
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A SQLAlchemy URL (psycopg 3) of a database created for this test and dropped after it."""
-    require_server()
-    with temporary_database() as url:
-        yield with_driver(url, "psycopg")
 
 
 @pytest.fixture
