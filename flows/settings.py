@@ -60,7 +60,7 @@ class FlowSettings(RouterTokens):
         10_000,
         ge=1,
         le=10_000,
-        description="At most this many of the window's newest labelled requests are read (one router page).",
+        description="At most this many of the window's newest labelled requests are read (a page at a time).",
     )
     retrain_window_days: float = Field(
         7.0, gt=0, description="Labelled traffic of the last this many days is training and holdout material."
