@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +40,12 @@ def trained(iris: pd.DataFrame, train_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real MLflow store (SQLite + local artifacts) in a temporary folder, as the current experiment."""
+def mlflow_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real MLflow store (SQLite + local artifacts) in a temporary folder, as the current experiment.
+
+    Parametrized indirectly with "postgresql", the backend store is a database created on the real PostgreSQL
+    server for the module (and dropped after); the artifacts stay local.
+    """
     import mlflow
     import mlflow.tracking.fluent
 
@@ -48,12 +53,20 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     root = tmp_path_factory.mktemp("mlflow")
     saved_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    with pytest.MonkeyPatch.context() as mp:
+    with contextlib.ExitStack() as stack:
+        if getattr(request, "param", "sqlite") == "postgresql":
+            from tests.postgres import require_server, temporary_database, with_driver
+
+            require_server()
+            uri = with_driver(stack.enter_context(temporary_database("driftloop_mlflow_test")), "psycopg")
+        else:
+            uri = f"sqlite:///{root}/mlflow.db"
+        mp = stack.enter_context(pytest.MonkeyPatch.context())
         mp.chdir(root)  # anything MLflow writes relative to the cwd lands here, not in the repo
         mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-        mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+        mlflow.set_tracking_uri(uri)
         mlflow.create_experiment("driftloop-test", artifact_location=(root / "artifacts").as_uri())
-        registry.configure(f"sqlite:///{root}/mlflow.db", "driftloop-test")
+        registry.configure(uri, "driftloop-test")
         try:
             yield root
         finally:
