@@ -4,6 +4,7 @@ experiment start, plan and end, shared split) raced by several processes at once
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import time
 from collections import Counter
@@ -144,7 +145,7 @@ def test_the_store_runs_on_postgres_with_a_pool_of_one_connection_per_thread(pg_
             "inferences", "router_config", "prediction_errors", "experiments", "outbox", "replica_heartbeats"
         }  # fmt: skip
         local = datetime(2024, 5, 1, 14, 0, tzinfo=UTC)
-        store.log.record(row("a").__class__(**{**row("a").__dict__, "ts": local}))
+        store.log.record(dataclasses.replace(row("a"), ts=local))
         assert store.log.get("a").ts == local
         assert [r.request_id for r in store.log.recent(since=local)] == ["a"]
     finally:
