@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import make_url
 
+from contracts.api import ROUTE_HEALTH, ROUTE_PREDICT
 from deployments import databases, proxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ request = function()
   local body = string.format(
     '{"user_id":"user-%d","features":{"sepal_length":5.1,"sepal_width":3.5,"petal_length":1.4,' ..
     '"petal_width":0.2},"label":"setosa"}', n % 5000)
-  return wrk.format(nil, "/predict", nil, body)
+  return wrk.format(nil, "{route}", nil, body)
 end
 """
 
@@ -69,7 +70,7 @@ def wait_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 90)
         if process.poll() is not None:
             raise RuntimeError(f"{url} exited: {log.read_text(errors='replace')[-2000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code in (200, 503):
+            if httpx.get(f"{url}{ROUTE_HEALTH}", timeout=1).status_code in (200, 503):
                 return
         except httpx.HTTPError:
             pass
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-replicas-") as tmp:
         work = Path(tmp)
         script = work / "predict.lua"
-        script.write_text(WRK_SCRIPT)
+        script.write_text(WRK_SCRIPT.replace("{route}", ROUTE_PREDICT))
         database = f"driftloop_bench_{uuid.uuid4().hex[:10]}"
         pg_url = make_url(ADMIN_URL).set(drivername="postgresql+psycopg", database=database)
         pg = pg_url.render_as_string(hide_password=False)

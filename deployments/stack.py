@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 from dotenv import dotenv_values
 
+from contracts.api import ROUTE_HEALTH
 from contracts.auth import SECRETS_FILE_ENV, TOKEN_ENV
 from deployments import databases, proxy
 from deployments.settings import StackSettings
@@ -286,7 +287,8 @@ class Stack:
         s = self.settings
         command = [sys.executable, "-m", "serving"]
         if s.router_replicas == 1:
-            return [self._service("router", command, s.router_port, f"{s.router_url}/health", accept_status=(200, 503))]
+            health = f"{s.router_url}{ROUTE_HEALTH}"
+            return [self._service("router", command, s.router_port, health, accept_status=(200, 503))]
         try:
             nginx = proxy.find_nginx(s.nginx_binary)
         except proxy.ProxyNotFound as exc:
@@ -296,7 +298,7 @@ class Stack:
             port = s.router_port + i
             replicas.append(
                 self._service(
-                    f"router-{i}", command, port, f"http://127.0.0.1:{port}/health", accept_status=(200, 503),
+                    f"router-{i}", command, port, f"http://127.0.0.1:{port}{ROUTE_HEALTH}", accept_status=(200, 503),
                     env={"DRIFTLOOP_ROUTER_PORT": str(port)},
                 )
             )  # fmt: skip
@@ -305,7 +307,7 @@ class Stack:
             listen_port=s.router_port, upstream_ports=[r.port for r in replicas if r.port], prefix=prefix
         )
         front = self._service(
-            "proxy", proxy.nginx_command(nginx, config, prefix), s.router_port, f"{s.router_url}/health",
+            "proxy", proxy.nginx_command(nginx, config, prefix), s.router_port, f"{s.router_url}{ROUTE_HEALTH}",
             accept_status=(200, 503),
         )  # fmt: skip
         return [*replicas, front]

@@ -7,7 +7,6 @@ run with the metrics, the evidence and a plot of the metric per arm over time.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from contracts import events
-from contracts.api import ExperimentEnd, ExperimentPlan, Health, Outcomes
+from contracts.api import INVALID, PROMOTE, ROLLBACK, ExperimentEnd, ExperimentPlan, Health, Outcomes
 from contracts.registry import CHALLENGER, CHAMPION
 from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
@@ -26,6 +25,7 @@ from flows.tasks import (
     emit,
     find_version,
     mlflow_run_url,
+    new_id,
     registry_lock,
     report_startup,
     router,
@@ -175,7 +175,7 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         outcomes = fetch_outcomes(settings, plan.guardrail_latency_bucket_seconds)
 
     decision = decide(outcomes, plan, latency_breach_streak(model_name, outcomes.experiment_id))
-    decision_id = uuid.uuid4().hex[:12]
+    decision_id = new_id()
     where = record_look(
         decision, outcomes=outcomes, decision_id=decision_id, loop_id=plan.loop_id, model_name=model_name,
         reports_dir=settings.home / "reports", tracking_uri=settings.mlflow_tracking_uri,
@@ -229,9 +229,9 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         report_url=where["run_url"],
     ).model_dump(mode="json")
     moved = {"reason": decision.reason, "decision_id": decision_id, "loop_id": plan.loop_id, "evidence": ev}
-    if decision.decision not in ("PROMOTE", "ROLLBACK"):
+    if decision.decision not in (PROMOTE, ROLLBACK):
         emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
-        if decision.decision == "INVALID":
+        if decision.decision == INVALID:
             emit(events.EXPERIMENT_INVALID, model_name, payload, version=version)
     else:
         with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
@@ -244,14 +244,14 @@ def ab_evaluation(model_name: str | None = None) -> dict:
                 print(f"{decision.decision} not carried out: {stale}")
                 return decision.to_dict() | {"decision_id": decision_id, "superseded": stale} | where
             emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
-            if decision.decision == "PROMOTE":
+            if decision.decision == PROMOTE:
                 promote(model_name, version, **moved)
-                end = ExperimentEnd(challenger_version=version, decision="PROMOTE", reason=decision.reason)
+                end = ExperimentEnd(challenger_version=version, decision=PROMOTE, reason=decision.reason)
                 end_at_router(settings, end, split=None)
                 emit(events.MODEL_PROMOTED, model_name, payload, version=version)
             else:
                 roll_back(model_name, **moved)
-                end = ExperimentEnd(challenger_version=version, decision="ROLLBACK", reason=decision.reason)
+                end = ExperimentEnd(challenger_version=version, decision=ROLLBACK, reason=decision.reason)
                 end_at_router(settings, end, split=0.0)
                 emit(events.MODEL_ROLLED_BACK, model_name, payload, version=version)
     if plan.loop_id:
