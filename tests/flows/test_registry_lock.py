@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -64,7 +65,10 @@ def test_the_lock_is_created_idempotently_and_held_by_one_run_at_a_time():
 
 
 def test_two_ab_looks_and_a_retrain_at_once_move_each_alias_once(experiment, model_name, monkeypatch):  # noqa: F811
-    router, _ = experiment(champion=StubModel(weak=True), challenger=StubModel())
+    # A loop id of its own: the lineage of other tests' loops (read from the one Prefect server) stays theirs.
+    router, _ = experiment(
+        champion=StubModel(weak=True), challenger=StubModel(), loop_id=f"loop-lock-{uuid.uuid4().hex[:8]}"
+    )
     for arm in ("champion", "challenger"):
         router.send(arm, "easy", 20)
         router.send(arm, "hard", 20)
@@ -97,9 +101,14 @@ def test_two_ab_looks_and_a_retrain_at_once_move_each_alias_once(experiment, mod
     assert len(acted) == 1
     other = next(r for r in results if r is not acted[0])
     assert "superseded" in other or other["decision"] == "NO_EXPERIMENT"
-    # The retrain decided against champion v1 with v2 under test: after the promotion its move is stale.
-    assert "passed the gate but is not made challenger" in retrain_result.get("skipped", "") or (
-        "skipped" in retrain_result
+    # The retrain decided against champion v1 with v2 under test. Its candidate either passed the gate and found the
+    # aliases moved under the lock (so it is not made challenger), or failed the gate (no move to make): both are
+    # consistent outcomes, and in neither does it move an alias.
+    if retrain_result.get("gate_passed"):
+        pytest.fail(f"the retrain moved the challenger after the promotion: {retrain_result}")
+    gate_failed = retrain_result.get("gate_passed") is False
+    assert gate_failed or "passed the gate but is not made challenger" in retrain_result.get("skipped", ""), (
+        retrain_result
     )
     now = registry.aliases_now(model_name)
     assert now == {CHAMPION: "2", CHALLENGER: None}
