@@ -347,18 +347,126 @@ def calibrate(
     )
 
 
+def window_sizes(min_rows: int, window_rows: int) -> list[int]:
+    """Window sizes calibrated for a version: doubling from `min_rows` up to `window_rows` (both included).
+
+    A check uses the calibration of the largest size not above its window's rows: a smaller window than calibrated
+    would alarm too often, a larger one is tested a little conservatively.
+    """
+    sizes, size = [], max(1, min(min_rows, window_rows))
+    while size < window_rows:
+        sizes.append(size)
+        size *= 2
+    return sizes + [window_rows]
+
+
+@dataclass
+class VersionCalibration:
+    """Everything a version's drift checks compare against, stored with the version."""
+
+    calibrations: list[Calibration]
+    """One per window size (`window_sizes`), smallest first."""
+    prediction_counts: dict[str, int]
+    """The version's own predictions on its reference rows, per class (prediction drift compares with them)."""
+    label_counts: dict[str, int]
+    """The reference's labels per class (label drift compares with them)."""
+    holdout_accuracy: float | None
+    """The version's accuracy on its holdout when registered (a performance drop is measured against it)."""
+
+    def for_rows(self, rows: int) -> Calibration:
+        """The calibration of the largest window size not above `rows` (the smallest when all are above)."""
+        fitting = [c for c in self.calibrations if c.window_rows <= rows]
+        return fitting[-1] if fitting else self.calibrations[0]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calibrations": [c.as_dict() for c in self.calibrations],
+            "prediction_counts": self.prediction_counts,
+            "label_counts": self.label_counts,
+            "holdout_accuracy": self.holdout_accuracy,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VersionCalibration:
+        return cls(
+            calibrations=[Calibration.from_dict(c) for c in data["calibrations"]],
+            prediction_counts={str(k): int(v) for k, v in data.get("prediction_counts", {}).items()},
+            label_counts={str(k): int(v) for k, v in data.get("label_counts", {}).items()},
+            holdout_accuracy=data.get("holdout_accuracy"),
+        )
+
+    def summary(self) -> str:
+        largest = self.calibrations[-1]
+        sizes = ",".join(str(c.window_rows) for c in self.calibrations)
+        return f"{largest.summary()}; windows {sizes}"
+
+
+def class_counts(values: Any) -> dict[str, int]:
+    """Counts per class, classes as strings (missing left out)."""
+    return {str(k): int(v) for k, v in pd.Series(values).dropna().astype(str).value_counts().sort_index().items()}
+
+
+def calibrate_version(
+    reference: pd.DataFrame,
+    *,
+    target: str,
+    predictions: Any,
+    holdout_accuracy: float | None,
+    min_rows: int,
+    window_rows: int,
+    budget: float,
+    period_checks: int,
+    consecutive: int,
+    resamples: int,
+    seed: int,
+    per_column_method: dict[str, str] | None = None,
+) -> VersionCalibration:
+    """Calibrate a version's drift checks on its reference, for every window size a check may have.
+
+    Args:
+        reference: The version's reference rows (features and target).
+        target: The target column (not tested as a feature).
+        predictions: The version's predictions on the reference rows.
+        holdout_accuracy: Its holdout accuracy.
+        min_rows: The smallest window a check runs on.
+        window_rows: The largest.
+        budget: Allowed probability of a spurious drift episode per period.
+        period_checks: Checks per period.
+        consecutive: Alarms in a row that make an episode.
+        resamples: No-drift windows resampled per size.
+        seed: Seed of the resampling.
+        per_column_method: Evidently method per column over the defaults.
+    """
+    from flows.lib.drift import column_roles
+
+    columns = [c for c in reference.columns if c != target]
+    numerical, _ = column_roles(reference, columns)
+    kinds = {c: "numerical" if c in numerical else "categorical" for c in columns}
+    calibrations = [
+        calibrate(
+            reference,
+            columns,
+            kinds=kinds,
+            window_rows=size,
+            budget=budget,
+            period_checks=period_checks,
+            consecutive=consecutive,
+            resamples=resamples,
+            seed=seed,
+            per_column_method=per_column_method,
+        )
+        for size in window_sizes(min_rows, window_rows)
+    ]
+    return VersionCalibration(
+        calibrations=calibrations,
+        prediction_counts=class_counts(predictions),
+        label_counts=class_counts(reference[target]) if target in reference.columns else {},
+        holdout_accuracy=holdout_accuracy,
+    )
+
+
 def expected_false_episodes(calibration: Calibration) -> float:
     """Probability of a spurious episode per period implied by the resampled alarm rate."""
     return 1 - no_episode_probability(
         calibration.resampled_alarm_rate, calibration.period_checks, calibration.consecutive
     )
-
-
-__all__ = [
-    "Calibration",
-    "ColumnCalibration",
-    "calibrate",
-    "check_alarm_rate",
-    "expected_false_episodes",
-    "no_episode_probability",
-]

@@ -14,7 +14,7 @@ import pandas as pd
 from flows.lib import drift_policy
 from flows.lib.data_quality import QualityReport, QualityRules, check_quality
 from flows.lib.drift import DriftResult, column_roles, compute_drift
-from flows.lib.drift_calibration import Calibration
+from flows.lib.drift_calibration import Calibration, VersionCalibration
 
 
 @dataclass
@@ -69,6 +69,8 @@ class CheckResult:
     tested_columns: list[str]
     sample_rows: int
     sample_seed: int
+    calibration: Calibration
+    """The calibration used (the one for the window's size)."""
     prediction: ShareShift | None = None
     label: ShareShift | None = None
     accuracy: AccuracyCheck | None = None
@@ -90,11 +92,11 @@ class CheckResult:
         return keys
 
 
-def share_shift(reference: pd.Series, current: pd.Series, alpha: float) -> ShareShift | None:
-    """Chi-squared goodness of fit of the window's class counts to the reference's shares (scipy)."""
+def share_shift(reference: dict[str, int], current: pd.Series, alpha: float) -> ShareShift | None:
+    """Chi-squared goodness of fit of the window's class counts to the reference's class counts (scipy)."""
     from scipy.stats import chisquare
 
-    ref = reference.dropna().astype(str).value_counts()
+    ref = pd.Series(reference, dtype=float)
     cur = current.dropna().astype(str).value_counts()
     if ref.empty or cur.empty:
         return None
@@ -122,37 +124,40 @@ def accuracy_check(
 def run_check(
     reference: pd.DataFrame,
     current: pd.DataFrame,
-    calibration: Calibration,
+    calibrated: VersionCalibration,
     *,
     config: CheckConfig | None = None,
-    target: str | None = None,
-    prediction_column: str | None = None,
     current_predictions: pd.Series | None = None,
     current_labels: pd.Series | None = None,
     labelled_predictions: pd.Series | None = None,
-    holdout_accuracy: float | None = None,
 ) -> CheckResult:
     """Check a window against the reference with the version's calibration.
 
     Args:
-        reference: The reference rows (features, and the target and the version's predictions when known).
+        reference: The reference rows (features; other columns are ignored).
         current: The window's features, every column its records had.
-        calibration: The version's per-column methods and thresholds (its columns are the tested features).
+        calibrated: The version's calibration: per-column methods and thresholds per window size, its prediction
+            and label counts and its holdout accuracy.
         config: How the check runs.
-        target: The reference's target column (label drift).
-        prediction_column: The reference's column of the version's own predictions (prediction drift).
-        current_predictions: What the version served for the window's rows.
-        current_labels: The labels of the window's labelled rows.
+        current_predictions: What the version served for the window's rows (prediction drift).
+        current_labels: The labels of the window's labelled rows (label drift, accuracy).
         labelled_predictions: What was served for those labelled rows, aligned with `current_labels`.
-        holdout_accuracy: The version's accuracy on its own holdout (a performance drop is measured against it).
     """
     config = config or CheckConfig()
+    calibration = calibrated.for_rows(len(current))
     columns = [c.column for c in calibration.columns]
     numerical, _ = column_roles(reference, columns)
     kinds = {c: "numerical" if c in numerical else "categorical" for c in columns}
     quality = check_quality(reference, current, columns, kinds, config.quality)
     sample_rows, seed = len(current), config.sample_seed
-    result = CheckResult(quality=quality, drift=None, tested_columns=[], sample_rows=sample_rows, sample_seed=seed)
+    result = CheckResult(
+        quality=quality,
+        drift=None,
+        tested_columns=[],
+        sample_rows=sample_rows,
+        sample_seed=seed,
+        calibration=calibration,
+    )
     if not quality.valid:
         return result
     tested = quality.testable()
@@ -172,17 +177,16 @@ def run_check(
             per_column_threshold={c: calibration.thresholds()[c] for c in tested},
             drift_share=config.report_drift_share,
         )
-    if prediction_column and prediction_column in reference.columns and current_predictions is not None:
-        if len(current_predictions):
-            result.prediction = share_shift(reference[prediction_column], current_predictions, config.outcome_alpha)
+    if calibrated.prediction_counts and current_predictions is not None and len(current_predictions):
+        result.prediction = share_shift(calibrated.prediction_counts, current_predictions, config.outcome_alpha)
     if current_labels is not None and len(current_labels) >= config.min_labelled:
-        if target and target in reference.columns:
-            result.label = share_shift(reference[target], current_labels, config.outcome_alpha)
+        if calibrated.label_counts:
+            result.label = share_shift(calibrated.label_counts, current_labels, config.outcome_alpha)
         if labelled_predictions is not None:
             result.accuracy = accuracy_check(
                 current_labels,
                 labelled_predictions,
-                holdout_accuracy,
+                calibrated.holdout_accuracy,
                 config.accuracy_confidence,
                 config.max_accuracy_drop,
             )

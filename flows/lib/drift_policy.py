@@ -158,3 +158,15 @@ def starts_retrain(severity: str, retrain_severity: str) -> bool:
     if retrain_severity not in order or severity not in order:
         raise ValueError(f"Unknown severity: {severity!r} or {retrain_severity!r} (known: {order}).")
     return severity != events.SEVERITY_NONE and order.index(severity) >= order.index(retrain_severity)
+
+
+def reference_sample(training_data, rows: int, seed: int):
+    """A version's reference: a seeded random sample of `rows` of its training rows (all of them when fewer).
+
+    Training rows are labelled traffic up to the retrain and the original data, so the windows that follow the
+    retrain (newer requests) never overlap it; being random rather than the newest rows, it is not selected by label
+    arrival, and its size (hence the calibration's null) stays the same from version to version.
+    """
+    if len(training_data) <= rows:
+        return training_data.reset_index(drop=True)
+    return training_data.sample(rows, random_state=seed).reset_index(drop=True)
