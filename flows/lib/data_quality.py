@@ -4,9 +4,10 @@ categories.
 A schema failure (a reference column missing from the window, values of the wrong type) makes the window invalid:
 no drift verdict is given on it. The other findings are per column and count like drift of that column: a missing
 share above the reference's, values outside the reference's range, categories the reference never had. Each is
-flagged only when it exceeds both a tolerance and what chance allows (a one-sided binomial test at `alpha`): a fresh
-value lands outside the range of `n` reference values with probability 2/(n+1), and on an unseen category with about
-the share of categories seen once in the reference (Good-Turing), so small references do not flag every window.
+flagged only when it exceeds both a tolerance and what chance allows (a one-sided test at `alpha`): the count of
+values outside the range of `n` reference values is beta-binomial with mean share 2/(n+1) (`range_p_value`), and a
+fresh value has an unseen category with about the share of categories seen once in the reference (Good-Turing, a
+binomial test), so small references do not flag every window.
 """
 
 from __future__ import annotations
@@ -116,6 +117,20 @@ class QualityReport:
         return "\n".join(lines)
 
 
+def range_p_value(outside: int, rows: int, reference_rows: int) -> float:
+    """Chance of at least `outside` of `rows` fresh values outside the range of `reference_rows` values, no drift.
+
+    The range of n reference values covers a Beta(n - 1, 2) share of the distribution, so the count outside is
+    beta-binomial(rows, 2, n - 1) for continuous data (fewer with ties): a binomial at the mean rate 2/(n+1) would
+    ignore that a small reference's range is itself random, and flag every window of an unlucky reference.
+    """
+    from scipy.stats import betabinom
+
+    if reference_rows < 2 or outside <= 0:
+        return 1.0
+    return float(betabinom.sf(outside - 1, rows, 2, reference_rows - 1))
+
+
 def _exceeds(count: int, n: int, expected: float, observed_share: float, tolerance: float, alpha: float) -> bool:
     from scipy.stats import binomtest
 
@@ -176,8 +191,10 @@ def check_quality(
             if len(present) and len(ref_present):
                 outside = int(((present < ref_present.min()) | (present > ref_present.max())).sum())
                 out_of_range = outside / len(present)
-                expected = 2 / (len(ref_present) + 1)
-                if _exceeds(outside, len(present), expected, out_of_range, rules.range_tolerance, rules.alpha):
+                if (
+                    out_of_range > rules.range_tolerance
+                    and range_p_value(outside, len(present), len(ref_present)) < rules.alpha
+                ):
                     issues.append(OUT_OF_RANGE)
         else:
             cur_missing = float(cur.isna().mean()) if n else 0.0
