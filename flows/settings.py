@@ -58,7 +58,9 @@ class FlowSettings(RouterTokens):
         10_000, ge=10, description="A version's reference: a seeded random sample of this many of its training rows."
     )
     drift_max_window_rows: int = Field(
-        100_000, ge=100, description="A larger window is tested on a seeded sample of this many rows."
+        20_000,
+        ge=100,
+        description="A larger window is tested on a seeded sample of this many rows (size, seed reported).",
     )
     drift_important_columns: list[str] = Field(
         [], description="Columns whose drift alone makes a check critical (JSON list)."

@@ -22,7 +22,7 @@ class CheckConfig:
     """How a check runs."""
 
     quality: QualityRules = field(default_factory=QualityRules)
-    max_window_rows: int = 100_000
+    max_window_rows: int = 20_000
     """A larger window is tested on a seeded sample of this many rows (size and seed are in the result)."""
     sample_seed: int = 42
     report_drift_share: float = 0.3
