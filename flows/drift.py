@@ -11,7 +11,6 @@ whose severity reaches `DRIFTLOOP_DRIFT_RETRAIN_SEVERITY` also emits `driftloop.
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from flows.tasks import (
     find_version,
     load_reference,
     mlflow_run_url,
+    new_id,
     report_startup,
     run_lineage,
     run_name,
@@ -270,7 +270,7 @@ def drift(
     verdict = drift_policy.verdict(found, columns, rules)
     detected = drift_policy.starts_retrain(verdict.severity, settings.drift_retrain_severity)
     # A detected drift starts a new turn of the loop; retrain, experiment and decision carry its id.
-    loop_id = uuid.uuid4().hex[:12] if detected else ""
+    loop_id = new_id() if detected else ""
     alarmed = [c for c in columns if c in result.alarms()]
     share = len(verdict.drifted_columns) / len(columns) if columns else 0.0
     summary = drift_report.markdown(
