@@ -157,3 +157,20 @@ def test_streaks_restart_with_a_new_champion() -> None:
     assert drift_policy.persistent(drift_policy.update(state, {"a"}, "2"), 2) == set()
     assert drift_policy.persistent(drift_policy.update(state, {"a"}, "1"), 2) == {"a"}
     assert drift_policy.EpisodeState.from_json("not json") == drift_policy.EpisodeState()
+
+
+def test_evidentlys_verdicts_are_the_calibrated_statistic_against_its_threshold(reference, calibrated) -> None:
+    from flows.lib.drift_stats import ks_distance, tvd
+
+    frame = window(reference, 60).assign(a=lambda f: f.a + 0.5)
+    result = run_check(reference, frame, calibrated)
+    thresholds = result.calibration.thresholds()
+    for column in result.drift.columns:
+        if column.method == "driftloop_ks_d":
+            expected = ks_distance(reference[column.column].to_numpy(), frame[column.column].to_numpy())
+        else:
+            expected = tvd(reference[column.column], frame[column.column])
+        assert column.score == pytest.approx(expected)
+        assert column.threshold == pytest.approx(thresholds[column.column])
+        assert column.drifted == (expected > thresholds[column.column])
+    assert result.drift.drifted_columns == ["a"]
