@@ -35,13 +35,15 @@ from contracts.api import (
     Readiness,
     RouterConfig,
 )
-from serving.metrics import RouterMetrics
+from serving.metrics import ARRIVED, RouterMetrics
 from serving.services import views
+from serving.services.batching import MicroBatcher
 from serving.services.experiments import ExperimentService
 from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager
-from serving.services.predict import PredictService
+from serving.services.predict import PendingPrediction, PredictService
 from serving.services.readiness import check_ready
+from serving.services.split import SplitCache
 from serving.services.store import Store
 from serving.settings import RouterSettings
 
@@ -84,7 +86,6 @@ class InferenceController(Controller):
         "/predict",
         operation_id="predict",
         status_code=HTTP_200_OK,
-        sync_to_thread=True,
         opt=CLIENT | JSON,
         security=_SECURITY,
         responses={
@@ -93,14 +94,15 @@ class InferenceController(Controller):
             409: _error("The idempotency key was used for another request"),
             422: _error("The features do not match the model signature, or the label is not one of its classes"),
             500: _error("The model raised while predicting (the attempt is recorded as an error of its arm)"),
-            **_STORE,
+            503: _error("The queue is full, the store is busy or read-only (see Retry-After), or no champion"),
         },
     )
-    def predict(
+    async def predict(
         self,
         request: Request[Any, Any, Any],
         data: PredictRequest,
         predictor: PredictService,
+        batcher: MicroBatcher[PendingPrediction, PredictResponse],
         idempotency_key: Annotated[
             str | None,
             Parameter(
@@ -113,9 +115,16 @@ class InferenceController(Controller):
     ) -> PredictResponse:
         """Assign the user to an arm, predict with that arm's model, log the request (committed), answer.
 
-        An inline `label` needs the label (or admin) token.
+        An inline `label` needs the label (or admin) token. Concurrent requests are answered in micro-batches
+        (one predict per arm, one commit); a full queue answers 503 with Retry-After.
         """
-        return predictor.predict(data, idempotency_key=idempotency_key, authorization=_authorization(request))
+        pending = predictor.prepare(
+            data,
+            idempotency_key=idempotency_key,
+            authorization=_authorization(request),
+            arrived=request.scope.get(ARRIVED),  # type: ignore[call-overload]
+        )
+        return await batcher.run(pending)
 
     @post(
         "/feedback",
@@ -181,9 +190,11 @@ class ConfigController(Controller):
         security=_SECURITY,
         responses={**_BAD, **_AUTH, **_STORE},
     )
-    def set_config(self, data: ConfigUpdate, store: Store) -> RouterConfig:
-        """Change the split for every replica (takes effect on the next request)."""
-        return RouterConfig(ab_split_b=store.config.set_split(data.ab_split_b))
+    def set_config(self, data: ConfigUpdate, store: Store, split: SplitCache) -> RouterConfig:
+        """Change the split for every replica (here at once, on the others within one refresh interval)."""
+        value = store.config.set_split(data.ab_split_b)
+        split.use(value)
+        return RouterConfig(ab_split_b=value)
 
 
 class ExperimentController(Controller):
@@ -211,9 +222,12 @@ class ExperimentController(Controller):
             503: _error("The registry or the store could not be read"),
         },
     )
-    def set_plan(self, data: ExperimentPlan, experiments: ExperimentService) -> Experiment:
+    def set_plan(self, data: ExperimentPlan, experiments: ExperimentService, split: SplitCache) -> Experiment:
         """Store the plan of `v{champion}-vs-v{challenger}` before it starts; it must match the registry's plan tags."""
-        return experiments.set_plan(data)
+        try:
+            return experiments.set_plan(data)
+        finally:
+            split.invalidate()  # a new plan brings its split
 
     @post(
         "/end",
@@ -229,9 +243,12 @@ class ExperimentController(Controller):
             503: _error("Marked ended, but the models could not be reloaded from the registry"),
         },
     )
-    def end(self, data: ExperimentEnd, experiments: ExperimentService) -> Experiment:
+    def end(self, data: ExperimentEnd, experiments: ExperimentService, split: SplitCache) -> Experiment:
         """Mark the experiment of this challenger ended with its decision, then reload the models at once."""
-        return experiments.end(data)
+        try:
+            return experiments.end(data)
+        finally:
+            split.invalidate()
 
     @get(
         "/outcomes",
@@ -302,9 +319,10 @@ class ModelController(Controller):
         security=_SECURITY,
         responses={**_AUTH, 415: _BAD[415], 503: _HEALTH_503},
     )
-    def reload_models(self, experiments: ExperimentService) -> Response[Health]:
+    def reload_models(self, experiments: ExperimentService, split: SplitCache) -> Response[Health]:
         """Re-read the aliases now (call after moving one); 503 with ErrorBody when the registry fails."""
         experiments.refresh()
+        split.invalidate()  # a registry plan adopted by the refresh may have brought its split
         return _health(experiments.models)
 
     @get("/metrics", operation_id="get_metrics", sync_to_thread=False, media_type=MediaType.TEXT)
