@@ -246,6 +246,8 @@ class Health(msgspec.Struct, kw_only=True):
     challenger_version: str | None
     reasons: list[str] = []
     """Why the status is not `ok`, one line each."""
+    execution: dict[str, str] = {}
+    """Per alias served: `lean (...)` when a verified faster path runs the model, else `model predict (why)`."""
 
 
 class ReadyCheck(msgspec.Struct, kw_only=True):

@@ -160,7 +160,7 @@ def create_app(
     store = store if store is not None else Store(settings.store_url())
     store.db.busy_timeout = settings.store_busy_timeout_seconds
     store.db.retry_after = settings.store_retry_after_seconds
-    source = model_source or ModelSource(settings.mlflow_tracking_uri, settings.model_name)
+    source = model_source or ModelSource(settings.mlflow_tracking_uri, settings.model_name, lean=settings.lean_pipeline)
     metrics = RouterMetrics()
     store.db.on_write = metrics.observe_store_write
     authorizer = Authorizer(settings)

@@ -167,4 +167,9 @@ def health(current: ModelSet) -> Health:
         champion_version=current.champion_version,
         challenger_version=current.challenger_version,
         reasons=list(current.problems),
+        execution={
+            alias: served.execution
+            for alias, served in (("champion", current.champion), ("challenger", current.challenger))
+            if served is not None
+        },
     )
