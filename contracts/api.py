@@ -193,6 +193,19 @@ class LatencyBucket(msgspec.Struct, kw_only=True):
     """Median CPU time the model call took per request (what the model itself costs, which load does not inflate)."""
 
 
+class ShadowOutcome(msgspec.Struct, kw_only=True):
+    """Shadow mode: the challenger's predictions for champion requests (logged, never served)."""
+
+    model_version: str
+    requests: int
+    """Champion requests the challenger also scored."""
+    agree: int
+    """Of those, how many got the champion's prediction."""
+    labelled: int
+    correct: int
+    """Labelled ones the challenger got right (labels are the champion requests' own)."""
+
+
 class Outcomes(msgspec.Struct, kw_only=True):
     """Outcome counts per arm for the current experiment (champion version vs challenger version)."""
 
@@ -207,6 +220,8 @@ class Outcomes(msgspec.Struct, kw_only=True):
     bucket_seconds: int = 60
     latency_buckets: list[LatencyBucket] = []
     """Per arm and time bucket, the latency and compute time of the answered requests, oldest first."""
+    shadow: ShadowOutcome | None = None
+    """Shadow mode only: the challenger's scores of champion requests, beside the arms' counts."""
 
     def arm(self, name: Arm) -> ArmOutcome | None:
         """The outcome of one arm, or None when that arm served nothing."""

@@ -32,6 +32,7 @@ from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager, ModelSource, SupportsModelSource
 from serving.services.predict import PendingPrediction, PredictService
 from serving.services.relay import EventRelay
+from serving.services.shadow import ShadowScorer
 from serving.services.split import SplitCache
 from serving.services.store import Store
 from serving.settings import RouterSettings, get_settings
@@ -197,8 +198,12 @@ def create_app(
         retry_after=settings.store_retry_after_seconds,
         on_batch=metrics.observe_batch,
     )
+    shadow = ShadowScorer(store=store, models=models, metrics=metrics, max_queue=settings.shadow_queue_max)
+    if settings.shadow_mode:
+        predictor.on_recorded = shadow.offer
     state = {
         "settings": settings,
+        "shadow": shadow,
         "store": store,
         "model_source": source,
         "models": models,
@@ -265,6 +270,9 @@ def create_app(
                         await task
 
                 stack.push_async_callback(stop)
+            if settings.shadow_mode:
+                shadow.start()
+                stack.push_async_callback(shadow.close)  # after the batcher: scores what it handed over
             batcher.start()
             stack.push_async_callback(batcher.close)  # answers what is queued before the store closes
             yield

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post, put
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
@@ -43,6 +44,7 @@ from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager
 from serving.services.predict import PendingPrediction, PredictService
 from serving.services.readiness import check_ready
+from serving.services.shadow import ShadowScorer
 from serving.services.split import SplitCache
 from serving.services.store import Store
 from serving.settings import RouterSettings
@@ -261,13 +263,15 @@ class ExperimentController(Controller):
     def outcomes(
         self,
         experiments: ExperimentService,
+        shadow: ShadowScorer,
         bucket_seconds: Annotated[
             int, Parameter(ge=1, le=86_400, description="Width of the latency buckets in seconds.")
         ] = 60,
     ) -> Outcomes:
         """Per arm of the current experiment: requests, labels, errors, users, latency percentiles, confusion, and
-        latency per time bucket."""
-        return experiments.outcomes(bucket_seconds)
+        latency per time bucket; in shadow mode, the challenger's scores of champion requests beside them."""
+        outcomes = experiments.outcomes(bucket_seconds)
+        return msgspec.structs.replace(outcomes, shadow=shadow.outcome(outcomes.experiment_id))
 
 
 _HEALTH_503 = ResponseSpec(
