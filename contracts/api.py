@@ -57,6 +57,27 @@ class PredictResponse(msgspec.Struct, kw_only=True):
     experiment_id: str
 
 
+class PredictBatchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Many predictions in one call (at most `DRIFTLOOP_PREDICT_BATCH_ROWS_MAX`): each is assigned, checked, logged
+    and answered like a single `/predict` (keys in the body's `idempotency_key`)."""
+
+    requests: Annotated[list[PredictRequest], msgspec.Meta(min_length=1)]
+
+
+class PredictBatchItem(msgspec.Struct, kw_only=True):
+    """The outcome of one row of a batch: its answer (200) or what was wrong with it (its own 4xx/5xx)."""
+
+    status_code: int
+    result: PredictResponse | None = None
+    error: str | None = None
+
+
+class PredictBatchResponse(msgspec.Struct, kw_only=True):
+    """One item per request of the batch, in order."""
+
+    results: list[PredictBatchItem]
+
+
 class FeedbackRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A label that arrives after the prediction (a retry with the same label is harmless)."""
 

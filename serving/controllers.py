@@ -8,6 +8,7 @@ thread (`sync_to_thread=True`), so pandas, SQL commits and registry calls never 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -31,11 +32,14 @@ from contracts.api import (
     Health,
     InferencePage,
     Outcomes,
+    PredictBatchRequest,
+    PredictBatchResponse,
     PredictRequest,
     PredictResponse,
     Readiness,
     RouterConfig,
 )
+from serving.errors import PayloadTooLarge, RouterError
 from serving.metrics import ARRIVED, RouterMetrics
 from serving.services import views
 from serving.services.batching import MicroBatcher
@@ -127,6 +131,50 @@ class InferenceController(Controller):
             arrived=request.scope.get(ARRIVED),  # type: ignore[call-overload]
         )
         return await batcher.run(pending)
+
+    @post(
+        "/predict/batch",
+        operation_id="predict_batch",
+        status_code=HTTP_200_OK,
+        opt=CLIENT | JSON,
+        security=_SECURITY,
+        responses={
+            **_BAD,
+            **_AUTH,
+            503: _error("The queue has no room for the whole batch (see Retry-After), or no champion"),
+        },
+    )
+    async def predict_batch(
+        self,
+        request: Request[Any, Any, Any],
+        data: PredictBatchRequest,
+        predictor: PredictService,
+        batcher: MicroBatcher[PendingPrediction, PredictResponse],
+        settings: RouterSettings,
+    ) -> PredictBatchResponse:
+        """Many predictions in one call: each row is assigned, checked, logged and answered like a `/predict`.
+
+        Each row gets its own status: 200 with its answer, or its own error (a bad row fails alone). The rows are
+        queued together (all or none: 503 with Retry-After when the queue has no room for them).
+        """
+        if len(data.requests) > settings.predict_batch_rows_max:
+            raise PayloadTooLarge(
+                f"a batch holds at most {settings.predict_batch_rows_max} requests, got {len(data.requests)}"
+            )
+        arrived = request.scope.get(ARRIVED)  # type: ignore[call-overload]
+        authorization = _authorization(request)
+        outcomes: list[Any] = [None] * len(data.requests)
+        pending: list[tuple[int, PendingPrediction]] = []
+        for i, row in enumerate(data.requests):
+            try:
+                pending.append((i, predictor.prepare(row, authorization=authorization, arrived=arrived)))
+            except RouterError as exc:
+                outcomes[i] = exc
+        futures = batcher.submit([p for _, p in pending])
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        for (i, _), answer in zip(pending, answers, strict=True):
+            outcomes[i] = answer
+        return PredictBatchResponse(results=[views.batch_item(outcome) for outcome in outcomes])
 
     @post(
         "/feedback",
