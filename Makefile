@@ -30,7 +30,7 @@ BENCH ?= quick
 bench: install ## Run the benchmarks in bench/ (BENCH=all for the slow ones too).
 	@command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1; } \
 		|| echo "wrk is not installed and apt-get could not install it: the router bench uses its Python load generator"
-	$(UV) run --frozen python -m bench.router $(ARGS)
+	$(UV) run --frozen --group bench python -m bench.router $(ARGS)
 	$(UV) run --frozen python -m bench.ab_simulation
 	$(UV) run --frozen python -m bench.flow_startup
 	@if [ "$(BENCH)" = "all" ]; then $(UV) run --frozen python -m bench.retrain_scale; fi
