@@ -30,6 +30,9 @@ from typing import Any
 
 import httpx
 
+from contracts.api import ROUTE_PREDICT
+from contracts.registry import CHALLENGER, CHAMPION
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "router.json"
 README = ROOT / "README.md"
@@ -44,7 +47,7 @@ request = function()
   local body = string.format(
     '{"user_id":"u%d","features":{"sepal_length":5.1,"sepal_width":3.5,"petal_length":%0.1f,"petal_width":0.2}}',
     counter % 5000, 1 + (counter % 50) / 10)
-  return wrk.format("POST", "/predict", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, body)
 end
 """
 
@@ -110,7 +113,7 @@ def register_models(home: Path, kinds: list[str]) -> str:
     data["species"] = data["species"].map(dict(enumerate(["setosa", "versicolor", "virginica"])))
     client = MlflowClient(uri, uri)
     for kind in kinds:
-        for session, alias in ((1, "champion"), (2, "challenger")):
+        for session, alias in ((1, CHAMPION), (2, CHALLENGER)):
             exp = ClassificationExperiment()
             exp.setup(data, target="species", session_id=session, n_jobs=1, verbose=False, html=False, system_log=False)
             pipeline = exp.finalize_model(exp.create_model(kind, cross_validation=False, verbose=False))
@@ -137,7 +140,6 @@ class Server:
     argv: list[str]
     env: dict[str, str]
     port: int
-    ready_path: str = "/predict"
 
     def start(self, log: Path, timeout: float = 180.0) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
@@ -154,7 +156,7 @@ class Server:
             if process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {process.returncode}; see {log}")
             try:
-                if httpx.post(f"http://127.0.0.1:{self.port}/predict", json=body, timeout=2).status_code == 200:
+                if httpx.post(f"http://127.0.0.1:{self.port}{ROUTE_PREDICT}", json=body, timeout=2).status_code == 200:
                     return process
             except httpx.HTTPError:
                 pass
@@ -378,13 +380,13 @@ def bench(
         script = None
         if generator == "wrk":
             script = home / "predict.lua"
-            script.write_text(WRK_SCRIPT)
+            script.write_text(WRK_SCRIPT.replace('"%s"', f'"{ROUTE_PREDICT}"'))
         uri = register_models(home, kinds)
         for server in servers(home, uri, kinds, flask=flask, shadow=shadow):
             print(f"starting {server.name}", flush=True)
             process = server.start(home / "server.log")
             try:
-                url = f"http://127.0.0.1:{server.port}/predict"
+                url = f"http://127.0.0.1:{server.port}{ROUTE_PREDICT}"
                 load(url, max(connections), warmup, script)
                 for c in connections:
                     measured = load(url, c, seconds, script)

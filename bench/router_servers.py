@@ -18,6 +18,8 @@ from typing import Any
 
 import msgspec
 
+from contracts.api import ROUTE_PREDICT
+
 HOST = "127.0.0.1"
 
 
@@ -34,7 +36,7 @@ def bare_app() -> Any:
 
     answer = {"request_id": "0", "prediction": "setosa", "model_name": "bare", "model_version": "1"}
 
-    @post("/predict", status_code=200, sync_to_thread=False)
+    @post(ROUTE_PREDICT, status_code=200, sync_to_thread=False)
     def predict(data: Body) -> dict[str, str]:
         return answer
 
@@ -55,7 +57,7 @@ def flask_app() -> Any:
     lock = threading.Lock()
     app = Flask("classic")
 
-    @app.post("/predict")
+    @app.post(ROUTE_PREDICT)
     def predict() -> Any:
         body = request.get_json()
         frame = pd.DataFrame([body["features"]])

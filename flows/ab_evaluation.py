@@ -7,7 +7,6 @@ run with the metrics, the evidence and a plot of the metric per arm over time.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +18,17 @@ from contracts import events
 from contracts.api import ExperimentEnd, ExperimentPlan, Health, Outcomes
 from contracts.registry import CHALLENGER
 from flows.settings import FlowSettings, get_settings
-from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, mlflow_run_url, report_startup, router, run_name
+from flows.tasks import (
+    IO_RETRIES,
+    connect_mlflow,
+    emit,
+    find_version,
+    mlflow_run_url,
+    new_id,
+    report_startup,
+    router,
+    run_name,
+)
 
 if TYPE_CHECKING:
     from flows.lib import experiment
@@ -164,7 +173,7 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         outcomes = fetch_outcomes(settings, plan.guardrail_latency_bucket_seconds)
 
     decision = decide(outcomes, plan, latency_breach_streak(model_name, outcomes.experiment_id))
-    decision_id = uuid.uuid4().hex[:12]
+    decision_id = new_id()
     where = record_look(
         decision, outcomes=outcomes, decision_id=decision_id, loop_id=plan.loop_id, model_name=model_name,
         reports_dir=settings.home / "reports", tracking_uri=settings.mlflow_tracking_uri,

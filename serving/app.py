@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from contracts.api import ErrorBody, PredictResponse
+from contracts.registry import CHALLENGER, CHAMPION
 from serving.controllers import ConfigController, ExperimentController, InferenceController, ModelController
 from serving.errors import Overloaded, RouterError, StoreUnavailable, redact
 from serving.metrics import MetricsMiddleware, RouterMetrics
@@ -225,7 +226,7 @@ def create_app(
         except RouterError as exc:
             logger.warning("split refresh failed, keeping the cached split: %s", exc.detail)
         current = models.current
-        metrics.set_serving({"champion": current.champion_version, "challenger": current.challenger_version})
+        metrics.set_serving({CHAMPION: current.champion_version, CHALLENGER: current.challenger_version})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -19,7 +19,6 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
 
 import msgspec
 import numpy as np
@@ -27,9 +26,7 @@ from scipy.optimize import brentq
 from scipy.stats import binomtest, chi2_contingency, chisquare, norm
 from sklearn.metrics import precision_recall_fscore_support
 
-from contracts.api import ArmOutcome, ConfusionCell, ExperimentPlan, LatencyBucket, Outcomes
-
-DecisionName = Literal["PROMOTE", "ROLLBACK", "CONTINUE", "INVALID"]
+from contracts.api import ArmOutcome, ConfusionCell, DecisionName, ExperimentPlan, LatencyBucket, Outcomes
 
 MIN_LABELLED_PER_ARM = 10
 """No verdict on the primary metric before both arms have this many labelled outcomes.

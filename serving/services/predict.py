@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.api import Arm, Label, PredictRequest, PredictResponse
+from contracts.registry import CHAMPION
 from serving.errors import IdempotencyConflict, PredictionFailed, RouterError, redact
 from serving.metrics import RouterMetrics
 from serving.security import Authorizer
@@ -238,7 +239,7 @@ class PredictService:
                 champion = [
                     (record, row)
                     for (i, record, _, row), stored in zip(records, stored_rows, strict=False)
-                    if record.arm == "champion" and stored.request_id == record.request_id
+                    if record.arm == CHAMPION and stored.request_id == record.request_id
                 ]
                 if champion:
                     self.on_recorded(champion)

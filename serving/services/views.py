@@ -21,13 +21,14 @@ from contracts.api import (
     PredictBatchItem,
     PredictResponse,
 )
+from contracts.registry import CHALLENGER, CHAMPION
 from serving.errors import RouterError, redact
 from serving.services.models import ModelSet
 from serving.services.store import ArmCounts, ExperimentRow, InferenceRow, LatencyBucketRow
 
 logger = logging.getLogger(__name__)
 
-ARMS: tuple[Arm, ...] = ("champion", "challenger")
+ARMS: tuple[Arm, ...] = (CHAMPION, CHALLENGER)
 _NO_COUNTS = ArmCounts(requests=0, labelled=0, correct=0, incorrect=0)
 
 
@@ -184,7 +185,7 @@ def health(current: ModelSet) -> Health:
         reasons=list(current.problems),
         execution={
             alias: served.execution
-            for alias, served in (("champion", current.champion), ("challenger", current.challenger))
+            for alias, served in ((CHAMPION, current.champion), (CHALLENGER, current.challenger))
             if served is not None
         },
     )
