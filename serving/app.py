@@ -192,7 +192,9 @@ def create_app(
         max_abs_feature=settings.max_abs_feature,
     )
     batcher: MicroBatcher[PendingPrediction, PredictResponse] = MicroBatcher(
-        predictor.process,
+        # Two stages: the next batch is predicted while the previous one commits.
+        predictor.predict_batch,
+        commit=predictor.commit,
         window_seconds=settings.predict_batch_window_ms / 1000,
         max_batch=settings.predict_batch_max,
         max_queue=settings.predict_queue_max,

@@ -49,8 +49,9 @@ class MicroBatcher(Generic[T, R]):
 
     def __init__(
         self,
-        process: Callable[[list[T]], Sequence[R | BaseException]],
+        process: Callable[[list[T]], Any],
         *,
+        commit: Callable[[Any], Sequence[R | BaseException]] | None = None,
         window_seconds: float,
         max_batch: int,
         max_queue: int,
@@ -62,6 +63,9 @@ class MicroBatcher(Generic[T, R]):
 
         Args:
             process: The blocking batch function (called in a worker thread, one batch at a time).
+            commit: A second blocking stage: `process` returns what it takes, and it returns the outcomes. The
+                next batch's `process` then runs while the previous batch's `commit` does (one of each at a time,
+                commits in batch order): a batch's predictions overlap the previous batch's commit.
             window_seconds: How long an idle collector waits for more items after the first one arrives.
             max_batch: Most items in one batch.
             max_queue: Most items waiting; `submit` refuses more with `Overloaded` (503).
@@ -72,6 +76,7 @@ class MicroBatcher(Generic[T, R]):
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         self.process = process
+        self.commit = commit
         self.window_seconds = max(0.0, window_seconds)
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -141,18 +146,64 @@ class MicroBatcher(Generic[T, R]):
 
     async def _collect(self) -> None:
         assert self._wake is not None
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                # Idle until now: give the rest of a burst a short window to join this batch.
-                if self.window_seconds and len(self._queue) < self.max_batch and not self._closing:
-                    await asyncio.sleep(self.window_seconds)
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    # Idle until now: give the rest of a burst a short window to join this batch.
+                    if self.window_seconds and len(self._queue) < self.max_batch and not self._closing:
+                        await asyncio.sleep(self.window_seconds)
+                    continue
+                jobs = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+                if self.commit is None:
+                    await self._run(jobs)
+                    continue
+                staged = await self._stage(jobs)
+                if committing is not None:
+                    await committing  # one commit at a time, in batch order
+                    committing = None
+                if staged is not None:
+                    committing = asyncio.create_task(self._commit(jobs, staged[0]))
+        finally:
+            if committing is not None:
+                await committing
+
+    async def _stage(self, jobs: list[Job[T, R]]) -> tuple[Any] | None:
+        """The first stage in a worker thread; on failure every job gets the error and None is returned."""
+        try:
+            return (await anyio.to_thread.run_sync(self.process, [job.item for job in jobs]),)
+        except Exception as exc:
+            logger.exception("%s batch of %d failed as a whole", self.name, len(jobs))
+            self._resolve(jobs, [exc] * len(jobs))
+            return None
+
+    async def _commit(self, jobs: list[Job[T, R]], staged: Any) -> None:
+        assert self.commit is not None
+        try:
+            outcomes: Sequence[Any] = await anyio.to_thread.run_sync(self.commit, staged)
+            if len(outcomes) != len(jobs):
+                raise RuntimeError(f"commit returned {len(outcomes)} outcomes for {len(jobs)} items")
+        except Exception as exc:
+            logger.exception("%s batch of %d failed as a whole", self.name, len(jobs))
+            outcomes = [exc] * len(jobs)
+        if self.on_batch is not None:
+            with contextlib.suppress(Exception):
+                self.on_batch(len(jobs))
+        self._resolve(jobs, outcomes)
+
+    @staticmethod
+    def _resolve(jobs: list[Job[T, R]], outcomes: Sequence[Any]) -> None:
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if job.future.done():  # the client went away; its record (if any) is in the store all the same
                 continue
-            jobs = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
-            await self._run(jobs)
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
 
     async def _run(self, jobs: list[Job[T, R]]) -> None:
         items = [job.item for job in jobs]
@@ -168,10 +219,4 @@ class MicroBatcher(Generic[T, R]):
             with contextlib.suppress(Exception):
                 self.on_batch(len(jobs))
         logger.debug("%s batch of %d in %.2f ms", self.name, len(jobs), (time.perf_counter() - started) * 1000)
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if job.future.done():  # the client went away; its record (if any) is in the store all the same
-                continue
-            if isinstance(outcome, BaseException):
-                job.future.set_exception(outcome)
-            else:
-                job.future.set_result(outcome)
+        self._resolve(jobs, outcomes)

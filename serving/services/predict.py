@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +63,19 @@ class _Assigned:
 
 
 Outcome = PredictResponse | Exception
+
+
+@dataclass(slots=True)
+class PredictedBatch:
+    """A batch between its predictions and its commit: what is known of each item so far."""
+
+    items: list[PendingPrediction]
+    out: list[Outcome | None]
+    """Outcomes already known (errors, replays); None for the rest."""
+    records: list[tuple[int, InferenceRow, Label, dict[str, Any]]] = field(default_factory=list)
+    """(item index, record to write, native prediction, checked features)."""
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+    """(item index, index of the earlier item with the same key)."""
 
 
 class PredictService:
@@ -157,6 +170,13 @@ class PredictService:
             One outcome per item: its answer (for a key seen before, the first answer, not counted again), or its
             own error (4xx for a bad request, 500 for a model failure, 503 without a champion or a store).
         """
+        return self.commit(self.predict_batch(items))
+
+    def predict_batch(self, items: list[PendingPrediction]) -> PredictedBatch:
+        """The first stage of `process`: assign, check and predict (one call per arm), nothing written. Blocking.
+
+        A batcher may run this for the next batch while `commit` writes the previous one.
+        """
         out: list[Outcome | None] = [None] * len(items)
         try:
             # One snapshot for the whole batch: a concurrent swap cannot mix versions within it.
@@ -164,7 +184,7 @@ class PredictService:
             current.require_champion()
             split_b = self.split() if current.challenger else 0.0
         except RouterError as exc:
-            return [exc] * len(items)
+            return PredictedBatch(items=items, out=[exc] * len(items))
         experiment_id = current.experiment_id
         assert experiment_id is not None
         first_with_key: dict[str, int] = {}
@@ -213,6 +233,14 @@ class PredictService:
                     fingerprint=item.digest,
                 )
                 records.append((entry.index, record, prediction, entry.row))
+        return PredictedBatch(items=items, out=out, records=records, duplicates=duplicates)
+
+    def commit(self, batch: PredictedBatch) -> list[Outcome]:
+        """The second stage of `process`: one group commit of the batch's records, then each item's outcome.
+
+        Blocking; one commit at a time (the store has one writer).
+        """
+        items, out, records, duplicates = batch.items, batch.out, batch.records, batch.duplicates
         logged: dict[int, InferenceRow] = {}
         if records:
             try:

@@ -215,3 +215,37 @@ async def test_a_full_predict_queue_refuses_with_503_and_loses_nothing(make_app,
         model.gate.set()
         answers = [await first, await second]
         assert {r.request_id for r in app.state.store.log.recent()} == {a.request_id for a in answers}
+
+
+async def test_the_next_batch_is_processed_while_the_previous_one_commits():
+    gate, committing = threading.Event(), threading.Event()
+    processed: list[list[int]] = []
+    committed: list[list[int]] = []
+
+    def process(items: list[int]) -> list[int]:
+        processed.append(items)
+        return items
+
+    def commit(items: list[int]) -> list[int]:
+        committing.set()
+        gate.wait(10)
+        committed.append(items)
+        return [10 * i for i in items]
+
+    batcher = MicroBatcher(process, commit=commit, window_seconds=0, max_batch=2, max_queue=10)
+    batcher.start()
+    try:
+        first = batcher.submit([1, 2])
+        await asyncio.to_thread(committing.wait, 5)
+        second = batcher.submit([3])
+        for _ in range(100):  # the second batch is predicted while the first one still commits
+            if len(processed) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert processed == [[1, 2], [3]] and committed == []
+        gate.set()
+        assert await asyncio.gather(*first, *second) == [10, 20, 30]
+        assert committed == [[1, 2], [3]]
+    finally:
+        gate.set()
+        await batcher.close()
