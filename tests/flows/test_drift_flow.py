@@ -19,8 +19,8 @@ from flows.lib import registry
 from flows.lib.data import IRIS_FEATURES, IRIS_TARGET
 from flows.lib.drift_calibration import calibrate_version
 from serving.services.store import InferenceRow
-
-from .conftest import TRAINING_EXPERIMENT, Router, StubModel, read_events
+from tests.conftest import TRAINING_EXPERIMENT, read_events
+from tests.flows.conftest import FlowerModel, Router
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -78,7 +78,7 @@ def world(
         documents={f"{DRIFT_ARTIFACT_DIR}/{DRIFT_CALIBRATION_FILE}": calibrated.as_dict()},
     )
     registry.move_alias(model_name, CHAMPION, "1", reason="bootstrap")
-    router = start_router({"1": StubModel()})
+    router = start_router({"1": FlowerModel()})
     for key, value in {"MODEL_NAME": model_name, "DRIFT_WINDOW_ROWS": "150", "DRIFT_CONSECUTIVE": "2"}.items():
         monkeypatch.setenv(f"DRIFTLOOP_{key}", value)
     flow_env(router)

@@ -15,7 +15,7 @@ from contracts.registry import (
 )
 from flows.lib import registry
 
-pytestmark = pytest.mark.usefixtures("mlflow_store")
+pytestmark = pytest.mark.usefixtures("configured_registry")
 
 
 @pytest.fixture(scope="module")
