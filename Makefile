@@ -7,7 +7,7 @@ ARGS ?=
 # (every flow run is one), which doubles the CPU a run costs before its first task.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo demo-postgres test install uv lint format deploy clean
+.PHONY: demo demo-postgres test install uv lint format deploy clean bench
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv 2>/dev/null \
@@ -25,6 +25,18 @@ demo-postgres: install ## The same loop on PostgreSQL (Prefect, MLflow, router s
 
 test: install ## Unit tests, then the end-to-end loop on real services.
 	$(UV) run --frozen pytest
+
+# `make bench`: the quick benchmarks (router under wrk, A/B decision simulations, flow start-up); results in
+# bench/results/*.json and the README's performance table. `make bench BENCH=all` adds the slow one (training at
+# scale). bench.fresh_clone (a fresh clone's `make demo`) is run by hand only.
+BENCH ?= quick
+bench: install ## Run the benchmarks in bench/ (BENCH=all for the slow ones too).
+	@command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1; } \
+		|| echo "wrk is not installed and apt-get could not install it: the router bench uses its Python load generator"
+	$(UV) run --frozen --group bench python -m bench.router $(ARGS)
+	$(UV) run --frozen python -m bench.ab_simulation
+	$(UV) run --frozen python -m bench.flow_startup
+	@if [ "$(BENCH)" = "all" ]; then $(UV) run --frozen python -m bench.retrain_scale; fi
 
 lint: install
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .

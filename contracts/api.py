@@ -59,6 +59,8 @@ INVALID: Final = "INVALID"
 
 ROUTE_PREDICT = "/predict"
 """POST a `PredictRequest`, get a `PredictResponse`."""
+ROUTE_PREDICT_BATCH = f"{ROUTE_PREDICT}/batch"
+"""POST a `PredictBatchRequest` (many rows), get a `PredictBatchResponse` (one item per row)."""
 ROUTE_FEEDBACK = "/feedback"
 """POST a `FeedbackRequest` (a label for an earlier request), get a `FeedbackResponse`."""
 ROUTE_INFERENCES = "/inferences"
@@ -105,6 +107,27 @@ class PredictResponse(msgspec.Struct, kw_only=True):
     model_version: str
     arm: Arm
     experiment_id: str
+
+
+class PredictBatchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Many predictions in one call (at most `DRIFTLOOP_PREDICT_BATCH_ROWS_MAX`): each is assigned, checked, logged
+    and answered like a single `/predict` (keys in the body's `idempotency_key`)."""
+
+    requests: Annotated[list[PredictRequest], msgspec.Meta(min_length=1)]
+
+
+class PredictBatchItem(msgspec.Struct, kw_only=True):
+    """The outcome of one row of a batch: its answer (200) or what was wrong with it (its own 4xx/5xx)."""
+
+    status_code: int
+    result: PredictResponse | None = None
+    error: str | None = None
+
+
+class PredictBatchResponse(msgspec.Struct, kw_only=True):
+    """One item per request of the batch, in order."""
+
+    results: list[PredictBatchItem]
 
 
 class FeedbackRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -243,6 +266,19 @@ class LatencyBucket(msgspec.Struct, kw_only=True):
     """Median CPU time the model call took per request (what the model itself costs, which load does not inflate)."""
 
 
+class ShadowOutcome(msgspec.Struct, kw_only=True):
+    """Shadow mode: the challenger's predictions for champion requests (logged, never served)."""
+
+    model_version: str
+    requests: int
+    """Champion requests the challenger also scored."""
+    agree: int
+    """Of those, how many got the champion's prediction."""
+    labelled: int
+    correct: int
+    """Labelled ones the challenger got right (labels are the champion requests' own)."""
+
+
 class Outcomes(msgspec.Struct, kw_only=True):
     """Outcome counts per arm for the current experiment (champion version vs challenger version)."""
 
@@ -257,6 +293,8 @@ class Outcomes(msgspec.Struct, kw_only=True):
     bucket_seconds: int = 60
     latency_buckets: list[LatencyBucket] = []
     """Per arm and time bucket, the latency and compute time of the answered requests, oldest first."""
+    shadow: ShadowOutcome | None = None
+    """Shadow mode only: the challenger's scores of champion requests, beside the arms' counts."""
 
     def arm(self, name: Arm) -> ArmOutcome | None:
         """The outcome of one arm, or None when that arm served nothing."""
@@ -318,6 +356,8 @@ class Health(msgspec.Struct, kw_only=True):
     challenger_version: str | None
     reasons: list[str] = []
     """Why the status is not `ok`, one line each."""
+    execution: dict[str, str] = {}
+    """Per alias served: `lean (...)` when a verified faster path runs the model, else `model predict (why)`."""
 
 
 class ReadyCheck(msgspec.Struct, kw_only=True):

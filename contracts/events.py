@@ -15,6 +15,8 @@ EXPERIMENT_SAMPLE_REACHED = "driftloop.experiment.sample_reached"
 EXPERIMENT_GUARDRAIL_BREACHED = "driftloop.experiment.guardrail_breached"
 ROUTER_TRAFFIC = "driftloop.router.traffic"
 """The router served requests in the last period (a heartbeat: its absence is the traffic silence alert)."""
+DATA_INVALID = "driftloop.data.invalid"
+"""A drift check's window failed the schema (absent columns, wrong types): no drift verdict was given on it."""
 MODEL_REJECTED = "driftloop.model.rejected"
 """A retrained candidate failed the quality gate (emitted beside `driftloop.model.registered`)."""
 
@@ -50,8 +52,35 @@ def loop_resource(loop_id: str) -> dict[str, str]:
     return {"prefect.resource.id": f"{LOOP_PREFIX}{loop_id}", "prefect.resource.role": "loop"}
 
 
+SEVERITY_NONE = "none"
+SEVERITY_WARNING = "warning"
+SEVERITY_CRITICAL = "critical"
+SEVERITIES = (SEVERITY_NONE, SEVERITY_WARNING, SEVERITY_CRITICAL)
+"""Severity of a drift check, in increasing order; `DRIFTLOOP_DRIFT_RETRAIN_SEVERITY` names the one that retrains."""
+
+REASON_NONE = "none"
+REASON_FEATURE_DRIFT = "feature_drift"
+REASON_DATA_QUALITY = "data_quality"
+REASON_PREDICTION_DRIFT = "prediction_drift"
+REASON_LABEL_DRIFT = "label_drift"
+REASON_PERFORMANCE_DROP = "performance_drop"
+DRIFT_REASONS = (
+    REASON_NONE,
+    REASON_PERFORMANCE_DROP,
+    REASON_FEATURE_DRIFT,
+    REASON_DATA_QUALITY,
+    REASON_PREDICTION_DRIFT,
+    REASON_LABEL_DRIFT,
+)
+"""Why a check is severe (`DriftPayload.reason`: the first that applies, in this order)."""
+
+
 class DriftPayload(BaseModel):
-    """Payload of `driftloop.drift.checked` and `driftloop.drift.detected` (every key always present)."""
+    """Payload of `driftloop.drift.checked` and `driftloop.drift.detected` (every key always present).
+
+    `drift.checked` is emitted by every check that reached a verdict, `drift.detected` in addition when its severity
+    reaches the configured retrain severity (the retrain automation listens to it).
+    """
 
     model_name: str
     champion_version: str
@@ -66,6 +95,45 @@ class DriftPayload(BaseModel):
     report_url: str
     loop_id: str
     """Identifies this turn of the loop: drift, retrain, experiment and decision carry it."""
+    severity: str = SEVERITY_NONE
+    """`none`, `warning` or `critical` (`SEVERITIES`), from the configured rules on the persistent findings."""
+    reason: str = REASON_NONE
+    """The main reason of the severity (`DRIFT_REASONS`); `reasons` lists every finding in words."""
+    reasons: list[str] = []
+    alarmed_columns: list[str] = []
+    """Columns whose test alarmed in this check (before persistence)."""
+    quality_columns: list[str] = []
+    """Columns with a data-quality finding in this check (missing values, out of range, unseen categories)."""
+    consecutive: int = 1
+    """Alarms in a row a column needs before it counts as drifted (`drifted_columns`)."""
+    prediction_drift: bool = False
+    label_drift: bool = False
+    labelled_rows: int = 0
+    accuracy: float | None = None
+    """Accuracy of the champion on the window's labelled requests (None without labels), with its interval."""
+    accuracy_low: float | None = None
+    accuracy_high: float | None = None
+    holdout_accuracy: float | None = None
+    """The champion's accuracy on its own holdout when it was registered (None when unknown)."""
+    performance_drop: bool = False
+    window_sample_rows: int = 0
+    """Rows of the window the tests ran on (a seeded sample of a large window; all rows otherwise)."""
+    window_sample_seed: int = 0
+
+
+class DataInvalidPayload(BaseModel):
+    """Payload of `driftloop.data.invalid`: the window failed the schema, so no drift verdict was given."""
+
+    model_name: str
+    champion_version: str
+    errors: list[str]
+    absent_columns: list[str]
+    wrong_type_columns: list[str]
+    extra_columns: list[str]
+    window_start: str
+    window_end: str
+    window_rows: int
+    report_url: str
 
 
 class SampleReachedPayload(BaseModel):

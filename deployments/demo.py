@@ -88,7 +88,10 @@ class Watcher:
             return
         if name == events.DRIFT_CHECKED:
             self.drift_checks.append(payload)
-            say(f"drift check: no drift (share {payload['drift_share']:.2f} over {payload['window_rows']} requests)")
+            say(
+                f"drift check: severity {payload.get('severity', 'none')}, alarms this check "
+                f"{', '.join(payload.get('alarmed_columns', [])) or 'none'} over {payload['window_rows']} requests"
+            )
         elif name == events.DRIFT_DETECTED:
             self.drift_checks.append(payload)
             if self.drift is None:

@@ -6,6 +6,7 @@ from prefect import flow, task
 
 from contracts import events
 from contracts.registry import CHAMPION, GATE_BOOTSTRAP, TAG_GATE, TAG_TRIGGER, TRIGGER_BOOTSTRAP
+from flows.lib.drift_policy import reference_sample
 from flows.settings import get_settings
 from flows.tasks import (
     connect_mlflow,
@@ -55,7 +56,7 @@ def bootstrap(model_name: str | None = None, force: bool = False) -> dict:
     registered = register_candidate(
         result,
         training_data=reference,
-        reference=reference,
+        reference=reference_sample(reference, settings.drift_reference_rows, settings.session_id),
         settings=settings,
         model_name=model_name,
         run_name=f"bootstrap {model_name}",

@@ -1,7 +1,11 @@
-"""Drift flow: compare the router's recent traffic with the champion's reference and emit a drift event.
+"""Drift flow: check the router's recent traffic against the champion's reference and emit the verdict as events.
 
 The router is asked first: a check with too little traffic, or with nothing new since the last check, skips before
 MLflow or Evidently is even imported, so a scheduled run with nothing to do costs a process start and one HTTP call.
+A check then runs data quality first (a schema failure emits `driftloop.data.invalid` and no verdict), the champion's
+calibrated per-column tests (Evidently), prediction drift, label drift and accuracy; persistence and the severity rules
+(`flows/lib/drift_policy.py`) turn the findings into a severity. Every check emits `driftloop.drift.checked`; one
+whose severity reaches `DRIFTLOOP_DRIFT_RETRAIN_SEVERITY` also emits `driftloop.drift.detected`, which retrains.
 """
 
 from __future__ import annotations
@@ -9,32 +13,49 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.variables import Variable
 
 from contracts import events
-from contracts.registry import CHAMPION, KIND_DRIFT, TAG_KIND
-from flows.settings import get_settings
+from contracts.registry import (
+    CHAMPION,
+    DRIFT_ARTIFACT_DIR,
+    DRIFT_CALIBRATION_FILE,
+    KIND_DRIFT,
+    TAG_KIND,
+    TAG_LOOP_ID,
+)
+from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
     IO_RETRIES,
+    calibrate_drift,
     connect_mlflow,
     emit,
     fetch_traffic,
     find_version,
-    frame_from_traffic,
     load_reference,
     mlflow_run_url,
     new_id,
     report_startup,
+    run_lineage,
     run_name,
 )
 
 
-def _checkpoint(model_name: str) -> str:
+def _variable(prefix: str, model_name: str) -> str:
     # Prefect variable names take lowercase letters, digits, dashes and underscores only.
-    return "driftloop-drift-checked-" + re.sub(r"[^a-z0-9_-]", "_", model_name.lower())
+    return prefix + re.sub(r"[^a-z0-9_-]", "_", model_name.lower())
+
+
+def _checkpoint(model_name: str) -> str:
+    return _variable("driftloop-drift-checked-", model_name)
+
+
+def _episode(model_name: str) -> str:
+    return _variable("driftloop-drift-episode-", model_name)
 
 
 @task(**IO_RETRIES)
@@ -50,28 +71,105 @@ def mark_checked(model_name: str, newest: datetime) -> None:
     Variable.set(_checkpoint(model_name), newest.isoformat(), overwrite=True)
 
 
-@task
-def compute_drift(reference, current, method: str | None, threshold: float | None):
-    """Run Evidently's data drift preset on the window against the reference."""
-    from flows.lib import drift as drift_lib
+@task(**IO_RETRIES)
+def load_episode(model_name: str):
+    """The streaks of alarms so far (a Prefect variable holding JSON, visible in the UI)."""
+    from flows.lib.drift_policy import EpisodeState
 
-    return drift_lib.compute_drift(reference, current, method=method, threshold=threshold)
+    return EpisodeState.from_json(Variable.get(_episode(model_name)))
 
 
 @task(**IO_RETRIES)
-def save_report(result, *, model_name: str, version: str, reports_dir: Path, tracking_uri: str) -> tuple[str, str]:
-    """Write the HTML report locally and into an MLflow run, so the MLflow UI can show it."""
+def save_episode(model_name: str, state) -> None:
+    """Keep the streaks for the next check."""
+    Variable.set(_episode(model_name), state.to_json(), overwrite=True)
+
+
+@task(**IO_RETRIES)
+def load_calibration(run_id: str, reference, settings: FlowSettings):
+    """The champion's drift calibration stored with it; calibrated now for a version registered without one."""
+    import mlflow
+
+    from flows.lib.drift_calibration import VersionCalibration
+
+    try:
+        stored = mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_ARTIFACT_DIR}/{DRIFT_CALIBRATION_FILE}")
+        return VersionCalibration.from_dict(stored)
+    except Exception as exc:  # noqa: BLE001 - an older version has none: calibrate its reference here
+        print(f"no stored drift calibration ({type(exc).__name__}): calibrating the reference now")
+        return calibrate_drift(None, reference, None, settings)
+
+
+@task
+def window_frames(records: list, champion_version: str) -> dict[str, Any]:
+    """The window's features (every key its records had), what the champion served, and the labelled rows."""
+    import pandas as pd
+
+    current = pd.DataFrame.from_records([r.features for r in records])  # absent and extra keys stay visible
+    served = [r for r in records if r.model_version == champion_version]
+    labelled = [r for r in served if r.label is not None]
+    return {
+        "current": current.reset_index(drop=True),
+        "predictions": pd.Series([r.prediction for r in served], dtype=object),
+        "labels": pd.Series([r.label for r in labelled], dtype=object),
+        "labelled_predictions": pd.Series([r.prediction for r in labelled], dtype=object),
+    }
+
+
+@task
+def check_window(reference, frames: dict[str, Any], calibrated, settings: FlowSettings):
+    """Data quality, the calibrated per-column tests (Evidently), prediction and label drift, accuracy."""
+    from flows.lib.data_quality import QualityRules
+    from flows.lib.drift_check import CheckConfig, run_check
+
+    config = CheckConfig(
+        quality=QualityRules(
+            missing_tolerance=settings.drift_missing_tolerance,
+            range_tolerance=settings.drift_range_tolerance,
+            unseen_tolerance=settings.drift_unseen_tolerance,
+            alpha=settings.drift_quality_alpha,
+        ),
+        max_window_rows=settings.drift_max_window_rows,
+        sample_seed=settings.session_id,
+        report_drift_share=settings.drift_share_threshold,
+        outcome_alpha=settings.drift_outcome_alpha,
+        max_accuracy_drop=settings.drift_max_accuracy_drop,
+        min_labelled=settings.drift_min_labelled,
+    )
+    return run_check(
+        reference,
+        frames["current"],
+        calibrated,
+        config=config,
+        current_predictions=frames["predictions"],
+        current_labels=frames["labels"],
+        labelled_predictions=frames["labelled_predictions"],
+    )
+
+
+@task(**IO_RETRIES)
+def save_run(
+    result, summary: str, *, model_name: str, version: str, reports_dir: Path, tracking_uri: str, loop_id: str, metrics
+) -> tuple[str, str]:
+    """One MLflow run per check: the HTML report, the summary, data quality and calibration, tagged with the loop."""
     import mlflow
 
     from flows.lib import drift as drift_lib
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    path = drift_lib.save_report(result, reports_dir / f"{model_name}-v{version}-{stamp}.html")
-    with mlflow.start_run(run_name=f"drift {model_name} v{version} {stamp}", tags={TAG_KIND: KIND_DRIFT}) as run:
-        mlflow.log_metrics({"drift_share": result.drift_share, "drifted_columns": len(result.drifted_columns)})
+    tags = {TAG_KIND: KIND_DRIFT, TAG_LOOP_ID: loop_id, **run_lineage()}
+    with mlflow.start_run(run_name=f"drift {model_name} v{version} {stamp}", tags=tags) as run:
+        mlflow.log_metrics(metrics)
         mlflow.log_params({"model_name": model_name, "champion_version": version})
-        mlflow.log_artifact(str(path), artifact_path="drift_report")
-    return str(path.resolve()), mlflow_run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
+        mlflow.log_text(summary, f"{DRIFT_ARTIFACT_DIR}/summary.md")
+        mlflow.log_dict(result.quality.as_dict(), f"{DRIFT_ARTIFACT_DIR}/quality.json")
+        mlflow.log_dict(result.calibration.as_dict(), f"{DRIFT_ARTIFACT_DIR}/{DRIFT_CALIBRATION_FILE}")
+        path = ""
+        if result.drift is not None:
+            written = drift_lib.save_report(result.drift, reports_dir / f"{model_name}-v{version}-{stamp}.html")
+            mlflow.log_artifact(str(written), artifact_path="drift_report")
+            path = str(written.resolve())
+    return path, mlflow_run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
 
 
 @flow(name="drift", flow_run_name=run_name("drift"), log_prints=True)
@@ -81,23 +179,26 @@ def drift(
     window_minutes: float | None = None,
     share_threshold: float | None = None,
 ) -> dict:
-    """Check the recent production window for data drift against the champion's reference.
+    """Check the recent production window against the champion's reference.
 
     Args:
         model_name: Registered model (default from settings).
         window_rows: At most this many newest logged requests form the window.
         window_minutes: Only requests newer than this count.
-        share_threshold: Drift is detected when at least this share of columns drifted.
+        share_threshold: A check is critical when at least this share of the columns drifted.
 
     Returns:
         The event payload, or a skip reason.
     """
+    from flows.lib import drift_policy, drift_report
+
     report_startup("drift")
     settings = get_settings()
     model_name = model_name or settings.model_name
     window_rows = window_rows or settings.drift_window_rows
     window_minutes = window_minutes or settings.drift_window_minutes
     share_threshold = settings.drift_share_threshold if share_threshold is None else share_threshold
+    settings = settings.model_copy(update={"drift_share_threshold": share_threshold})
 
     records = fetch_traffic(settings, limit=window_rows, minutes=window_minutes, labelled=None)
     if len(records) < settings.drift_min_rows:
@@ -114,58 +215,123 @@ def drift(
     if champion is None:
         print(f"skipped: no {CHAMPION} for {model_name} yet, nothing to compare")
         return {"skipped": "no champion"}
+    version = champion["version"]
     reference = load_reference(model_name, CHAMPION)
-    current = frame_from_traffic(records, reference, settings.target, labelled=False)
-    features = list(current.columns)
-    result = compute_drift(reference[features], current, settings.drift_method, settings.drift_column_threshold)
-    path, url = save_report(
-        result,
-        model_name=model_name,
-        version=champion["version"],
-        reports_dir=settings.home / "reports",
-        tracking_uri=settings.mlflow_tracking_uri,
+    calibrated = load_calibration(champion["run_id"], reference, settings)
+    frames = window_frames(records, version)
+    result = check_window(reference, frames, calibrated, settings)
+    window = {
+        "window_start": min(r.ts for r in records).isoformat(),
+        "window_end": newest.isoformat(),
+        "window_rows": len(records),
+    }
+    title = f"Drift check: {model_name} v{version}"
+    save = {
+        "model_name": model_name,
+        "version": version,
+        "reports_dir": settings.home / "reports",
+        "tracking_uri": settings.mlflow_tracking_uri,
+    }
+
+    if not result.valid:
+        summary = drift_report.markdown(
+            title=title,
+            result=result,
+            verdict=None,
+            persistent=None,
+            consecutive=settings.drift_consecutive,
+            window_rows=len(records),
+            report_url="",
+        )
+        _, url = save_run(result, summary, loop_id="", metrics={"valid": 0.0}, **save)
+        create_markdown_artifact(key="drift-summary", markdown=summary + f"\n\n[MLflow run]({url})")
+        wrong = [c.column for c in result.quality.columns if "wrong_type" in c.issues]
+        payload = events.DataInvalidPayload(
+            model_name=model_name,
+            champion_version=version,
+            errors=result.quality.schema_errors,
+            absent_columns=result.quality.absent_columns,
+            wrong_type_columns=wrong,
+            extra_columns=result.quality.extra_columns,
+            report_url=url,
+            **window,
+        ).model_dump(mode="json")
+        emit(events.DATA_INVALID, model_name, payload, version=version)
+        mark_checked(model_name, newest)
+        print(f"DATA INVALID: {'; '.join(result.quality.schema_errors)}")
+        return payload | {"detected": False, "invalid": True}
+
+    state = drift_policy.update(load_episode(model_name), result.alarms(), version)
+    found = drift_policy.persistent(state, settings.drift_consecutive)
+    columns = [c.column for c in result.calibration.columns]
+    rules = drift_policy.SeverityRules(
+        critical_share=share_threshold, important_columns=list(settings.drift_important_columns)
     )
-    detected = result.drift_share >= share_threshold
+    verdict = drift_policy.verdict(found, columns, rules)
+    detected = drift_policy.starts_retrain(verdict.severity, settings.drift_retrain_severity)
+    # A detected drift starts a new turn of the loop; retrain, experiment and decision carry its id.
+    loop_id = new_id() if detected else ""
+    alarmed = [c for c in columns if c in result.alarms()]
+    share = len(verdict.drifted_columns) / len(columns) if columns else 0.0
+    summary = drift_report.markdown(
+        title=title,
+        result=result,
+        verdict=verdict,
+        persistent=set(verdict.drifted_columns),
+        consecutive=settings.drift_consecutive,
+        window_rows=len(records),
+        report_url="",
+    )
+    metrics = {
+        "drift_share": share,
+        "drifted_columns": len(verdict.drifted_columns),
+        "alarmed_columns": len(alarmed),
+        "severity": float(events.SEVERITIES.index(verdict.severity)),
+    }
+    if result.accuracy is not None:
+        metrics |= {"accuracy": result.accuracy.accuracy, "accuracy_low": result.accuracy.low}
+    path, url = save_run(result, summary, loop_id=loop_id, metrics=metrics, **save)
+    accuracy = result.accuracy
     payload = events.DriftPayload(
         model_name=model_name,
-        champion_version=champion["version"],
-        drift_share=result.drift_share,
-        drifted_columns=result.drifted_columns,
-        n_columns=result.n_columns,
-        window_start=min(r.ts for r in records).isoformat(),
-        window_end=max(r.ts for r in records).isoformat(),
-        window_rows=len(records),
+        champion_version=version,
+        drift_share=share,
+        drifted_columns=verdict.drifted_columns,
+        n_columns=len(columns),
         report=path,
         report_url=url,
-        # A detected drift starts a new turn of the loop; retrain, experiment and decision carry its id.
-        loop_id=new_id() if detected else "",
+        loop_id=loop_id,
+        severity=verdict.severity,
+        reason=verdict.reason,
+        reasons=verdict.reasons,
+        alarmed_columns=alarmed,
+        quality_columns=list(result.quality.flagged()),
+        consecutive=settings.drift_consecutive,
+        prediction_drift=verdict.prediction_drift,
+        label_drift=verdict.label_drift,
+        labelled_rows=len(frames["labels"]),
+        accuracy=accuracy.accuracy if accuracy else None,
+        accuracy_low=accuracy.low if accuracy else None,
+        accuracy_high=accuracy.high if accuracy else None,
+        holdout_accuracy=calibrated.holdout_accuracy,
+        performance_drop=verdict.performance_drop,
+        window_sample_rows=result.sample_rows,
+        window_sample_seed=result.sample_seed,
+        **window,
     ).model_dump(mode="json")
 
-    rows = "\n".join(
-        f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold:.4g} | {'**drift**' if c.drifted else 'ok'} |"
-        for c in result.columns
-    )
     create_markdown_artifact(
-        key="drift-summary",
-        markdown=(
-            f"# Drift check: {model_name} v{champion['version']}\n\n"
-            f"**{'Drift detected' if detected else 'No drift'}**: {len(result.drifted_columns)} of "
-            f"{result.n_columns} columns drifted (share {result.drift_share:.2f}, threshold {share_threshold}) "
-            f"over {len(records)} requests.\n\n"
-            "| column | method | score | threshold | verdict |\n|---|---|---|---|---|\n"
-            f"{rows}\n\n[Evidently report]({url})"
-        ),
+        key="drift-summary", markdown=summary + f"\n\n[MLflow run with the Evidently report]({url})"
     )
     create_link_artifact(key="drift-report", link=url, link_text="Evidently drift report (MLflow)")
-    emit(
-        events.DRIFT_DETECTED if detected else events.DRIFT_CHECKED,
-        model_name,
-        payload,
-        version=champion["version"],
-    )
+    if detected:
+        emit(events.DRIFT_DETECTED, model_name, payload, version=version)
+    emit(events.DRIFT_CHECKED, model_name, payload, version=version)
+    save_episode(model_name, state)
     mark_checked(model_name, newest)
     print(
-        f"{'DRIFT DETECTED' if detected else 'no drift'}: share {result.drift_share:.2f} "
-        f"({', '.join(result.drifted_columns) or 'no column'}) over {len(records)} requests; report {path}"
+        f"{'DRIFT DETECTED' if detected else 'checked'}: severity {verdict.severity} ({verdict.reason}); "
+        f"{'; '.join(verdict.reasons) or 'no persistent finding'}; alarms this check: "
+        f"{', '.join(sorted(result.alarms())) or 'none'} over {len(records)} requests; report {path or url}"
     )
     return payload | {"detected": detected}

@@ -43,6 +43,7 @@ from contracts.registry import (
     plan_tags,
 )
 from flows.lib import retrain_report
+from flows.lib.drift_policy import reference_sample
 from flows.lib.gate import latency_budget_ms, passes_gate
 from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
@@ -246,10 +247,8 @@ def retrain(
             return skip(model_name, trigger, thin)
         fresh = window.recent  # every labelled request of the window, newest first
         training_data = window.training_data
-        # The newest traffic is what the new model will see: it becomes the reference for the next drift checks.
-        new_reference = (
-            fresh.head(settings.drift_window_rows) if len(fresh) >= settings.drift_min_rows else training_data
-        )
+        # The next drift checks compare against a seeded random sample of the training rows (flows/lib/drift_policy.py).
+        new_reference = reference_sample(training_data, settings.drift_reference_rows, settings.session_id)
         record = window.record
         print(
             f"{trigger} retrain on {record.training_rows} rows: {record.history.rows} of {record.history.available} "

@@ -37,9 +37,64 @@ class FlowSettings(RouterTokens):
     drift_window_rows: int = Field(300, description="At most this many of the newest logged requests form the window.")
     drift_window_minutes: float = Field(60.0, description="Only requests newer than this many minutes count.")
     drift_min_rows: int = Field(50, description="Below this many rows in the window the check is skipped.")
-    drift_share_threshold: float = Field(0.3, description="Drift is detected when this share of columns drifts.")
-    drift_method: str | None = Field(None, description="Evidently stattest for every column (None: its default).")
-    drift_column_threshold: float | None = Field(None, description="Threshold of that stattest (None: default).")
+    drift_share_threshold: float = Field(
+        0.3, ge=0, le=1, description="A check is critical when at least this share of the feature columns drifted."
+    )
+    drift_methods: dict[str, str] = Field(
+        {},
+        description="Evidently method per column over the defaults (`driftloop_ks_d` for numbers, `driftloop_tvd` "
+        'for categories), as JSON: `{"age": "wasserstein"}`. Its threshold is calibrated like the defaults.',
+    )
+    drift_budget: float = Field(
+        0.05, gt=0, lt=1, description="Allowed probability of a spurious drift episode per budget period."
+    )
+    drift_budget_checks: int = Field(
+        720, ge=1, description="Checks in one budget period (720: hourly checks over 30 days)."
+    )
+    drift_consecutive: int = Field(
+        2, ge=1, description="Alarms in a row a finding needs before it counts (persistence across checks)."
+    )
+    drift_calibration_resamples: int = Field(
+        2000, ge=100, description="No-drift windows resampled from the reference per window size when calibrating."
+    )
+    drift_reference_rows: int = Field(
+        10_000, ge=10, description="A version's reference: a seeded random sample of this many of its training rows."
+    )
+    drift_max_window_rows: int = Field(
+        20_000,
+        ge=100,
+        description="A larger window is tested on a seeded sample of this many rows (size, seed reported).",
+    )
+    drift_important_columns: list[str] = Field(
+        [], description="Columns whose drift alone makes a check critical (JSON list)."
+    )
+    drift_retrain_severity: Literal["warning", "critical"] = Field(
+        "warning", description="The severity from which a check emits `drift.detected` and so starts a retrain."
+    )
+    drift_missing_tolerance: float = Field(
+        0.05, ge=0, le=1, description="A column's missing share may exceed the reference's by this much."
+    )
+    drift_range_tolerance: float = Field(
+        0.02, ge=0, le=1, description="Share of a window's values allowed outside the reference's range."
+    )
+    drift_unseen_tolerance: float = Field(
+        0.02, ge=0, le=1, description="Share of a window's values allowed in categories the reference lacks."
+    )
+    drift_quality_alpha: float = Field(
+        1e-4, gt=0, lt=1, description="A quality finding must also be beyond chance at this level (binomial test)."
+    )
+    drift_outcome_alpha: float = Field(
+        1e-3, gt=0, lt=1, description="Level of the prediction- and label-drift tests (chi-squared on class shares)."
+    )
+    drift_max_accuracy_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="A performance drop: the interval on labelled accuracy lies this far below the holdout's.",
+    )
+    drift_min_labelled: int = Field(
+        30, ge=1, description="Fewer labelled requests in the window: no accuracy or label-drift verdict."
+    )
 
     retrain_models: list[str] = Field(
         ["lr", "dt", "rf", "et", "knn", "nb"], description="PyCaret model ids that compare_models tries."

@@ -234,6 +234,27 @@ def train_candidate(training_data: pd.DataFrame, settings: FlowSettings, *, late
     )
 
 
+def calibrate_drift(pipeline: Any, reference: pd.DataFrame, holdout_accuracy: float | None, settings: FlowSettings):
+    """Calibrate the drift checks of a version on its reference (thresholds per column and window size)."""
+    from flows.lib import drift_calibration
+
+    features = reference.drop(columns=[settings.target], errors="ignore")
+    return drift_calibration.calibrate_version(
+        reference,
+        target=settings.target,
+        predictions=pipeline.predict(features) if pipeline is not None else [],
+        holdout_accuracy=holdout_accuracy,
+        min_rows=settings.drift_min_rows,
+        window_rows=settings.drift_window_rows,
+        budget=settings.drift_budget,
+        period_checks=settings.drift_budget_checks,
+        consecutive=settings.drift_consecutive,
+        resamples=settings.drift_calibration_resamples,
+        seed=settings.session_id,
+        per_column_method=settings.drift_methods,
+    )
+
+
 @task  # not retried: a retry after a partial success would register a second version
 def register_candidate(
     result,
@@ -254,7 +275,13 @@ def register_candidate(
     The training rows are kept with every version (default: `training_data` as original rows), so a later retrain
     can draw history from them and check which rows a version saw.
     """
-    from contracts.registry import TRAINING_ARTIFACT_DIR, TRAINING_FILE
+    from contracts.registry import (
+        DRIFT_ARTIFACT_DIR,
+        DRIFT_CALIBRATION_FILE,
+        TAG_DRIFT_CALIBRATION,
+        TRAINING_ARTIFACT_DIR,
+        TRAINING_FILE,
+    )
     from flows.lib import registry, window
 
     metrics = {f"cv_{k}": v for k, v in result.cv_metrics.items()}
@@ -277,6 +304,9 @@ def register_candidate(
         "imbalance": result.imbalance.as_dict() if result.imbalance else None,
         "timings_s": result.timings,
     }
+    calibrated = calibrate_drift(result.pipeline, reference, result.holdout_metrics.get("accuracy"), settings)
+    documents[f"{DRIFT_ARTIFACT_DIR}/{DRIFT_CALIBRATION_FILE}"] = calibrated.as_dict()
+    tags = dict(tags or {}) | {TAG_DRIFT_CALIBRATION: calibrated.summary()}
     version = registry.log_candidate(
         pipeline=result.pipeline,
         train_data=training_data,

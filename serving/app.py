@@ -19,19 +19,22 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from contracts.api import ErrorBody
+from contracts.api import ErrorBody, PredictResponse
 from contracts.registry import CHALLENGER, CHAMPION
 from serving.controllers import ConfigController, ExperimentController, InferenceController, ModelController
-from serving.errors import RouterError, StoreUnavailable, redact
+from serving.errors import Overloaded, RouterError, StoreUnavailable, redact
 from serving.metrics import MetricsMiddleware, RouterMetrics
 from serving.security import Authorizer, guard
+from serving.services.batching import MicroBatcher
 from serving.services.events import EventEmitter, emit_prefect_event
 from serving.services.experiments import ExperimentService
 from serving.services.heartbeat import TrafficHeartbeat
 from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager, ModelSource, SupportsModelSource
-from serving.services.predict import PredictService
+from serving.services.predict import PendingPrediction, PredictService
 from serving.services.relay import EventRelay
+from serving.services.shadow import ShadowScorer
+from serving.services.split import SplitCache
 from serving.services.store import Store
 from serving.settings import RouterSettings, get_settings
 
@@ -62,6 +65,8 @@ def router_error_handler(request: Request[Any, Any, Any], exc: RouterError) -> R
     """Domain errors: their own status, detail and headers (Retry-After, WWW-Authenticate)."""
     if isinstance(exc, StoreUnavailable):
         request.app.state.metrics.store_errors.inc()
+    elif isinstance(exc, Overloaded):
+        request.app.state.metrics.overloaded.inc()
     return _error_response(exc.status_code, exc.detail, exc.extra, exc.headers or None)
 
 
@@ -158,7 +163,7 @@ def create_app(
     store.db.busy_timeout = settings.store_busy_timeout_seconds
     store.db.retry_after = settings.store_retry_after_seconds
     store.db.pool_size = settings.worker_threads
-    source = model_source or ModelSource(settings.mlflow_tracking_uri, settings.model_name)
+    source = model_source or ModelSource(settings.mlflow_tracking_uri, settings.model_name, lean=settings.lean_pipeline)
     metrics = RouterMetrics()
     store.db.on_write = metrics.observe_store_write
     authorizer = Authorizer(settings)
@@ -172,21 +177,44 @@ def create_app(
         replica_id=replica_id,
         max_backoff=settings.outbox_max_backoff_seconds,
     )
+    split = SplitCache(
+        store,
+        default=settings.ab_split_b,
+        # With a refresh loop the cache is reloaded at every turn; without one, every batch reads the store.
+        max_age=settings.model_refresh_seconds,
+    )
+    predictor = PredictService(
+        store=store,
+        models=models,
+        authorizer=authorizer,
+        metrics=metrics,
+        salt=settings.assignment_salt,
+        split=split,
+        max_abs_feature=settings.max_abs_feature,
+    )
+    batcher: MicroBatcher[PendingPrediction, PredictResponse] = MicroBatcher(
+        # Two stages: the next batch is predicted while the previous one commits.
+        predictor.predict_batch,
+        commit=predictor.commit,
+        window_seconds=settings.predict_batch_window_ms / 1000,
+        max_batch=settings.predict_batch_max,
+        max_queue=settings.predict_queue_max,
+        retry_after=settings.store_retry_after_seconds,
+        on_batch=metrics.observe_batch,
+    )
+    shadow = ShadowScorer(store=store, models=models, metrics=metrics, max_queue=settings.shadow_queue_max)
+    if settings.shadow_mode:
+        predictor.on_recorded = shadow.offer
     state = {
         "settings": settings,
+        "shadow": shadow,
         "store": store,
         "model_source": source,
         "models": models,
         "experiments": experiments,
-        "predictor": PredictService(
-            store=store,
-            models=models,
-            authorizer=authorizer,
-            metrics=metrics,
-            salt=settings.assignment_salt,
-            default_split=settings.ab_split_b,
-            max_abs_feature=settings.max_abs_feature,
-        ),
+        "predictor": predictor,
+        "batcher": batcher,
+        "split": split,
         "labels": FeedbackService(store=store, models=models, metrics=metrics),
         "relay": relay,
         "metrics": metrics,
@@ -196,6 +224,10 @@ def create_app(
 
     async def refresh() -> None:
         await refresh_once(experiments)
+        try:
+            await anyio.to_thread.run_sync(split.reload)
+        except RouterError as exc:
+            logger.warning("split refresh failed, keeping the cached split: %s", exc.detail)
         current = models.current
         metrics.set_serving({CHAMPION: current.champion_version, CHALLENGER: current.challenger_version})
 
@@ -244,6 +276,11 @@ def create_app(
                         await task
 
                 stack.push_async_callback(stop)
+            if settings.shadow_mode:
+                shadow.start()
+                stack.push_async_callback(shadow.close)  # after the batcher: scores what it handed over
+            batcher.start()
+            stack.push_async_callback(batcher.close)  # answers what is queued before the store closes
             yield
 
     return Litestar(

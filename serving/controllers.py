@@ -8,9 +8,11 @@ thread (`sync_to_thread=True`), so pandas, SQL commits and registry calls never 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post, put
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
@@ -31,6 +33,7 @@ from contracts.api import (
     ROUTE_METRICS,
     ROUTE_MODELS_RELOAD,
     ROUTE_PREDICT,
+    ROUTE_PREDICT_BATCH,
     ROUTE_READY,
     ConfigUpdate,
     ErrorBody,
@@ -42,6 +45,8 @@ from contracts.api import (
     Health,
     InferencePage,
     Outcomes,
+    PredictBatchRequest,
+    PredictBatchResponse,
     PredictRequest,
     PredictResponse,
     Readiness,
@@ -49,14 +54,17 @@ from contracts.api import (
     page_cursor,
     parse_cursor,
 )
-from serving.errors import InvalidCursor
-from serving.metrics import RouterMetrics
+from serving.errors import InvalidCursor, PayloadTooLarge, RouterError
+from serving.metrics import ARRIVED, RouterMetrics
 from serving.services import views
+from serving.services.batching import MicroBatcher
 from serving.services.experiments import ExperimentService
 from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager
-from serving.services.predict import PredictService
+from serving.services.predict import PendingPrediction, PredictService
 from serving.services.readiness import check_ready
+from serving.services.shadow import ShadowScorer
+from serving.services.split import SplitCache
 from serving.services.store import Store
 from serving.settings import RouterSettings
 
@@ -99,7 +107,6 @@ class InferenceController(Controller):
         ROUTE_PREDICT,
         operation_id="predict",
         status_code=HTTP_200_OK,
-        sync_to_thread=True,
         opt=CLIENT | JSON,
         security=_SECURITY,
         responses={
@@ -108,14 +115,15 @@ class InferenceController(Controller):
             409: _error("The idempotency key was used for another request"),
             422: _error("The features do not match the model signature, or the label is not one of its classes"),
             500: _error("The model raised while predicting (the attempt is recorded as an error of its arm)"),
-            **_STORE,
+            503: _error("The queue is full, the store is busy or read-only (see Retry-After), or no champion"),
         },
     )
-    def predict(
+    async def predict(
         self,
         request: Request[Any, Any, Any],
         data: PredictRequest,
         predictor: PredictService,
+        batcher: MicroBatcher[PendingPrediction, PredictResponse],
         idempotency_key: Annotated[
             str | None,
             Parameter(
@@ -128,9 +136,60 @@ class InferenceController(Controller):
     ) -> PredictResponse:
         """Assign the user to an arm, predict with that arm's model, log the request (committed), answer.
 
-        An inline `label` needs the label (or admin) token.
+        An inline `label` needs the label (or admin) token. Concurrent requests are answered in micro-batches
+        (one predict per arm, one commit); a full queue answers 503 with Retry-After.
         """
-        return predictor.predict(data, idempotency_key=idempotency_key, authorization=_authorization(request))
+        pending = predictor.prepare(
+            data,
+            idempotency_key=idempotency_key,
+            authorization=_authorization(request),
+            arrived=request.scope.get(ARRIVED),  # type: ignore[call-overload]
+        )
+        return await batcher.run(pending)
+
+    @post(
+        ROUTE_PREDICT_BATCH,
+        operation_id="predict_batch",
+        status_code=HTTP_200_OK,
+        opt=CLIENT | JSON,
+        security=_SECURITY,
+        responses={
+            **_BAD,
+            **_AUTH,
+            503: _error("The queue has no room for the whole batch (see Retry-After), or no champion"),
+        },
+    )
+    async def predict_batch(
+        self,
+        request: Request[Any, Any, Any],
+        data: PredictBatchRequest,
+        predictor: PredictService,
+        batcher: MicroBatcher[PendingPrediction, PredictResponse],
+        settings: RouterSettings,
+    ) -> PredictBatchResponse:
+        """Many predictions in one call: each row is assigned, checked, logged and answered like a `/predict`.
+
+        Each row gets its own status: 200 with its answer, or its own error (a bad row fails alone). The rows are
+        queued together (all or none: 503 with Retry-After when the queue has no room for them).
+        """
+        if len(data.requests) > settings.predict_batch_rows_max:
+            raise PayloadTooLarge(
+                f"a batch holds at most {settings.predict_batch_rows_max} requests, got {len(data.requests)}"
+            )
+        arrived = request.scope.get(ARRIVED)  # type: ignore[call-overload]
+        authorization = _authorization(request)
+        outcomes: list[Any] = [None] * len(data.requests)
+        pending: list[tuple[int, PendingPrediction]] = []
+        for i, row in enumerate(data.requests):
+            try:
+                pending.append((i, predictor.prepare(row, authorization=authorization, arrived=arrived)))
+            except RouterError as exc:
+                outcomes[i] = exc
+        futures = batcher.submit([p for _, p in pending])
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        for (i, _), answer in zip(pending, answers, strict=True):
+            outcomes[i] = answer
+        return PredictBatchResponse(results=[views.batch_item(outcome) for outcome in outcomes])
 
     @post(
         ROUTE_FEEDBACK,
@@ -205,9 +264,11 @@ class ConfigController(Controller):
         security=_SECURITY,
         responses={**_BAD, **_AUTH, **_STORE},
     )
-    def set_config(self, data: ConfigUpdate, store: Store) -> RouterConfig:
-        """Change the split for every replica (takes effect on the next request)."""
-        return RouterConfig(ab_split_b=store.config.set_split(data.ab_split_b))
+    def set_config(self, data: ConfigUpdate, store: Store, split: SplitCache) -> RouterConfig:
+        """Change the split for every replica (here at once, on the others within one refresh interval)."""
+        value = store.config.set_split(data.ab_split_b)
+        split.use(value)
+        return RouterConfig(ab_split_b=value)
 
 
 class ExperimentController(Controller):
@@ -235,9 +296,12 @@ class ExperimentController(Controller):
             503: _error("The registry or the store could not be read"),
         },
     )
-    def set_plan(self, data: ExperimentPlan, experiments: ExperimentService) -> Experiment:
+    def set_plan(self, data: ExperimentPlan, experiments: ExperimentService, split: SplitCache) -> Experiment:
         """Store the plan of `v{champion}-vs-v{challenger}` before it starts; it must match the registry's plan tags."""
-        return experiments.set_plan(data)
+        try:
+            return experiments.set_plan(data)
+        finally:
+            split.invalidate()  # a new plan brings its split
 
     @post(
         ROUTE_EXPERIMENT_END,
@@ -253,9 +317,12 @@ class ExperimentController(Controller):
             503: _error("Marked ended, but the models could not be reloaded from the registry"),
         },
     )
-    def end(self, data: ExperimentEnd, experiments: ExperimentService) -> Experiment:
+    def end(self, data: ExperimentEnd, experiments: ExperimentService, split: SplitCache) -> Experiment:
         """Mark the experiment of this challenger ended with its decision, then reload the models at once."""
-        return experiments.end(data)
+        try:
+            return experiments.end(data)
+        finally:
+            split.invalidate()
 
     @get(
         ROUTE_EXPERIMENT_OUTCOMES,
@@ -268,13 +335,15 @@ class ExperimentController(Controller):
     def outcomes(
         self,
         experiments: ExperimentService,
+        shadow: ShadowScorer,
         bucket_seconds: Annotated[
             int, Parameter(ge=1, le=86_400, description="Width of the latency buckets in seconds.")
         ] = 60,
     ) -> Outcomes:
         """Per arm of the current experiment: requests, labels, errors, users, latency percentiles, confusion, and
-        latency per time bucket."""
-        return experiments.outcomes(bucket_seconds)
+        latency per time bucket; in shadow mode, the challenger's scores of champion requests beside them."""
+        outcomes = experiments.outcomes(bucket_seconds)
+        return msgspec.structs.replace(outcomes, shadow=shadow.outcome(outcomes.experiment_id))
 
 
 _HEALTH_503 = ResponseSpec(
@@ -326,9 +395,10 @@ class ModelController(Controller):
         security=_SECURITY,
         responses={**_AUTH, 415: _BAD[415], 503: _HEALTH_503},
     )
-    def reload_models(self, experiments: ExperimentService) -> Response[Health]:
+    def reload_models(self, experiments: ExperimentService, split: SplitCache) -> Response[Health]:
         """Re-read the aliases now (call after moving one); 503 with ErrorBody when the registry fails."""
         experiments.refresh()
+        split.invalidate()  # a registry plan adopted by the refresh may have brought its split
         return _health(experiments.models)
 
     @get(ROUTE_METRICS, operation_id="get_metrics", sync_to_thread=False, media_type=MediaType.TEXT)

@@ -70,6 +70,18 @@ class StoreUnavailable(RouterError):
     status_code = 503
 
 
+class PayloadTooLarge(RouterError):
+    """More rows than one call may carry."""
+
+    status_code = 413
+
+
+class Overloaded(RouterError):
+    """The prediction queue is full (or the router is starting or stopping): retry after `Retry-After`."""
+
+    status_code = 503
+
+
 class InvalidFeatures(RouterError):
     """The features do not match the serving model's signature."""
 

@@ -67,6 +67,22 @@ class RouterMetrics:
         self.serving = Gauge(
             "driftloop_router_serving", "1 for each version served, by alias.", ["alias", "model_version"], registry=r
         )
+        self.batch_size = Histogram(
+            "driftloop_router_predict_batch_size", "Requests per micro-batch (one predict per arm, one commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+        )  # fmt: skip
+        self.overloaded = Counter(
+            "driftloop_router_predict_overloaded", "Predictions refused with 503 because the queue was full.",
+            registry=r,
+        )  # fmt: skip
+        self.shadow = Counter(
+            "driftloop_router_shadow_predictions", "Shadow predictions of the challenger by outcome.",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+
+    def observe_batch(self, size: int) -> None:
+        """Note the size of one micro-batch."""
+        self.batch_size.observe(size)
 
     def observe_store_write(self, operation: str, seconds: float) -> None:
         """Record one committed store write."""
@@ -84,6 +100,10 @@ class RouterMetrics:
                 self.serving.labels(alias, version).set(1)
 
 
+ARRIVED = "driftloop.arrived"
+"""Scope key: `time.perf_counter()` when the request arrived (a request's latency counts from here)."""
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware: counts and times every HTTP request by its route template and status."""
 
@@ -98,6 +118,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        scope[ARRIVED] = started  # type: ignore[literal-required]
         status = {"code": 500}
 
         async def noting(message: Message) -> None:

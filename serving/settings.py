@@ -56,6 +56,30 @@ class RouterSettings(RouterTokens):
         "there were some): the traffic silence alert watches for it. 0 turns it off.",
     )
 
+    predict_batch_window_ms: float = Field(
+        2.0,
+        description="How long an idle router waits for more /predict requests to join a micro-batch (one predict "
+        "per arm, one commit). Under load batches form without waiting. 0: no wait.",
+    )
+    predict_batch_max: int = Field(64, ge=1, description="Most requests in one micro-batch.")
+    predict_queue_max: int = Field(
+        2048, ge=1, description="Most requests waiting for a micro-batch; more are refused with 503 and Retry-After."
+    )
+    predict_batch_rows_max: int = Field(256, ge=1, description="Most rows in one POST /predict/batch (413 above).")
+    lean_pipeline: bool = Field(
+        True,
+        description="Run a PyCaret pipeline's fitted steps directly when that gives identical predictions on the "
+        "input example and a reference sample (checked at load; else the model's own predict, said in /health).",
+    )
+    shadow_mode: bool = Field(
+        False,
+        description="The challenger also scores every champion request off the request path; its predictions are "
+        "logged as shadow records (never served) and reported beside the experiment's counts.",
+    )
+    shadow_queue_max: int = Field(
+        4096, ge=1, description="Most champion requests waiting for a shadow prediction (more are dropped, counted)."
+    )
+
     def store_url(self) -> str:
         """The inference log's SQLAlchemy URL."""
         return self.router_store_url or f"sqlite:///{(self.home / 'router.db').resolve()}"

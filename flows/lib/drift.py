@@ -1,4 +1,8 @@
-"""Data drift between a reference and a current window, with Evidently's DataDriftPreset (0.7 API)."""
+"""Data drift between a reference and a current window, with Evidently's DataDriftPreset (0.7 API).
+
+The methods and thresholds come from a version's calibration (`flows.lib.drift_calibration`): Evidently runs the
+per-column tests with them, so its HTML report and the flow give one verdict.
+"""
 
 from __future__ import annotations
 
@@ -124,6 +128,9 @@ def compute_drift(
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
+    from flows.lib import drift_stats
+
+    drift_stats.register()  # the calibrated statistics, so a calibration's methods resolve
     if columns is None:
         columns = [c for c in reference.columns if c in current.columns]
     columns = [c for c in columns if c != target]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import msgspec
@@ -17,11 +18,15 @@ from contracts.api import (
     InferenceRecord,
     LatencyBucket,
     Outcomes,
+    PredictBatchItem,
     PredictResponse,
 )
 from contracts.registry import CHALLENGER, CHAMPION
+from serving.errors import RouterError, redact
 from serving.services.models import ModelSet
 from serving.services.store import ArmCounts, ExperimentRow, InferenceRow, LatencyBucketRow
+
+logger = logging.getLogger(__name__)
 
 ARMS: tuple[Arm, ...] = (CHAMPION, CHALLENGER)
 _NO_COUNTS = ArmCounts(requests=0, labelled=0, correct=0, incorrect=0)
@@ -42,6 +47,16 @@ def predict_response(row: InferenceRow, prediction: object | None = None) -> Pre
         arm=row.arm,
         experiment_id=row.experiment_id,
     )
+
+
+def batch_item(outcome: PredictResponse | BaseException) -> PredictBatchItem:
+    """One row of a `/predict/batch` answer: the response, or the row's own error (internal ones not detailed)."""
+    if isinstance(outcome, PredictResponse):
+        return PredictBatchItem(status_code=200, result=outcome)
+    if isinstance(outcome, RouterError):
+        return PredictBatchItem(status_code=outcome.status_code, error=redact(outcome.detail))
+    logger.error("a /predict/batch row failed: %s: %s", type(outcome).__name__, outcome, exc_info=outcome)
+    return PredictBatchItem(status_code=500, error="internal server error (see the router log)")
 
 
 def feedback_response(row: InferenceRow) -> FeedbackResponse:
@@ -168,4 +183,9 @@ def health(current: ModelSet) -> Health:
         champion_version=current.champion_version,
         challenger_version=current.challenger_version,
         reasons=list(current.problems),
+        execution={
+            alias: served.execution
+            for alias, served in ((CHAMPION, current.champion), (CHALLENGER, current.challenger))
+            if served is not None
+        },
     )

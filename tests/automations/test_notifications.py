@@ -128,6 +128,18 @@ def test_an_invalid_experiment_is_notified(webhook):
     assert "sample ratio mismatch on assigned users" in message["body"]
 
 
+def test_invalid_traffic_is_notified(webhook):
+    name = model()
+    payload = events.DataInvalidPayload(
+        model_name=name, champion_version="3", errors=["column 'petal_width' is absent from the window"],
+        absent_columns=["petal_width"], wrong_type_columns=[], extra_columns=[], window_start="t0", window_end="t1",
+        window_rows=120, report_url="http://mlflow/run",
+    ).model_dump(mode="json")  # fmt: skip
+    about(name, events.DATA_INVALID, payload, version="3")
+    message = webhook.wait_for(f"traffic of {name} v3 fails the schema")
+    assert "column 'petal_width' is absent from the window" in message["body"] and "120 requests" in message["body"]
+
+
 @pytest.mark.parametrize("event", [events.MODEL_ROLLED_BACK, events.CONTROL_ROLLBACK])
 def test_every_rollback_is_notified(webhook, event):
     name = model()

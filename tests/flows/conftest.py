@@ -8,126 +8,40 @@ stub with a chosen behaviour for each version, so an A/B experiment can be given
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import mlflow
-import mlflow.tracking.fluent
 import numpy as np
 import pandas as pd
 import pytest
 import uvicorn
-from mlflow import MlflowClient
 
 from contracts.api import Arm, ExperimentPlan
 from contracts.auth import TOKEN_ENV
-from contracts.registry import AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT, CHALLENGER, CHAMPION, TAG_LOOP_ID
+from contracts.registry import CHALLENGER, CHAMPION, TAG_LOOP_ID
 from flows import settings as flow_settings
 from flows.lib import experiment, registry
-from flows.lib.data import IRIS_FEATURES, IRIS_TARGET, load_dataset
+from flows.lib.data import IRIS_FEATURES, IRIS_TARGET
 from flows.lib.router import RouterClient
 from serving.app import create_app
 from serving.services.assignment import assign_arm
 from serving.services.models import FeatureSpec, ModelSource, ServedModel
 from serving.services.store import Store
 from serving.settings import RouterSettings
+from tests.conftest import TRAINING_EXPERIMENT
+from tests.serving.stubs import EventRecorder
 
-TRAINING_EXPERIMENT = "driftloop"
-"""The flows' default `mlflow_experiment`."""
 SALT = "flow-tests"
 TOKENS = {"admin": "flow-tests-admin", "label": "flow-tests-label", "read": "flow-tests-read"}
 """The router in these tests runs with tokens, as in production: the flows must send them."""
 
-# --- Prefect ---------------------------------------------------------------------------------------------------
-
-_HARNESS: dict[str, str] = {}
-"""The one harness of the session. tests/automations re-exports the fixture below: pytest then keeps one fixture per
-conftest, and this module-level record makes both use the same server instead of starting a second one."""
-
-
-@pytest.fixture(scope="session")
-def prefect_harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real Prefect server (subprocess, temporary SQLite) that this process's flows, events and clients use.
-
-    Returns:
-        Its API URL. It is not exported to subprocesses: pass it explicitly to any.
-    """
-    if "api_url" in _HARNESS:
-        return _HARNESS["api_url"]
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_HOME,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
-
-    stack = contextlib.ExitStack()
-    # Torn down when pytest unconfigures, after every session fixture of every conftest that uses it.
-    request.config.add_cleanup(stack.close)
-    saved = os.environ.get("DO_NOT_TRACK")
-    os.environ["DO_NOT_TRACK"] = "1"  # the server subprocess inherits the environment: no telemetry offline
-    stack.callback(lambda: os.environ.pop("DO_NOT_TRACK") if saved is None else os.environ.update(DO_NOT_TRACK=saved))
-    stack.enter_context(
-        temporary_settings(
-            updates={
-                PREFECT_HOME: tmp_path_factory.mktemp("prefect-home"),
-                PREFECT_SERVER_ANALYTICS_ENABLED: False,
-                # Events reach the database within half a second instead of five, so tests poll briefly.
-                PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL: 0.5,
-            }
-        )
-    )
-    # A busy 2-core machine (a retrain or other tests beside this run) has taken over 60 s to start it.
-    stack.enter_context(prefect_test_harness(server_startup_timeout=240))
-    _HARNESS["api_url"] = PREFECT_API_URL.value()
-    stack.callback(_HARNESS.clear)
-    return _HARNESS["api_url"]
-
-
-def read_events(resource_id: str, names: list[str], *, expect: int, timeout: float = 10.0) -> list[Any]:
-    """The events named `names` about one resource, oldest first, once at least `expect` of them have landed.
-
-    Events reach the server through a background worker and its persister in batches: poll until they are there.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            page = client.read_events(
-                EventFilter(
-                    # `until` defaults to the filter's creation: build one per poll.
-                    occurred=EventOccurredFilter(since=datetime.now(UTC) - timedelta(hours=1), until=datetime.now(UTC)),
-                    event=EventNameFilter(name=names),
-                    resource=EventResourceFilter(id=[resource_id]),
-                ),
-                limit=50,
-            )
-            found = sorted(page.events, key=lambda e: e.occurred)
-            if len(found) >= expect or time.monotonic() > deadline:
-                return found
-            time.sleep(0.25)
-
-
 # --- MLflow ------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def iris() -> pd.DataFrame:
-    return load_dataset("iris", IRIS_TARGET)
 
 
 @pytest.fixture(scope="session")
@@ -138,49 +52,6 @@ def tiny_pipeline(iris: pd.DataFrame):
     from sklearn.preprocessing import StandardScaler
 
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=200)).fit(iris[IRIS_FEATURES], iris[IRIS_TARGET])
-
-
-@pytest.fixture
-def model_name() -> str:
-    """A registered model name of this test alone (Prefect events of every test land on one server)."""
-    return f"IrisAB{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="session")
-def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite database with its schema created (the migrations take most of a second: run them once)."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path) -> Iterator[str]:
-    """A real MLflow store (SQLite and local artifacts under tmp_path) as the process's tracking URI.
-
-    The experiments the flows write to are created up front with their artifacts under tmp_path; MLflow's
-    globals and MLFLOW_* variables are restored afterwards.
-    """
-    root = tmp_path / "mlflow"
-    root.mkdir()
-    shutil.copyfile(empty_mlflow_db, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    saved_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    monkeypatch.chdir(tmp_path)  # anything MLflow writes relative to the cwd lands here, not in the repo
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
-    for name in (TRAINING_EXPERIMENT, AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT):
-        client.create_experiment(name, artifact_location=(root / "artifacts" / name).as_uri())
-    try:
-        yield uri
-    finally:
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)
-        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-            del os.environ[key]
-        os.environ.update(saved_env)
 
 
 @pytest.fixture
@@ -225,7 +96,7 @@ def flower(kind: str, i: int) -> tuple[dict[str, float], str]:
     return features, "setosa" if setosa else "versicolor"
 
 
-class StubModel:
+class FlowerModel:
     """Knows the true species; `weak` gets HARD flowers wrong, `fragile` raises on POISON, `delay` waits (seconds)
     and `burn_ms` spends CPU (milliseconds of this thread's CPU time) on each call, as a heavier model would."""
 
@@ -248,23 +119,13 @@ class StubModel:
 class StubbedSource(ModelSource):
     """The router's MLflow alias resolution on the test registry, with a stub model for each version."""
 
-    def __init__(self, tracking_uri: str, model_name: str, models: dict[str, StubModel]) -> None:
+    def __init__(self, tracking_uri: str, model_name: str, models: dict[str, FlowerModel]) -> None:
         super().__init__(tracking_uri, model_name)
         self.models = models
 
     def load(self, version: str) -> ServedModel:
         features = tuple(FeatureSpec(name, "double") for name in IRIS_FEATURES)
         return ServedModel(name=self.model_name, version=version, features=features, estimator=self.models[version])
-
-
-class EventRecorder:
-    """Stands in for the router's Prefect emitter and keeps what it would have sent."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, *, event: str, resource: dict, related: list, payload: dict, event_id: str) -> None:
-        self.events.append({"event": event, "resource": resource, "related": related, "payload": payload})
 
 
 @dataclass
@@ -360,11 +221,11 @@ class Router:
 @pytest.fixture
 def start_router(
     tmp_path: Path, tracking_uri: str, model_name: str
-) -> Iterator[Callable[[dict[str, StubModel]], Router]]:
+) -> Iterator[Callable[[dict[str, FlowerModel]], Router]]:
     """Start the real router app on a free port, serving the given stub per version; stopped after the test."""
     started: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
 
-    def start(models: dict[str, StubModel]) -> Router:
+    def start(models: dict[str, FlowerModel]) -> Router:
         settings = RouterSettings(
             _env_file=None,
             home=tmp_path / "router",

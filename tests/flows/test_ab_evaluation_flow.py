@@ -32,7 +32,8 @@ from contracts.registry import (
 )
 from flows.ab_evaluation import ab_evaluation
 from flows.lib import registry
-from tests.flows.conftest import Router, StubModel, make_plan, read_events
+from tests.conftest import read_events
+from tests.flows.conftest import FlowerModel, Router, make_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -52,7 +53,7 @@ def experiment(
 ) -> Callable[..., tuple[Router, Path]]:
     """Start the router on the registered versions with these stubs, give it the plan, point the flows at it."""
 
-    def start(champion: StubModel, challenger: StubModel, **plan: object) -> tuple[Router, Path]:
+    def start(champion: FlowerModel, challenger: FlowerModel, **plan: object) -> tuple[Router, Path]:
         # The retrain flow tags the challenger with its plan (the source of truth), then sends it to the router.
         registry.tag_version(registered, "2", plan_tags(make_plan(**plan)))
         router = start_router({"1": champion, "2": challenger})
@@ -165,7 +166,7 @@ def assert_events(result: dict, model_name: str, then: str) -> None:
 
 
 def test_a_better_challenger_is_promoted_everywhere(experiment, model_name):
-    router, home = experiment(champion=StubModel(weak=True), challenger=StubModel())
+    router, home = experiment(champion=FlowerModel(weak=True), challenger=FlowerModel())
     # The champion gets every second flower wrong (50%), the challenger none: a lift of 0.5 on 30 per arm.
     router.send("champion", "easy", 15)
     router.send("champion", "hard", 15)
@@ -240,11 +241,11 @@ def assert_lineage(model_name: str, result: dict) -> None:
     "challenger,traffic,guardrail",
     [
         # 80% of the challenger's requests raise (recorded as errors); labels on 16 per arm keep the arms balanced.
-        pytest.param(StubModel(fragile=True), {"poison": 64, "easy": 16}, "error_rate", id="errors"),
+        pytest.param(FlowerModel(fragile=True), {"poison": 64, "easy": 16}, "error_rate", id="errors"),
     ],
 )
 def test_a_challenger_breaching_a_guardrail_is_rolled_back(experiment, model_name, challenger, traffic, guardrail):
-    router, home = experiment(champion=StubModel(), challenger=challenger)
+    router, home = experiment(champion=FlowerModel(), challenger=challenger)
     answered = traffic.get("easy", 0)
     router.send("champion", "easy", sum(traffic.values()), labelled=answered)
     for kind, n in traffic.items():
@@ -286,7 +287,7 @@ def test_a_truly_slower_challenger_is_rolled_back_once_the_breach_persists(exper
     # is. Both arms are served in the same four-second buckets, filled until each holds enough of both arms however
     # busy the machine is.
     router, home = experiment(
-        champion=StubModel(burn_ms=15), challenger=StubModel(burn_ms=50), guardrail_latency_bucket_seconds=4
+        champion=FlowerModel(burn_ms=15), challenger=FlowerModel(burn_ms=50), guardrail_latency_bucket_seconds=4
     )
     router.fill_buckets(6, bucket_seconds=4, labelled_kind="easy")
 
@@ -318,7 +319,9 @@ def test_a_better_challenger_with_equal_latency_is_promoted_on_a_busy_machine(ex
     # The demo's run, reproduced: a far more accurate challenger, both models costing the same 10 ms of CPU per call,
     # a machine busy with other work for the whole experiment. Latency swings with the load; it must not decide.
     router, _ = experiment(
-        champion=StubModel(weak=True, burn_ms=10), challenger=StubModel(burn_ms=10), guardrail_latency_bucket_seconds=4
+        champion=FlowerModel(weak=True, burn_ms=10),
+        challenger=FlowerModel(burn_ms=10),
+        guardrail_latency_bucket_seconds=4,
     )
     router.fill_buckets(6, bucket_seconds=4)
     result = ab_evaluation(model_name=model_name)
@@ -330,7 +333,7 @@ def test_a_better_challenger_with_equal_latency_is_promoted_on_a_busy_machine(ex
 
 def test_a_sample_ratio_mismatch_invalidates_the_experiment_and_moves_nothing(experiment, model_name):
     # A better challenger, but the plan splits 50/50 and the challenger got 12 of 112 users.
-    router, home = experiment(champion=StubModel(weak=True), challenger=StubModel())
+    router, home = experiment(champion=FlowerModel(weak=True), challenger=FlowerModel())
     router.send("champion", "hard", 100)
     router.send("challenger", "easy", 12)
 
@@ -356,7 +359,7 @@ def test_without_an_experiment_served_the_flow_writes_nothing(
     registered, start_router, flow_env, model_name, registry_challenger
 ):
     registry.move_alias(model_name, CHALLENGER, None, reason="test: no experiment")
-    router = start_router({"1": StubModel(), "2": StubModel()})
+    router = start_router({"1": FlowerModel(), "2": FlowerModel()})
     if registry_challenger != "none":  # set after the router loaded its models (it refreshes on demand only)
         registry.move_alias(model_name, CHALLENGER, registry_challenger, reason="test: not yet served")
     home = flow_env(router)
@@ -386,7 +389,7 @@ def test_looks_without_labelled_outcomes_on_an_arm_still_decide(
 ):
     module = importlib.import_module("flows.ab_evaluation")
     monkeypatch.setattr(module, "record_look", module.record_look.with_options(retries=0))  # fail fast
-    router, _ = experiment(champion=StubModel(), challenger=StubModel(fragile=True))
+    router, _ = experiment(champion=FlowerModel(), challenger=FlowerModel(fragile=True))
     router.send("champion", "easy", 40)
     if challenger_kind:
         router.send("challenger", challenger_kind, 40)

@@ -23,7 +23,8 @@ from contracts import events
 from contracts.registry import CHALLENGER, CHAMPION, REQUESTED_BY_LOOP, TAG_DECISION
 from flows import controls
 from flows.lib import registry
-from tests.flows.conftest import Router, StubModel, read_events
+from tests.conftest import read_events
+from tests.flows.conftest import FlowerModel, Router
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def serving(registered: str, start_router: Callable[..., Router], flow_env) -> Router:
     """The router serving champion v1 and challenger v2, the flows pointed at it."""
-    router = start_router({"1": StubModel(), "2": StubModel(), "3": StubModel()})
+    router = start_router({"1": FlowerModel(), "2": FlowerModel(), "3": FlowerModel()})
     flow_env(router)
     return router
 

@@ -17,7 +17,7 @@ from flows.ab_evaluation import ab_evaluation
 from flows.lib import registry
 from flows.retrain import retrain
 from flows.tasks import ensure_registry_lock, registry_lock
-from tests.flows.conftest import StubModel
+from tests.flows.conftest import FlowerModel
 from tests.flows.test_ab_evaluation_flow import experiment  # noqa: F401 - the fixture, shared
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -67,7 +67,7 @@ def test_the_lock_is_created_idempotently_and_held_by_one_run_at_a_time():
 def test_two_ab_looks_and_a_retrain_at_once_move_each_alias_once(experiment, model_name, monkeypatch):  # noqa: F811
     # A loop id of its own: the lineage of other tests' loops (read from the one Prefect server) stays theirs.
     router, _ = experiment(
-        champion=StubModel(weak=True), challenger=StubModel(), loop_id=f"loop-lock-{uuid.uuid4().hex[:8]}"
+        champion=FlowerModel(weak=True), challenger=FlowerModel(), loop_id=f"loop-lock-{uuid.uuid4().hex[:8]}"
     )
     for arm in ("champion", "challenger"):
         router.send(arm, "easy", 20)

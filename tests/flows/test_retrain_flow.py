@@ -55,7 +55,8 @@ from flows.retrain import retrain
 from flows.settings import get_settings
 from flows.tasks import retrain_slot
 from serving.services.store import InferenceRow
-from tests.flows.conftest import TRAINING_EXPERIMENT, Router, StubModel
+from tests.conftest import TRAINING_EXPERIMENT
+from tests.flows.conftest import FlowerModel, Router
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -186,7 +187,7 @@ def world(
     )
     registry.move_alias(model_name, CHAMPION, "1", reason="bootstrap")
 
-    router = start_router({"1": StubModel(), "2": StubModel()})
+    router = start_router({"1": FlowerModel(), "2": FlowerModel()})
     store = router.store()
     for row in in_window + unlabelled + old:
         store.log.record(row)

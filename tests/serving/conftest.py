@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,15 +21,15 @@ from contracts.auth import TOKEN_ENV
 from serving.app import create_app
 from serving.services.store import Store
 from serving.settings import RouterSettings
-from tests.serving.stubs import FEATURES, BrokenModel, StubModel, StubSource
+from tests.serving.stubs import FEATURES, BrokenModel, EventRecorder, StubModel, StubSource
 
-__all__ = ["FEATURES", "BrokenModel", "StubModel", "StubSource"]
+__all__ = ["FEATURES", "BrokenModel", "EventRecorder", "StubModel", "StubSource"]
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = {"admin": "admin-secret-token", "label": "label-secret-token", "read": "read-secret-token"}
 
 
 @pytest.fixture
-def iris() -> dict[str, float]:
+def iris_row() -> dict[str, float]:
     """Features of one setosa flower."""
     return {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
@@ -58,29 +57,6 @@ def settings(tmp_path: Path, db_path: Path) -> RouterSettings:
 def source() -> StubSource:
     """A registry with champion v1 and challenger v2."""
     return StubSource(champion="1", challenger="2")
-
-
-class EventRecorder:
-    """Stands in for the Prefect emitter: keeps every event; `fail` makes the next calls raise."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.ids: list[str] = []
-        self.fail = False
-
-    def __call__(
-        self,
-        *,
-        event: str,
-        resource: dict[str, str],
-        related: list[dict[str, str]],
-        payload: dict[str, Any],
-        event_id: str,
-    ) -> None:
-        if self.fail:
-            raise ConnectionError("prefect unreachable")
-        self.events.append({"event": event, "resource": resource, "related": related, "payload": payload})
-        self.ids.append(event_id)
 
 
 @pytest.fixture

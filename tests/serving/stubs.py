@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,3 +82,26 @@ class StubSource:
         return ServedModel(
             name=self.model_name, version=version, features=features, estimator=model, classes=self.classes
         )
+
+
+class EventRecorder:
+    """Stands in for the Prefect emitter: keeps every event; `fail` makes the next calls raise."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.ids: list[str] = []
+        self.fail = False
+
+    def __call__(
+        self,
+        *,
+        event: str,
+        resource: dict[str, str],
+        related: list[dict[str, str]],
+        payload: dict[str, Any],
+        event_id: str,
+    ) -> None:
+        if self.fail:
+            raise ConnectionError("prefect unreachable")
+        self.events.append({"event": event, "resource": resource, "related": related, "payload": payload})
+        self.ids.append(event_id)

@@ -28,6 +28,7 @@ async def test_a_challenger_that_does_not_load_leaves_the_champion_serving_every
             "reasons": [
                 "challenger v2 failed to load: OSError (details in the router log); the champion serves every user"
             ],
+            "execution": {"champion": "model predict"},
         }
         served = [
             (await client.post("/predict", json={"user_id": f"u{i}", "features": IRIS})).json() for i in range(20)

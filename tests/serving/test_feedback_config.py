@@ -4,14 +4,14 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 
-async def predict(client, iris, user="u", **extra):
-    response = await client.post("/predict", json={"user_id": user, "features": iris, **extra})
+async def predict(client, iris_row, user="u", **extra):
+    response = await client.post("/predict", json={"user_id": user, "features": iris_row, **extra})
     assert response.status_code == 200, response.text
     return response.json()
 
 
-async def test_feedback_labels_a_request(client, iris):
-    served = await predict(client, iris)
+async def test_feedback_labels_a_request(client, iris_row):
+    served = await predict(client, iris_row)
     response = await client.post("/feedback", json={"request_id": served["request_id"], "label": "virginica"})
     assert response.status_code == 200
     assert response.json() == {
@@ -26,11 +26,11 @@ async def test_feedback_labels_a_request(client, iris):
     assert [(r["request_id"], r["label"]) for r in records] == [(served["request_id"], "virginica")]
 
 
-async def test_feedback_with_int_label_compares_as_string(make_app, make_source, iris):
+async def test_feedback_with_int_label_compares_as_string(make_app, make_source, iris_row):
     source = make_source(champion="1")
     source.classes = None  # a model whose classes are unknown takes any label
     async with AsyncTestClient(app=make_app(source=source)) as client:
-        served = await predict(client, iris)
+        served = await predict(client, iris_row)
         body = (await client.post("/feedback", json={"request_id": served["request_id"], "label": 7})).json()
     assert (body["label"], body["correct"]) == ("7", False)
 
@@ -41,8 +41,8 @@ async def test_feedback_for_unknown_request_is_404(client):
     assert "unknown request_id" in response.json()["detail"]
 
 
-async def test_a_retried_label_is_200_and_another_label_409(client, iris):
-    served = await predict(client, iris)
+async def test_a_retried_label_is_200_and_another_label_409(client, iris_row):
+    served = await predict(client, iris_row)
     first = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
     assert first.json()["correct"] is True
     again = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
@@ -54,23 +54,23 @@ async def test_a_retried_label_is_200_and_another_label_409(client, iris):
     assert sum(arm["labelled"] for arm in outcomes["arms"]) == 1
 
 
-async def test_inline_label_then_feedback(client, iris):
-    served = await predict(client, iris, label="setosa")
+async def test_inline_label_then_feedback(client, iris_row):
+    served = await predict(client, iris_row, label="setosa")
     same = await client.post("/feedback", json={"request_id": served["request_id"], "label": "setosa"})
     assert same.status_code == 200
     other = await client.post("/feedback", json={"request_id": served["request_id"], "label": "virginica"})
     assert other.status_code == 409
 
 
-async def test_labels_outside_the_model_classes_are_422_and_not_stored(client, iris):
-    inline = await client.post("/predict", json={"user_id": "u", "features": iris, "label": "rose"})
+async def test_labels_outside_the_model_classes_are_422_and_not_stored(client, iris_row):
+    inline = await client.post("/predict", json={"user_id": "u", "features": iris_row, "label": "rose"})
     assert inline.status_code == 422
     assert (
         inline.json()["detail"]
         == ("label 'rose' is not a class of Iris v1: expected one of setosa, versicolor, virginica")
         or "is not a class of Iris v2" in inline.json()["detail"]
     )
-    served = await predict(client, iris)
+    served = await predict(client, iris_row)
     later = await client.post("/feedback", json={"request_id": served["request_id"], "label": 3})
     assert later.status_code == 422
     records = (await client.get("/inferences")).json()["records"]

@@ -16,7 +16,7 @@ from serving.app import create_app, refresh_once
 from serving.services.assignment import assign_arm
 from serving.services.events import emit_prefect_event
 from serving.services.store import Store
-from tests.flows.conftest import prefect_harness, read_events  # noqa: F401  (one server per session)
+from tests.conftest import read_events
 from tests.serving.conftest import free_port
 from tests.serving.stubs import StubSource
 

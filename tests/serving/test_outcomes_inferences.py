@@ -73,6 +73,7 @@ async def test_outcomes_count_what_was_posted(client):
         "challenger_version": "2",
         "ab_split_b": 0.5,
         "plan": None,
+        "shadow": None,
         "arms": [
             {"arm": "champion", "model_version": "1", **expected["champion"]},
             {"arm": "challenger", "model_version": "2", **expected["challenger"]},

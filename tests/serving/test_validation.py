@@ -130,6 +130,7 @@ async def test_no_model_is_503_with_a_clear_detail(make_app, make_source):
             "champion_version": None,
             "challenger_version": None,
             "reasons": ["no champion alias on Iris: /predict answers 503"],
+            "execution": {},
         }
 
 

@@ -7,12 +7,17 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from contracts.api import ExperimentPlan, Label
 from contracts.registry import alias_missing, classes_from_tags, plan_from_tags, registry_missing
 from serving.errors import ModelSourceError
+from serving.services.models.lean import with_lean
 from serving.services.models.served import WARM_UP_PREDICTIONS, ServedModel, classes_of, example_row, warm_up
 from serving.services.models.signature import features_from_signature
 
@@ -26,14 +31,16 @@ class ModelSource:
     `mlflow.set_tracking_uri`, so the router never changes process-global MLflow state.
     """
 
-    def __init__(self, tracking_uri: str, model_name: str, *, cache_size: int = 4) -> None:
+    def __init__(self, tracking_uri: str, model_name: str, *, cache_size: int = 4, lean: bool = True) -> None:
         """Describe the source; nothing is contacted until `open`.
 
         Args:
             tracking_uri: MLflow tracking (and registry) URI.
             model_name: Registered model to serve.
             cache_size: Loaded versions kept in memory (champion, challenger and the previous pair).
+            lean: Build and verify a lean path for each loaded pipeline (see `lean.with_lean`).
         """
+        self.lean = lean
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self._cache_size = cache_size
@@ -135,13 +142,18 @@ class ModelSource:
         features = features_from_signature(meta.signature, f"{self.model_name} v{version}")
         served = ServedModel(name=self.model_name, version=version, features=features, estimator=estimator)
         # Before the version is cached (and so before any swap serves it): pay the cold start here.
-        predicted = _warm_up_logged(served, meta, local)
+        example = _input_example(served, meta, local)
+        predicted = _warm_up_logged(served, example)
         classes = classes_from_tags(tags) or classes_of(estimator, predicted)
         if classes is None:
             logger.warning("%s: classes unknown (no driftloop.classes tag): labels are not checked", served.what)
         served = ServedModel(
             name=self.model_name, version=version, features=features, estimator=estimator, classes=classes
         )
+        if self.lean:
+            served = with_lean(served, _example_rows(served, example))
+        else:
+            served = replace(served, execution="model predict (lean execution is off: DRIFTLOOP_LEAN_PIPELINE)")
         self._cache[version] = served
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -149,17 +161,38 @@ class ModelSource:
         return served
 
 
-def _warm_up_logged(served: ServedModel, meta: Any, model_dir: str) -> Label | None:
+def _input_example(served: ServedModel, meta: Any, model_dir: str) -> Any:
+    """A version's logged input example, or None (logged) when it has none or it cannot be read."""
+    try:
+        return meta.load_input_example(model_dir)
+    except Exception as exc:
+        logger.warning("%s: could not read its input example, no warm-up: %s: %s", served.what, type(exc).__name__, exc)
+        return None
+
+
+def _example_rows(served: ServedModel, example: Any) -> list[dict[str, Any]]:
+    """Every row of an input example, checked against the signature; [] when it cannot be read or checked."""
+    try:
+        if isinstance(example, pd.DataFrame):
+            records = [
+                {k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+                for r in example.to_dict("records")
+            ]
+        else:
+            row = example_row(example, served.features) if example is not None else None
+            records = [] if row is None else [row]
+        return [served.check(r) for r in records]
+    except Exception as exc:
+        logger.warning("%s: its input example does not pass the checks: %s: %s", served.what, type(exc).__name__, exc)
+        return []
+
+
+def _warm_up_logged(served: ServedModel, example: Any) -> Label | None:
     """Warm a loaded version up on its logged input example; only ever logs (a failure must not block loading).
 
     Returns:
         The prediction for the example's first row, or None when there was no warm-up.
     """
-    try:
-        example = meta.load_input_example(model_dir)
-    except Exception as exc:
-        logger.warning("%s: could not read its input example, no warm-up: %s: %s", served.what, type(exc).__name__, exc)
-        return None
     if example is None:
         logger.debug("%s has no input example: no warm-up", served.what)
         return None

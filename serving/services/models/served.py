@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from serving.services.models.signature import (
     check_label,
     native_label,
 )
+
+if TYPE_CHECKING:
+    from serving.services.models.lean import LeanPath
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ class ServedModel:
     features: tuple[FeatureSpec, ...]
     estimator: Any
     classes: frozenset[str] | None = None
+    lean: LeanPath | None = None
+    """A verified faster path to the same predictions (see `lean.with_lean`); None: the estimator's own predict."""
+    execution: str = "model predict"
+    """Which path predicts, and why (shown in /health)."""
 
     @property
     def what(self) -> str:
@@ -58,6 +65,37 @@ class ServedModel:
         """The label as stored, when it is one of this model's classes (see `signature.check_label`)."""
         return check_label(label, self.classes, what=self.what)
 
+    def frame(self, rows: Sequence[Mapping[str, FeatureValue | None]]) -> pd.DataFrame:
+        """Checked rows as the model's input: columns in signature order with the signature's dtypes.
+
+        PyCaret pipelines select and transform by column name and dtype, so an object column of floats would
+        break them; an integer column with a missing value stays `object`.
+        """
+        names = [f.name for f in self.features]
+        frame = pd.DataFrame([[row.get(name) for name in names] for row in rows], columns=names)
+        dtypes: dict[str, str] = {}
+        for f in self.features:
+            if f.type in FLOAT_TYPES:
+                dtypes[f.name] = FLOAT_TYPES[f.type]
+            elif f.type in INT_TYPES and all(row.get(f.name) is not None for row in rows):
+                dtypes[f.name] = INT_TYPES[f.type]
+        return frame.astype(dtypes) if dtypes else frame
+
+    def predict_many(self, rows: Sequence[Mapping[str, FeatureValue | None]]) -> list[Label]:
+        """Predict many rows in one model call (the per-call cost of a pipeline is paid once).
+
+        Args:
+            rows: Checked features (outputs of `check`).
+
+        Returns:
+            The model's native labels (str or int), one per row, in order.
+        """
+        if not rows:
+            return []
+        if self.lean is not None:
+            return self.lean.predict(rows)
+        return [native_label(v) for v in np.asarray(self.estimator.predict(self.frame(rows)))]
+
     def predict(self, row: Mapping[str, FeatureValue | None]) -> Label:
         """Predict one row.
 
@@ -67,19 +105,7 @@ class ServedModel:
         Returns:
             The model's native label as str or int.
         """
-        # Columns in signature order with the signature's dtypes: PyCaret pipelines select and
-        # transform by column name and dtype, so an object column of floats would break them.
-        names = [f.name for f in self.features]
-        frame = pd.DataFrame([[row.get(name) for name in names]], columns=names)
-        dtypes: dict[str, str] = {}
-        for f in self.features:
-            if f.type in FLOAT_TYPES:
-                dtypes[f.name] = FLOAT_TYPES[f.type]
-            elif f.type in INT_TYPES and row.get(f.name) is not None:
-                dtypes[f.name] = INT_TYPES[f.type]
-        if dtypes:
-            frame = frame.astype(dtypes)
-        return native_label(np.asarray(self.estimator.predict(frame))[0])
+        return self.predict_many([row])[0]
 
 
 def example_row(example: Any, features: tuple[FeatureSpec, ...]) -> dict[str, FeatureValue] | None:

@@ -7,6 +7,7 @@ from serving.services.store.database import DEFAULT_POOL_SIZE, Database
 from serving.services.store.experiments import ExperimentRecords
 from serving.services.store.inferences import InferenceLog
 from serving.services.store.outbox import NewEvent, Outbox
+from serving.services.store.shadow import ShadowLog
 from serving.services.store.tables import (
     ArmCounts,
     ExperimentRow,
@@ -14,6 +15,7 @@ from serving.services.store.tables import (
     LatencyBucketRow,
     OutboxRow,
     PredictionErrorRow,
+    ShadowRow,
 )
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "NewEvent",
     "OutboxRow",
     "PredictionErrorRow",
+    "ShadowRow",
     "Store",
 ]
 
@@ -37,6 +40,7 @@ class Store:
         experiments: Start, plan, sample reached and end of each experiment.
         config: The split shared by every replica.
         outbox: Router events on their way to Prefect.
+        shadow: The challenger's shadow predictions (shadow mode).
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class Store:
         self.experiments = ExperimentRecords(self.db)
         self.config = SharedConfig(self.db)
         self.outbox = Outbox(self.db)
+        self.shadow = ShadowLog(self.db)
 
     def open(self) -> None:
         """Connect and create what is missing (idempotent)."""

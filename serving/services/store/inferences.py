@@ -52,6 +52,27 @@ class InferenceLog:
             return first
         return row
 
+    def record_many(self, rows: list[InferenceRow]) -> list[InferenceRow]:
+        """Insert many predictions in one transaction (one commit for all: a group commit) before returning.
+
+        Args:
+            rows: The predictions to log, e.g. one micro-batch.
+
+        Returns:
+            For each row, the row itself, or, when its idempotency key was already taken (a concurrent retry),
+            the row that took it. When a key collides, the rows are inserted one by one instead (`record`).
+        """
+        if not rows:
+            return []
+        try:
+            with self.db.begin("record") as conn:  # one write of the log, whatever its size
+                conn.execute(sa.insert(inferences), [row.__dict__ for row in rows])
+        except sa.exc.IntegrityError:
+            if not any(row.idempotency_key for row in rows):
+                raise
+            return [self.record(row) for row in rows]
+        return list(rows)
+
     def get(self, request_id: str) -> InferenceRow | None:
         """One logged prediction by id, or None."""
         with self.db.connect() as conn:

@@ -121,6 +121,19 @@ outbox = sa.Table(
     sa.Column("last_error", sa.Text(), nullable=True),
 )
 
+shadow_inferences = sa.Table(
+    "shadow_inferences",
+    metadata,
+    # Shadow mode: what the challenger would have answered to a champion request (never served). Keyed by the
+    # champion's request id, so its label (inline or from /feedback) is read from `inferences` when reporting.
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("ts", UTCDateTime(), nullable=False),
+    sa.Column("experiment_id", sa.String(160), nullable=False, index=True),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("prediction", sa.Text(), nullable=False),
+    sa.Column("champion_prediction", sa.Text(), nullable=False),
+)
+
 heartbeats = sa.Table(
     "replica_heartbeats",
     metadata,
@@ -149,6 +162,18 @@ class InferenceRow:
     idempotency_key: str | None = None
     fingerprint: str | None = None
     """Digest of the request that carried `idempotency_key`: a reuse for another request is refused."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShadowRow:
+    """The challenger's shadow prediction for one champion request."""
+
+    request_id: str
+    ts: datetime
+    experiment_id: str
+    model_version: str
+    prediction: str
+    champion_prediction: str
 
 
 @dataclass(frozen=True, kw_only=True)

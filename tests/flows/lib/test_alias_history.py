@@ -15,15 +15,11 @@ from contracts.registry import (
 )
 from flows.lib import registry
 
-# The same history on MLflow's SQLite store and on a PostgreSQL backend store (the Postgres profile's).
-pytestmark = [
-    pytest.mark.usefixtures("mlflow_store"),
-    pytest.mark.parametrize("mlflow_store", ["sqlite", "postgresql"], indirect=True, scope="module"),
-]
+pytestmark = pytest.mark.usefixtures("configured_registry")
 
 
 @pytest.fixture(scope="module")
-def model(mlflow_store, trained, iris):
+def model(trained, iris):
     """A model with three versions: v1 champion, v2 and v3 unaliased."""
     name = "HistoryModel"
     for _ in range(3):

@@ -45,7 +45,15 @@ def test_sqlite_runs_in_wal_with_full_sync(store):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         tables = set(sa.inspect(conn).get_table_names())
-    assert tables == {"inferences", "router_config", "prediction_errors", "experiments", "outbox", "replica_heartbeats"}
+    assert tables == {
+        "inferences",
+        "router_config",
+        "prediction_errors",
+        "experiments",
+        "outbox",
+        "replica_heartbeats",
+        "shadow_inferences",
+    }
 
 
 def test_nothing_is_created_before_the_lifespan(settings, source, db_path, tmp_path):
@@ -53,7 +61,7 @@ def test_nothing_is_created_before_the_lifespan(settings, source, db_path, tmp_p
     assert not db_path.exists()
     # Importing the package touches nothing either (fresh interpreter, cwd in tmp).
     code = "import serving.app, serving.controllers, serving.services.store, serving.services.models"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[4])}
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env=env)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 

@@ -10,7 +10,7 @@ from contracts.events import ROUTER_TRAFFIC
 from serving.services.heartbeat import TrafficHeartbeat
 
 
-async def test_the_heartbeat_counts_requests_since_the_last_beat(make_app, emitted, iris):
+async def test_the_heartbeat_counts_requests_since_the_last_beat(make_app, emitted, iris_row):
     app = make_app()
     now = [datetime.now(UTC)]
     async with AsyncTestClient(app=app) as client:
@@ -19,7 +19,7 @@ async def test_the_heartbeat_counts_requests_since_the_last_beat(make_app, emitt
         )
         assert beat.beat() == 0 and emitted.events == []  # nothing logged: nothing sent
         for i in range(3):
-            assert (await client.post("/predict", json={"user_id": f"u{i}", "features": iris})).status_code == 200
+            assert (await client.post("/predict", json={"user_id": f"u{i}", "features": iris_row})).status_code == 200
         now[0] += timedelta(seconds=60)
         assert beat.beat() == 3
         [event] = emitted.events

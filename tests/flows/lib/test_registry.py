@@ -21,8 +21,9 @@ from contracts.registry import (
 )
 from flows.lib import registry
 from flows.lib.training import TrainResult
+from tests.conftest import TRAINING_EXPERIMENT
 
-pytestmark = pytest.mark.usefixtures("mlflow_store")
+pytestmark = pytest.mark.usefixtures("configured_registry")
 
 
 def log(trained: TrainResult, iris: pd.DataFrame, model_name: str, **extra):
@@ -45,7 +46,7 @@ def logged(trained: TrainResult, iris: pd.DataFrame):
     return log(trained, iris, "Logged")
 
 
-def test_log_candidate_registers_version_one_with_run_and_tags(logged, mlflow_store: Path) -> None:
+def test_log_candidate_registers_version_one_with_run_and_tags(logged, configured_registry: str) -> None:
     run = MlflowClient().get_run(logged.run_id)
 
     assert str(logged.version) == "1"
@@ -58,7 +59,7 @@ def test_log_candidate_registers_version_one_with_run_and_tags(logged, mlflow_st
     assert run.data.metrics["f1_macro"] > 0.8
     assert run.data.tags[TAG_TARGET] == "species"
     assert run.info.run_name == "retrain: test"
-    assert str(mlflow_store) in run.info.artifact_uri
+    assert str(Path(configured_registry.removeprefix("sqlite:///")).parent) in run.info.artifact_uri
 
 
 def test_log_candidate_stores_reference_and_signature(logged) -> None:
@@ -143,12 +144,24 @@ def test_promote_without_champion_returns_none(trained: TrainResult, iris: pd.Da
     assert TAG_PREVIOUS_CHAMPION not in registry.get_version("FirstChampion", CHAMPION).tags
 
 
-def test_configure_sets_uri_and_experiment(mlflow_store: Path) -> None:
-    assert mlflow.get_tracking_uri() == f"sqlite:///{mlflow_store}/mlflow.db"
-    assert mlflow.get_experiment_by_name("driftloop-test") is not None
+def test_configure_points_mlflow_at_the_store_and_creates_the_experiment(tmp_path: Path) -> None:
+    """configure() on a store the test made itself, with an experiment that does not exist yet."""
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    saved = mlflow.get_tracking_uri()
+    try:
+        registry.configure(uri, "configured-here")
+        assert mlflow.get_tracking_uri() == uri
+        experiment = mlflow.get_experiment_by_name("configured-here")
+        assert experiment is not None
+        with mlflow.start_run() as run:
+            pass
+        assert run.info.experiment_id == experiment.experiment_id  # new runs land in it
+    finally:
+        mlflow.set_tracking_uri(saved)
+        mlflow.set_experiment(TRAINING_EXPERIMENT)
 
 
-def test_the_router_reads_classes_and_plan_from_the_version(logged, mlflow_store: Path) -> None:
+def test_the_router_reads_classes_and_plan_from_the_version(logged, configured_registry: str) -> None:
     """The router's MLflow source on a real PyCaret pipeline: labels and numbers it refuses, the plan it adopts."""
     from contracts.api import ExperimentPlan
     from serving.errors import InvalidFeatures, InvalidLabel

@@ -21,7 +21,14 @@ async def test_health_reports_the_served_versions(client):
     response = await client.get("/health")
     assert (response.status_code, response.json()) == (
         200,
-        {"status": "ok", "model_name": "Iris", "champion_version": "1", "challenger_version": "2", "reasons": []},
+        {
+            "status": "ok",
+            "model_name": "Iris",
+            "champion_version": "1",
+            "challenger_version": "2",
+            "reasons": [],
+            "execution": {"champion": "model predict", "challenger": "model predict"},
+        },
     )
 
 
@@ -32,7 +39,14 @@ async def test_reload_picks_up_alias_moves_without_restart(make_app, source):
         response = await client.post("/models/reload")
         assert (response.status_code, response.json()) == (
             200,
-            {"status": "ok", "model_name": "Iris", "champion_version": "2", "challenger_version": None, "reasons": []},
+            {
+                "status": "ok",
+                "model_name": "Iris",
+                "champion_version": "2",
+                "challenger_version": None,
+                "reasons": [],
+                "execution": {"champion": "model predict"},
+            },
         )
         served = (await client.post("/predict", json={"user_id": "u", "features": IRIS})).json()
         assert (served["arm"], served["model_version"], served["experiment_id"]) == ("champion", "2", "v2")
@@ -93,6 +107,7 @@ async def test_openapi_lists_every_path(client):
     }
     assert operations == {
         ("/predict", "post"): "predict",
+        ("/predict/batch", "post"): "predict_batch",
         ("/feedback", "post"): "submit_feedback",
         ("/inferences", "get"): "list_inferences",
         ("/config", "get"): "get_config",

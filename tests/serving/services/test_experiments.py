@@ -492,6 +492,7 @@ async def test_promotion_half_done_serves_only_the_new_version(make_app, source,
             "ab_split_b": 1.0,
             "started_at": None,
             "plan": None,
+            "shadow": None,
             "arms": [
                 {
                     "arm": "champion",

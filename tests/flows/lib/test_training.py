@@ -33,7 +33,7 @@ def test_holdout_is_the_untouched_input_rows(trained: TrainResult, iris: pd.Data
 
 def test_train_leaves_no_pycaret_log_behind(trained: TrainResult, train_dir: Path) -> None:
     assert not (train_dir / "logs.log").exists()
-    assert not (Path(__file__).parents[2] / "logs.log").exists()
+    assert not (Path(__file__).parents[3] / "logs.log").exists()
 
 
 def test_evaluate_matches_sklearn_on_the_same_predictions(trained: TrainResult, iris: pd.DataFrame) -> None:

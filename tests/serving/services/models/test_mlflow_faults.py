@@ -20,7 +20,7 @@ from serving.app import create_app
 from serving.services.models import ModelSource
 from serving.services.store import Store
 from tests.serving.conftest import free_port
-from tests.serving.test_mlflow_source import iris_like, register
+from tests.serving.services.models.test_mlflow_source import iris_like, register
 
 pytestmark = pytest.mark.slow
 

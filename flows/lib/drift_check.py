@@ -1,0 +1,193 @@
+"""One drift check of a window against a version's reference: data quality first, then the calibrated per-column
+tests (run by Evidently), then prediction drift, label drift and accuracy where the window has them.
+
+The result is the check's raw findings; persistence and severity are `flows.lib.drift_policy`'s job. Used by the drift
+flow, the replay command (`python -m flows.drift_replay`) and the simulations in `bench/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from flows.lib import drift_policy
+from flows.lib.data_quality import QualityReport, QualityRules, check_quality
+from flows.lib.drift import DriftResult, column_roles, compute_drift
+from flows.lib.drift_calibration import Calibration, VersionCalibration
+
+
+@dataclass
+class CheckConfig:
+    """How a check runs."""
+
+    quality: QualityRules = field(default_factory=QualityRules)
+    max_window_rows: int = 20_000
+    """A larger window is tested on a seeded sample of this many rows (size and seed are in the result)."""
+    sample_seed: int = 42
+    report_drift_share: float = 0.3
+    """Share of drifted columns at which the HTML report's dataset-level test fails (the critical share)."""
+    outcome_alpha: float = 1e-3
+    """Level of the prediction- and label-drift tests (chi-squared on the class shares)."""
+    accuracy_confidence: float = 0.95
+    max_accuracy_drop: float = 0.05
+    """A performance drop: the interval's upper end lies more than this below the holdout accuracy."""
+    min_labelled: int = 30
+    """Fewer labelled rows than this: no accuracy or label verdict."""
+
+
+@dataclass
+class AccuracyCheck:
+    """Accuracy of the served model on the window's labelled rows, against its holdout accuracy."""
+
+    labelled: int
+    correct: int
+    accuracy: float
+    low: float
+    high: float
+    holdout_accuracy: float | None
+    dropped: bool
+
+
+@dataclass
+class ShareShift:
+    """A chi-squared test of the window's class shares against the reference's."""
+
+    statistic: float
+    p_value: float
+    shifted: bool
+    rows: int
+
+
+@dataclass
+class CheckResult:
+    """Raw findings of one check."""
+
+    quality: QualityReport
+    drift: DriftResult | None
+    """None when the window failed the schema, or no column was testable."""
+    tested_columns: list[str]
+    sample_rows: int
+    sample_seed: int
+    calibration: Calibration
+    """The calibration used (the one for the window's size)."""
+    prediction: ShareShift | None = None
+    label: ShareShift | None = None
+    accuracy: AccuracyCheck | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.quality.valid
+
+    def alarms(self) -> set[str]:
+        """Finding keys of this check (see `drift_policy`)."""
+        keys = set(self.drift.drifted_columns if self.drift else [])
+        keys |= {f"{drift_policy.QUALITY_PREFIX}{c}" for c in self.quality.flagged()}
+        if self.prediction is not None and self.prediction.shifted:
+            keys.add(drift_policy.PREDICTION_KEY)
+        if self.label is not None and self.label.shifted:
+            keys.add(drift_policy.LABEL_KEY)
+        if self.accuracy is not None and self.accuracy.dropped:
+            keys.add(drift_policy.PERFORMANCE_KEY)
+        return keys
+
+
+def share_shift(reference: dict[str, int], current: pd.Series, alpha: float) -> ShareShift | None:
+    """Chi-squared goodness of fit of the window's class counts to the reference's class counts (scipy)."""
+    from scipy.stats import chisquare
+
+    ref = pd.Series(reference, dtype=float)
+    cur = current.dropna().astype(str).value_counts()
+    if ref.empty or cur.empty:
+        return None
+    ref, cur = ref.align(cur, fill_value=0)
+    # Half a count added to the reference keeps a class it never had from dividing by zero.
+    expected = (ref + 0.5) / (ref + 0.5).sum() * cur.sum()
+    statistic, p_value = chisquare(cur.to_numpy(float), expected.to_numpy(float))
+    return ShareShift(float(statistic), float(p_value), bool(p_value < alpha), int(cur.sum()))
+
+
+def accuracy_check(
+    labels: pd.Series, predictions: pd.Series, holdout_accuracy: float | None, confidence: float, max_drop: float
+) -> AccuracyCheck:
+    """Accuracy with a Wilson interval (scipy); a drop when the interval lies `max_drop` below the holdout's."""
+    from scipy.stats import binomtest
+
+    labels, predictions = labels.astype(str).reset_index(drop=True), predictions.astype(str).reset_index(drop=True)
+    n = len(labels)
+    correct = int((labels == predictions).sum())
+    interval = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    dropped = holdout_accuracy is not None and interval.high < holdout_accuracy - max_drop
+    return AccuracyCheck(n, correct, correct / n, float(interval.low), float(interval.high), holdout_accuracy, dropped)
+
+
+def run_check(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    calibrated: VersionCalibration,
+    *,
+    config: CheckConfig | None = None,
+    current_predictions: pd.Series | None = None,
+    current_labels: pd.Series | None = None,
+    labelled_predictions: pd.Series | None = None,
+) -> CheckResult:
+    """Check a window against the reference with the version's calibration.
+
+    Args:
+        reference: The reference rows (features; other columns are ignored).
+        current: The window's features, every column its records had.
+        calibrated: The version's calibration: per-column methods and thresholds per window size, its prediction
+            and label counts and its holdout accuracy.
+        config: How the check runs.
+        current_predictions: What the version served for the window's rows (prediction drift).
+        current_labels: The labels of the window's labelled rows (label drift, accuracy).
+        labelled_predictions: What was served for those labelled rows, aligned with `current_labels`.
+    """
+    config = config or CheckConfig()
+    calibration = calibrated.for_rows(len(current))
+    columns = [c.column for c in calibration.columns]
+    numerical, _ = column_roles(reference, columns)
+    kinds = {c: "numerical" if c in numerical else "categorical" for c in columns}
+    quality = check_quality(reference, current, columns, kinds, config.quality)
+    sample_rows, seed = len(current), config.sample_seed
+    result = CheckResult(
+        quality=quality,
+        drift=None,
+        tested_columns=[],
+        sample_rows=sample_rows,
+        sample_seed=seed,
+        calibration=calibration,
+    )
+    if not quality.valid:
+        return result
+    tested = quality.testable()
+    window = current[tested]
+    if len(window) > config.max_window_rows:
+        window = window.sample(config.max_window_rows, random_state=seed)
+        result.sample_rows = len(window)
+    # Evidently drops missing values; a column whose window is entirely missing is a quality finding, not a test.
+    tested = [c for c in tested if window[c].notna().any() and reference[c].notna().any()]
+    result.tested_columns = tested
+    if tested:
+        result.drift = compute_drift(
+            reference[tested],
+            window[tested],
+            columns=tested,
+            per_column_method={c: calibration.methods()[c] for c in tested},
+            per_column_threshold={c: calibration.thresholds()[c] for c in tested},
+            drift_share=config.report_drift_share,
+        )
+    if calibrated.prediction_counts and current_predictions is not None and len(current_predictions):
+        result.prediction = share_shift(calibrated.prediction_counts, current_predictions, config.outcome_alpha)
+    if current_labels is not None and len(current_labels) >= config.min_labelled:
+        if calibrated.label_counts:
+            result.label = share_shift(calibrated.label_counts, current_labels, config.outcome_alpha)
+        if labelled_predictions is not None:
+            result.accuracy = accuracy_check(
+                current_labels,
+                labelled_predictions,
+                calibrated.holdout_accuracy,
+                config.accuracy_confidence,
+                config.max_accuracy_drop,
+            )
+    return result
