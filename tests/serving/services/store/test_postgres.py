@@ -18,6 +18,7 @@ from litestar.testing import AsyncTestClient
 
 from serving.errors import AlreadyLabelled, ExperimentConflict
 from serving.services.store import InferenceRow, NewEvent, Store
+from serving.services.store.tables import metadata
 from tests.serving.conftest import auth
 
 PROCESSES = 8
@@ -141,9 +142,7 @@ def test_the_store_runs_on_postgres_with_a_pool_of_one_connection_per_thread(pg_
         assert store.db.engine.pool.size() == 7
         with store.db.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
-        assert tables == {
-            "inferences", "router_config", "prediction_errors", "experiments", "outbox", "replica_heartbeats"
-        }  # fmt: skip
+        assert tables == set(metadata.tables)  # every table of the schema, created on PostgreSQL
         local = datetime(2024, 5, 1, 14, 0, tzinfo=UTC)
         store.log.record(dataclasses.replace(row("a"), ts=local))
         assert store.log.get("a").ts == local
@@ -204,7 +203,8 @@ def test_the_split_stored_first_is_the_one_every_replica_uses(pg_store, pg_url):
     assert pg_store.config.get_split() == splits.pop()
 
 
-async def test_the_router_serves_labels_and_counts_on_postgres(make_app, settings, pg_url, iris):
+async def test_the_router_serves_labels_and_counts_on_postgres(make_app, settings, pg_url):
+    iris = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
     app = make_app(settings=settings.model_copy(update={"router_store_url": pg_url, "worker_threads": 8}))
     async with AsyncTestClient(app=app) as client:
         served = []
