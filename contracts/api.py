@@ -96,6 +96,29 @@ class ConfusionCell(msgspec.Struct, kw_only=True):
     count: int
 
 
+class UserSums(msgspec.Struct, kw_only=True):
+    """Per-user sums of one arm, enough for a cluster-robust (delta-method) variance of its accuracy.
+
+    Users, not requests, are what the router randomises, and one user's requests are alike: the variance of the
+    accuracy ratio sum(x) / sum(n) is computed over users. For each user i with at least one scored request,
+    n_i = labelled answered requests + failed requests and x_i = correct answered requests: a failed prediction is
+    a certain miss (it needs no label to be wrong), so it counts against its arm in the primary metric.
+    """
+
+    users: int
+    """Users with at least one scored request (labelled, or failed)."""
+    sum_n: int
+    """Scored requests: labelled answered ones plus failed ones."""
+    sum_x: int
+    """Correct predictions (of the labelled answered requests)."""
+    sum_nn: int
+    """Sum over users of n_i squared."""
+    sum_xx: int
+    """Sum over users of x_i squared."""
+    sum_nx: int
+    """Sum over users of n_i x_i."""
+
+
 class ArmOutcome(msgspec.Struct, kw_only=True):
     """What one arm of the current experiment served and how it did."""
 
@@ -117,6 +140,11 @@ class ArmOutcome(msgspec.Struct, kw_only=True):
     """Latency percentiles of the answered requests (None with no request)."""
     confusion: list[ConfusionCell] = []
     """Counts of (label, prediction) over the labelled requests."""
+    user_sums: UserSums | None = None
+    """Per-user sums for the cluster-robust variance (None from a router that does not report them)."""
+    first_request_at: datetime | None = None
+    """When this arm answered or failed its first request of the experiment (request and label rates)."""
+    last_request_at: datetime | None = None
 
 
 class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -159,13 +187,17 @@ class Experiment(msgspec.Struct, kw_only=True):
     experiment_id: str
     champion_version: str
     challenger_version: str | None
-    status: Literal["none", "running", "ended"]
+    status: Literal["none", "running", "paused", "ended"]
+    """`paused`: the champion serves everyone until the experiment is resumed or ended; the challenger keeps its
+    alias."""
     started_at: datetime | None = None
     """When the router first served this champion/challenger pair."""
     plan: ExperimentPlan | None = None
     sample_reached_at: datetime | None = None
     ended_at: datetime | None = None
     end_reason: str | None = None
+    paused_at: datetime | None = None
+    pause_reason: str | None = None
 
 
 class ExperimentEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -174,6 +206,14 @@ class ExperimentEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     challenger_version: Version
     decision: Literal["PROMOTE", "ROLLBACK"]
     reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
+
+
+class ExperimentPause(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Pauses (or resumes) the current experiment of this challenger: while paused, the champion serves everyone, the
+    challenger keeps its alias, and the requests served are no part of the comparison."""
+
+    challenger_version: Version
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REASON)]
 
 
 class LatencyBucket(msgspec.Struct, kw_only=True):

@@ -182,6 +182,7 @@ def create_app(
             authorizer=authorizer,
             metrics=metrics,
             salt=settings.assignment_salt,
+            fresh_salt=settings.fresh_salt_per_experiment,
             default_split=settings.ab_split_b,
             max_abs_feature=settings.max_abs_feature,
         ),

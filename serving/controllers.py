@@ -24,6 +24,7 @@ from contracts.api import (
     ErrorBody,
     Experiment,
     ExperimentEnd,
+    ExperimentPause,
     ExperimentPlan,
     FeedbackRequest,
     FeedbackResponse,
@@ -232,6 +233,32 @@ class ExperimentController(Controller):
     def end(self, data: ExperimentEnd, experiments: ExperimentService) -> Experiment:
         """Mark the experiment of this challenger ended with its decision, then reload the models at once."""
         return experiments.end(data)
+
+    @post(
+        "/pause",
+        operation_id="pause_experiment",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        opt=ADMIN | JSON,
+        security=_SECURITY,
+        responses={**_BAD, **_AUTH, 409: _error("That challenger is not under test, or its experiment ended")},
+    )
+    def pause(self, data: ExperimentPause, experiments: ExperimentService) -> Experiment:
+        """Pause the experiment: the champion serves everyone, the challenger keeps its alias (a repeat is a no-op)."""
+        return experiments.pause(data)
+
+    @post(
+        "/resume",
+        operation_id="resume_experiment",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        opt=ADMIN | JSON,
+        security=_SECURITY,
+        responses={**_BAD, **_AUTH, 409: _error("That challenger is not under test, or its experiment ended")},
+    )
+    def resume(self, data: ExperimentPause, experiments: ExperimentService) -> Experiment:
+        """Resume a paused experiment: the split in force applies again (a running one is left as it is)."""
+        return experiments.resume(data)
 
     @get(
         "/outcomes",

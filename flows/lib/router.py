@@ -11,6 +11,7 @@ from contracts.api import (
     ConfigUpdate,
     Experiment,
     ExperimentEnd,
+    ExperimentPause,
     ExperimentPlan,
     Health,
     InferencePage,
@@ -87,6 +88,14 @@ class RouterClient:
     def end_experiment(self, end: ExperimentEnd) -> Experiment:
         """Mark the experiment ended with its decision; the router reloads the aliases."""
         return msgspec.json.decode(self._send("POST", "/experiment/end", end), type=Experiment)
+
+    def pause_experiment(self, pause: ExperimentPause) -> Experiment:
+        """Pause the experiment of this challenger (the champion serves everyone; the challenger keeps its alias)."""
+        return msgspec.json.decode(self._send("POST", "/experiment/pause", pause), type=Experiment)
+
+    def resume_experiment(self, resume: ExperimentPause) -> Experiment:
+        """Resume the paused experiment of this challenger."""
+        return msgspec.json.decode(self._send("POST", "/experiment/resume", resume), type=Experiment)
 
     def set_split(self, ab_split_b: float) -> RouterConfig:
         """Change the share of users sent to the challenger."""

@@ -15,6 +15,7 @@ from serving.errors import IdempotencyConflict, PredictionFailed, RouterError, r
 from serving.metrics import RouterMetrics
 from serving.security import Authorizer
 from serving.services import views
+from serving.services.arm_state import ArmStates
 from serving.services.assignment import assign_arm
 from serving.services.models import ModelManager, ServedModel
 from serving.services.store import InferenceRow, PredictionErrorRow, Store
@@ -44,6 +45,7 @@ class PredictService:
         metrics: RouterMetrics,
         salt: str,
         default_split: float,
+        fresh_salt: bool = True,
         max_abs_feature: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -54,7 +56,8 @@ class PredictService:
             models: The champion/challenger being served.
             authorizer: Checks the label token of inline labels.
             metrics: Where counts and latencies go.
-            salt: Salt of the user hash.
+            salt: Salt of the user hash (without `fresh_salt`, and for experiments stored without one).
+            fresh_salt: Use each experiment's own secret salt from the store.
             default_split: The split when the store holds none.
             max_abs_feature: Largest magnitude of a numeric feature.
             clock: Current UTC time.
@@ -64,6 +67,7 @@ class PredictService:
         self.authorizer = authorizer
         self.metrics = metrics
         self.salt = salt
+        self.arm_states = ArmStates(store, default_salt=salt, fresh_salt=fresh_salt)
         self.default_split = default_split
         self.max_abs_feature = max_abs_feature
         self.clock = clock
@@ -100,10 +104,12 @@ class PredictService:
         current = self.models.current
         current.require_champion()
         assert current.experiment_id is not None
+        # The experiment's own secret salt; a paused experiment sends everyone to the champion, logged apart.
+        state = self.arm_states.of(current)
         arm: Arm = assign_arm(
             str(data.user_id),
-            salt=self.salt,
-            split_b=self.split() if current.challenger else 0.0,
+            salt=state.salt,
+            split_b=self.split() if current.challenger and not state.paused else 0.0,
             has_challenger=current.challenger is not None,
         )
         served = current.for_arm(arm)
@@ -115,7 +121,7 @@ class PredictService:
         try:
             prediction = served.predict(row)
         except Exception as exc:
-            raise self._failed(served, arm, current.experiment_id, str(data.user_id), key, exc) from exc
+            raise self._failed(served, arm, state.experiment_id, str(data.user_id), key, exc) from exc
         compute_ms = (time.thread_time() - cpu_started) * 1000
         record = InferenceRow(
             request_id=uuid.uuid4().hex,
@@ -124,7 +130,7 @@ class PredictService:
             arm=arm,
             model_name=served.name,
             model_version=served.version,
-            experiment_id=current.experiment_id,
+            experiment_id=state.experiment_id,
             features=row,
             prediction=str(prediction),
             label=label,

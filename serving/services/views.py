@@ -18,6 +18,7 @@ from contracts.api import (
     LatencyBucket,
     Outcomes,
     PredictResponse,
+    UserSums,
 )
 from serving.services.models import ModelSet
 from serving.services.store import ArmCounts, ExperimentRow, InferenceRow, LatencyBucketRow
@@ -80,7 +81,7 @@ def plan_of(row: ExperimentRow) -> ExperimentPlan | None:
 
 def experiment(row: ExperimentRow) -> Experiment:
     """A stored experiment: ended once ended, running once served, else none (planned only)."""
-    status = "ended" if row.ended_at else "running" if row.started_at else "none"
+    status = "ended" if row.ended_at else "paused" if row.paused_at else "running" if row.started_at else "none"
     return Experiment(
         experiment_id=row.experiment_id,
         champion_version=row.champion_version,
@@ -92,7 +93,12 @@ def experiment(row: ExperimentRow) -> Experiment:
         ended_at=row.ended_at,
         # The contract has one field for both: the decision leads, as in "ROLLBACK: p=0.003, challenger worse".
         end_reason=None if row.ended_at is None else f"{row.end_decision}: {row.end_reason}",
+        paused_at=row.paused_at,
+        pause_reason=row.pause_reason,
     )
+
+
+_SUMS = ("users", "sum_n", "sum_x", "sum_nn", "sum_xx", "sum_nx")
 
 
 def outcomes(
@@ -133,6 +139,9 @@ def outcomes(
                 latency_p50_ms=c.latency_p50_ms,
                 latency_p95_ms=c.latency_p95_ms,
                 confusion=[ConfusionCell(label=lb, prediction=pr, count=n) for lb, pr, n in c.confusion],
+                user_sums=None if c.user_sums is None else UserSums(**dict(zip(_SUMS, c.user_sums, strict=True))),
+                first_request_at=c.first_ts,
+                last_request_at=c.last_ts,
             )
         )
     return Outcomes(

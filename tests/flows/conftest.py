@@ -345,6 +345,7 @@ def start_router(
             model_name=model_name,
             ab_split_b=0.5,
             assignment_salt=SALT,
+            fresh_salt_per_experiment=False,  # tests pick users per arm with the settings' salt
             model_refresh_seconds=0,  # aliases are re-read at start, on /models/reload and when an experiment ends
             outbox_interval_seconds=0.2,
             router_admin_token=TOKENS["admin"],

@@ -40,7 +40,15 @@ FULL_PLAN = {
     "guardrail_latency_bucket_seconds": 60,
     "guardrail_latency_looks": 2,
 }
-NO_RECORD = {"started_at": None, "plan": None, "sample_reached_at": None, "ended_at": None, "end_reason": None}
+NO_RECORD = {
+    "started_at": None,
+    "plan": None,
+    "sample_reached_at": None,
+    "ended_at": None,
+    "end_reason": None,
+    "paused_at": None,
+    "pause_reason": None,
+}
 SAMPLE_REACHED = {
     "event": "driftloop.experiment.sample_reached",
     "resource": {"prefect.resource.id": "driftloop.model.Iris", "prefect.resource.name": "Iris"},
@@ -257,6 +265,8 @@ async def test_end_after_promotion_reloads_at_once(make_app, source):
                 "sample_reached_at": None,
                 "ended_at": body["ended_at"],
                 "end_reason": "PROMOTE: p=0.004, +6 points",
+                "paused_at": None,
+                "pause_reason": None,
             },
         )
         # Reloaded by the end itself (this app has no refresh loop).
@@ -483,6 +493,8 @@ async def test_promotion_half_done_serves_only_the_new_version(make_app, source,
         outcomes = (await client.get("/experiment/outcomes")).json()
         buckets = outcomes.pop("latency_buckets")
         assert {b["arm"] for b in buckets} == {"champion"} and sum(b["requests"] for b in buckets) == 30
+        span = [(a.pop("first_request_at"), a.pop("last_request_at")) for a in outcomes["arms"]]
+        assert all(first <= last for first, last in span)
         assert outcomes == {
             "model_name": "Iris",
             "experiment_id": "v2",
@@ -506,6 +518,14 @@ async def test_promotion_half_done_serves_only_the_new_version(make_app, source,
                     "latency_p50_ms": float(np.percentile(latencies, 50)),
                     "latency_p95_ms": float(np.percentile(latencies, 95)),
                     "confusion": [{"label": "setosa", "prediction": "setosa", "count": 30}],
+                    "user_sums": {
+                        "users": 30,
+                        "sum_n": 30,
+                        "sum_x": 30,
+                        "sum_nn": 30,
+                        "sum_xx": 30,
+                        "sum_nx": 30,
+                    },  # fmt: skip
                 }
             ],
         }
