@@ -166,8 +166,9 @@ class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ab_split_b: Split
     max_duration_hours: Annotated[float, msgspec.Meta(gt=0.0)]
     srm_threshold: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.001
-    guardrail_error_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.01
-    """Non-inferiority margin of the challenger's error rate (absolute)."""
+    """Level of the always-valid sample ratio test over all looks (on users, and on labelled users)."""
+    guardrail_error_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.005
+    """Absolute part of the non-inferiority margin of the challenger's error rate (see the relative part)."""
     guardrail_latency_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.5
     """Non-inferiority margin of the challenger's p95 latency (relative to the champion's)."""
     guardrail_latency_slack_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 20.0
@@ -179,6 +180,22 @@ class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Consecutive looks that must see a latency breach before it rolls the challenger back."""
     loop_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
     """Links the drift event, the retrain run, this experiment and its decision."""
+    mde_relative: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
+    """The relative MDE the plan was made from (mde = mde_relative x baseline); 0: `mde` was given as absolute."""
+    design_effect: Annotated[float, msgspec.Meta(ge=1.0)] = 1.0
+    """Variance inflation by the users' correlation the sample sizes include (1: none applied)."""
+    design_effect_source: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    """Where the design effect came from (the champion's recent traffic, or why none was applied)."""
+    guardrail_error_margin_relative: Annotated[float, msgspec.Meta(ge=0.0)] = 0.25
+    """Relative part of the error-rate non-inferiority margin: margin = relative x champion's rate + absolute."""
+    feasible: bool = True
+    """Whether the planned sample fits in `max_duration_hours` at the request and label rates the router saw."""
+    expected_hours: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """Hours the planned sample takes at those rates (0: the rates were not known)."""
+    feasibility: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    """The feasibility check in words (rates, hours needed, maximum)."""
+    watch_hours: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """After a PROMOTE, the new champion is watched this long against the experiment's estimate (0: no watch)."""
 
 
 class Experiment(msgspec.Struct, kw_only=True):
@@ -198,6 +215,7 @@ class Experiment(msgspec.Struct, kw_only=True):
     end_reason: str | None = None
     paused_at: datetime | None = None
     pause_reason: str | None = None
+    resumed_at: datetime | None = None
 
 
 class ExperimentEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -244,6 +262,10 @@ class Outcomes(msgspec.Struct, kw_only=True):
     arms: list[ArmOutcome]
     started_at: datetime | None = None
     plan: ExperimentPlan | None = None
+    paused_at: datetime | None = None
+    """Set while the experiment is paused (the champion serves everyone; these counts do not grow)."""
+    resumed_at: datetime | None = None
+    """When an operator last resumed it (a sample ratio mismatch is then reported, not acted on)."""
     bucket_seconds: int = 60
     latency_buckets: list[LatencyBucket] = []
     """Per arm and time bucket, the latency and compute time of the answered requests, oldest first."""

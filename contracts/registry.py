@@ -9,6 +9,7 @@ from typing import Literal
 import msgspec
 
 from contracts.api import ExperimentPlan
+from contracts.decision import WatchPromise
 
 CHAMPION = "champion"
 """Alias of the version that serves by default."""
@@ -34,6 +35,10 @@ TAG_REPLACED_BY = "driftloop.replaced_by"
 TAG_DECISION_ID = "driftloop.decision_id"
 TAG_LOOP_ID = "driftloop.loop_id"
 """Version tag: the turn of the loop (drift event -> retrain -> experiment -> decision) the version belongs to."""
+TAG_WATCH_PREFIX = "driftloop.watch."
+"""Version tags of a promoted champion: the promise its post-promotion watch holds it to, one tag per field."""
+TAG_WATCH_STATUS = "driftloop.watch_status"
+"""`watching`, `held` (the period passed) or `regressed` (rolled back by the watch)."""
 TAG_PLAN_PREFIX = "driftloop.plan."
 """Version tags of a challenger: its experiment plan, one tag per field."""
 
@@ -131,3 +136,16 @@ GATE_ARTIFACT_DIR = "gate"
 """Run artifact folder of the quality gate's evidence: the holdout rows and the comparison on them."""
 GATE_HOLDOUT_FILE = "holdout.parquet"
 GATE_EVIDENCE_FILE = "evidence.json"
+
+
+def watch_tags(promise: WatchPromise) -> dict[str, str]:
+    """The version tags that keep a promoted champion's promise (one tag per field)."""
+    return {f"{TAG_WATCH_PREFIX}{name}": str(value) for name, value in msgspec.to_builtins(promise).items()} | {
+        TAG_WATCH_STATUS: "watching"
+    }
+
+
+def watch_from_tags(tags: Mapping[str, str]) -> WatchPromise | None:
+    """The promise kept in a version's tags, or None when it has none."""
+    fields = {k.removeprefix(TAG_WATCH_PREFIX): v for k, v in tags.items() if k.startswith(TAG_WATCH_PREFIX)}
+    return msgspec.convert(fields, WatchPromise, strict=False) if fields else None

@@ -422,6 +422,6 @@ class ExperimentService:
             ExperimentConflict: That challenger is not the one served, or its experiment ended (409).
         """
         exp_id, _ = self._running(data.challenger_version)
-        row = self.store.experiments.resume(exp_id)
+        row = self.store.experiments.resume(exp_id, at=self.clock())
         logger.warning("experiment %s resumed: %s", exp_id, data.reason)
         return views.experiment(row)

@@ -95,6 +95,7 @@ def experiment(row: ExperimentRow) -> Experiment:
         end_reason=None if row.ended_at is None else f"{row.end_decision}: {row.end_reason}",
         paused_at=row.paused_at,
         pause_reason=row.pause_reason,
+        resumed_at=row.resumed_at,
     )
 
 
@@ -153,6 +154,8 @@ def outcomes(
         arms=arms,
         started_at=exp.started_at,
         plan=exp.plan,
+        paused_at=exp.paused_at,
+        resumed_at=exp.resumed_at,
         bucket_seconds=bucket_seconds,
         latency_buckets=[
             LatencyBucket(

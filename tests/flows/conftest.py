@@ -33,7 +33,7 @@ from contracts.api import Arm, ExperimentPlan
 from contracts.auth import TOKEN_ENV
 from contracts.registry import AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT, CHALLENGER, CHAMPION, TAG_LOOP_ID
 from flows import settings as flow_settings
-from flows.lib import experiment, registry
+from flows.lib import ab_stats, registry
 from flows.lib.data import IRIS_FEATURES, IRIS_TARGET, load_dataset
 from flows.lib.router import RouterClient
 from serving.app import create_app
@@ -404,7 +404,7 @@ def flow_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tracking_uri: str)
 
 def make_plan(**changes: Any) -> ExperimentPlan:
     """A plan for v1 vs v2 as the retrain flow makes it: 50/50 split, a 20-point lift from a 50% baseline."""
-    sequential_n, fixed_n = experiment.plan_sample_size(baseline=0.5, mde=0.2, alpha=0.05, power=0.8)
+    sequential_n, fixed_n = ab_stats.plan_sample_size(baseline=0.5, mde=0.2, alpha=0.05, power=0.8)
     values: dict[str, Any] = {
         "champion_version": "1",
         "challenger_version": "2",

@@ -48,6 +48,7 @@ NO_RECORD = {
     "end_reason": None,
     "paused_at": None,
     "pause_reason": None,
+    "resumed_at": None,
 }
 SAMPLE_REACHED = {
     "event": "driftloop.experiment.sample_reached",
@@ -267,6 +268,7 @@ async def test_end_after_promotion_reloads_at_once(make_app, source):
                 "end_reason": "PROMOTE: p=0.004, +6 points",
                 "paused_at": None,
                 "pause_reason": None,
+                "resumed_at": None,
             },
         )
         # Reloaded by the end itself (this app has no refresh loop).
@@ -504,6 +506,8 @@ async def test_promotion_half_done_serves_only_the_new_version(make_app, source,
             "ab_split_b": 1.0,
             "started_at": None,
             "plan": None,
+            "paused_at": None,
+            "resumed_at": None,
             "arms": [
                 {
                     "arm": "champion",

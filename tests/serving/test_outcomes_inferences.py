@@ -82,6 +82,8 @@ async def test_outcomes_count_what_was_posted(client):
         "challenger_version": "2",
         "ab_split_b": 0.5,
         "plan": None,
+        "paused_at": None,
+        "resumed_at": None,
         "arms": [
             {"arm": "champion", "model_version": "1", **expected["champion"]},
             {"arm": "challenger", "model_version": "2", **expected["challenger"]},

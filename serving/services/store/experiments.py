@@ -275,7 +275,7 @@ class ExperimentRecords:
             )
         return row
 
-    def resume(self, experiment_id: str) -> ExperimentRow:
+    def resume(self, experiment_id: str, *, at: datetime) -> ExperimentRow:
         """Resume a paused experiment (a running one is left as it is).
 
         Raises:
@@ -285,8 +285,8 @@ class ExperimentRecords:
         with self.db.begin("experiment_resume") as conn:
             conn.execute(
                 sa.update(experiments)
-                .where(x.experiment_id == experiment_id, x.ended_at.is_(None))
-                .values(paused_at=None, pause_reason=None)
+                .where(x.experiment_id == experiment_id, x.ended_at.is_(None), x.paused_at.is_not(None))
+                .values(paused_at=None, pause_reason=None, resumed_at=at)
             )
         row = self._must_get(experiment_id)
         if row.ended_at is not None:

@@ -104,6 +104,7 @@ experiments = sa.Table(
     # Paused (after an INVALID look, or by an operator): the champion serves everyone, the challenger keeps its alias.
     sa.Column("paused_at", UTCDateTime(), nullable=True),
     sa.Column("pause_reason", sa.Text(), nullable=True),
+    sa.Column("resumed_at", UTCDateTime(), nullable=True),
 )
 
 outbox = sa.Table(
@@ -224,6 +225,7 @@ class ExperimentRow:
     salt: str | None = None
     paused_at: datetime | None = None
     pause_reason: str | None = None
+    resumed_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
