@@ -165,7 +165,7 @@ class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The same for a single-look test, for reference (the sequential test needs more)."""
     ab_split_b: Split
     max_duration_hours: Annotated[float, msgspec.Meta(gt=0.0)]
-    srm_threshold: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.001
+    srm_threshold: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.005
     """Level of the always-valid sample ratio test over all looks (on users, and on labelled users)."""
     guardrail_error_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.005
     """Absolute part of the non-inferiority margin of the challenger's error rate (see the relative part)."""

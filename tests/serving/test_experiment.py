@@ -31,14 +31,8 @@ PLAN = {
     "loop_id": "loop-7",
 }
 FULL_PLAN = {
+    **{f.name: f.default for f in msgspec.structs.fields(ExperimentPlan) if f.default is not msgspec.NODEFAULT},
     **PLAN,
-    "metric": "accuracy",
-    "srm_threshold": 0.001,
-    "guardrail_error_margin": 0.01,
-    "guardrail_latency_margin": 0.5,
-    "guardrail_latency_slack_ms": 20.0,
-    "guardrail_latency_bucket_seconds": 60,
-    "guardrail_latency_looks": 2,
 }
 NO_RECORD = {
     "started_at": None,
