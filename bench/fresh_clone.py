@@ -30,6 +30,7 @@ def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
     work = Path(tempfile.mkdtemp(prefix="driftloop-fresh-"))
     cache = Path(tempfile.mkdtemp(prefix="driftloop-uv-cache-"))
     hog = None
+    load_before = os.getloadavg()
     try:
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work / "repo")], check=True)
         subprocess.run(["git", "-C", str(work / "repo"), "checkout", "--quiet", commit], check=True)
@@ -44,6 +45,7 @@ def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
                 ["bash", ".ci/run"], cwd=work / "repo", env=env, stdout=out, stderr=subprocess.STDOUT
             )
         wall = time.monotonic() - started
+        load_after = os.getloadavg()
         tail = log.read_text(errors="replace").splitlines()[-3:]
         return {
             "commit": commit,
@@ -52,6 +54,9 @@ def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
             "wall_seconds": round(wall, 1),
             "pytest_summary": next((line for line in reversed(tail) if "passed" in line or "failed" in line), ""),
             "log": str(log),
+            # the machine's 1/5/15-minute load averages when the run started and ended (2 cores: above 2 means shared)
+            "load_before": [round(x, 2) for x in load_before],
+            "load_after": [round(x, 2) for x in load_after],
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     finally:
@@ -75,12 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         run = one_run(commit_id, busy=args.busy, keep_logs=args.logs)
         runs.append(run)
         print(f"run {i + 1}/{args.runs}: exit {run['exit_code']}, {run['wall_seconds']:.0f} s, {run['pytest_summary']}")
+        record(run)  # each run as it ends, so an interrupted series keeps what it measured
+    return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+
+
+def record(run: dict) -> None:
+    """Append one run to the results file."""
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
     results["command"] = "uv run python -m bench.fresh_clone --runs N [--busy]"
-    results["runs"].extend(runs)
+    results["runs"].append(run)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    return 0 if all(r["exit_code"] == 0 for r in runs) else 1
 
 
 if __name__ == "__main__":
