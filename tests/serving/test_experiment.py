@@ -568,8 +568,9 @@ async def test_a_few_failures_or_a_small_excess_are_no_breach(make_app, source, 
 
     plan = msgspec.convert(tag(source), ExperimentPlan)
     assert error_breach(plan, {"champion": (MIN_ASSIGNED - 1, 0), "challenger": (MIN_ASSIGNED - 1, 9)}) is None
-    assert error_breach(plan, {"champion": (1000, 10), "challenger": (1000, 19)}) is None  # 1.9% <= 1% + 1%
-    assert error_breach(plan, {"champion": (1000, 10), "challenger": (1000, 21)}) is not None
+    # margin = 0.25 x 1% + 0.5% = 0.75%
+    assert error_breach(plan, {"champion": (1000, 10), "challenger": (1000, 17)}) is None  # 1.7% <= 1% + 0.75%
+    assert error_breach(plan, {"champion": (1000, 10), "challenger": (1000, 18)}) is not None
 
 
 async def test_a_few_errors_within_the_margin_are_no_breach(make_app, source, emitted):
