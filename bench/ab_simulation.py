@@ -259,7 +259,7 @@ def planned_look(result: SimResult) -> int:
 
 def simulate_watch(
     scenario: Scenario, *, experiments: int, seed: int, lucky: bool, alpha: float = 0.05, power: float = 0.8,
-    mde: float = 0.05, max_tries: int = 20_000,
+    mde: float = 0.05, max_tries: int = 60_000,
 ) -> SimResult:  # fmt: skip
     """Promotions followed by the post-promotion watch.
 
@@ -352,6 +352,10 @@ def scenarios(experiments: int, seed: int, *, watch_experiments: int | None = No
     srm = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47), experiments=experiments, seed=seed + 22)
     flagged = srm.rate("INVALID")
     add("SRM: 0.47 served vs 0.5 planned", srm, "INVALID", flagged, ">= 0.99", flagged.rate >= 0.99)
+    # Detecting a 3-point skew takes users: the same skew at 6x the traffic (the plan reached by look 4).
+    busy = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47, plan_look=4), experiments=experiments, seed=seed + 23)
+    flagged = busy.rate("INVALID")
+    add("SRM: 0.47 vs 0.5, 6x the traffic", busy, "INVALID", flagged, ">= 0.99", flagged.rate >= 0.99)
     lucky = simulate_watch(Scenario(BASE, BASE, icc=0.1), experiments=watch_n, seed=seed + 30, lucky=True)
     back = rate(int(lucky.restored.sum()), len(lucky.restored))
     add("lucky promotion (lift 0, forced), watch", lucky, "previous champion restored in the period", back,

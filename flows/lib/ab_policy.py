@@ -58,6 +58,10 @@ MIN_MATCHED_BUCKETS = 5
 """Time buckets with both arms compared before the latency guardrail can be breached."""
 MIN_ERROR_TAU = 0.002
 """Smallest mixing scale of the error-rate confidence sequence (its scale is the margin)."""
+WATCH_TOLERANCE_SE = 0.5
+"""How many standard errors of the experiment's estimate a new champion may fall short of it before the watch calls
+it a regression. Smaller catches lucky promotions sooner and rolls back more true winners whose estimate was a little
+lucky too (bench/ab_simulation.py measures both)."""
 
 
 # --- evidence -----------------------------------------------------------------------------------------------------
@@ -583,12 +587,13 @@ def promise_of(decision: Decision, period_hours: float, promoted_at: datetime) -
     a, b = ev.arms["champion"], ev.arms["challenger"]
     variance = ev.primary.variance if ev.primary is not None else 0.0
     # The challenger's own share of the lift's variance is not kept apart: half of it is the usual case (equal arms).
+    se = math.sqrt(variance / 2)
     return Promise(
         version=b.version,
         previous_version=a.version,
         expected_accuracy=b.scored_accuracy or 0.0,
         previous_accuracy=a.scored_accuracy or 0.0,
-        tolerance=math.sqrt(variance / 2),
+        tolerance=WATCH_TOLERANCE_SE * se,
         period_hours=period_hours,
         alpha=ev.plan.alpha,
         tau=ev.plan.mde,

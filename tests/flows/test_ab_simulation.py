@@ -60,7 +60,7 @@ def test_a_047_split_is_flagged_invalid_and_paused():
 
 
 def test_the_watch_restores_the_previous_champion_after_a_lucky_promotion():
-    result = simulate_watch(Scenario(BASE, BASE, icc=0.1, **LOOKS), experiments=30, seed=106, lucky=True)
+    result = simulate_watch(Scenario(BASE, BASE, icc=0.1, **LOOKS), experiments=15, seed=106, lucky=True)
     restored = int(result.restored.sum())
-    assert len(result.restored) == 30
-    assert binomtest(restored, 30, 0.8, alternative="less").pvalue > 0.01, f"{restored}/30 restored"
+    assert len(result.restored) == 15
+    assert binomtest(restored, 15, 0.8, alternative="less").pvalue > 0.01, f"{restored}/15 restored"
