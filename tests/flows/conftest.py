@@ -416,7 +416,7 @@ def make_plan(**changes: Any) -> ExperimentPlan:
         "fixed_horizon_samples_per_arm": fixed_n,
         "ab_split_b": 0.5,
         "max_duration_hours": 24.0,
-        "srm_threshold": 0.001,
+        "srm_threshold": 0.005,
         "guardrail_error_margin": 0.2,  # tens of requests per arm cannot show a tighter error non-inferiority
         "guardrail_latency_margin": 0.5,
         "guardrail_latency_slack_ms": 5.0,

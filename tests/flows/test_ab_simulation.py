@@ -22,7 +22,7 @@ def exact_upper(k: int, n: int) -> float:
 
 def test_aa_with_correlated_users_promotes_at_most_alpha_over_two():
     """ICC 0.3, geometric requests (mean 5): the design effect the request-level test ignored is in the variance."""
-    result = simulate(Scenario(BASE, BASE, icc=0.3, **LOOKS), experiments=300, seed=101)
+    result = simulate(Scenario(BASE, BASE, icc=0.3, **LOOKS), experiments=600, seed=101)
     assert result.plan.design_effect > 1.8  # measured on the champion's traffic and put in the plan
     promoted = result.count("PROMOTE")
     assert exact_upper(promoted, result.experiments) < 0.025, f"{promoted}/{result.experiments} false PROMOTE"
@@ -40,7 +40,7 @@ def test_ab_at_the_mde_is_promoted_by_the_planned_sample_with_the_planned_power(
 
 def test_labels_missing_not_at_random_do_not_promote_an_equal_model():
     """The challenger's users are labelled 10% less often: the labelled-users SRM flags it; nothing is promoted."""
-    result = simulate(Scenario(BASE, Arm(0.80, label_rate=0.45), icc=0.1, **LOOKS), experiments=150, seed=103)
+    result = simulate(Scenario(BASE, Arm(0.80, label_rate=0.45), icc=0.1, **LOOKS), experiments=500, seed=103)
     assert exact_upper(result.count("PROMOTE"), result.experiments) < 0.025
 
 
