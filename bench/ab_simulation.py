@@ -32,8 +32,10 @@ from typing import Literal
 import numpy as np
 from scipy.stats import binomtest
 
-from contracts.api import ArmOutcome, ExperimentPlan, UserSums
+from contracts.api import CONTINUE, INVALID, PROMOTE, ArmOutcome, ExperimentPlan, UserSums
+from contracts.api import Arm as ArmName
 from contracts.decision import WatchPromise
+from contracts.registry import CHAMPION
 from flows.lib.ab_plan import PlanInputs, make_plan
 from flows.lib.ab_policy import ArmEvidence, Evidence, decide, promise_of, watch
 
@@ -138,7 +140,7 @@ class Counts:
             users=self.users, labelled_users=self.labelled_users, user_sums=self.user_sums(),
         )  # fmt: skip
 
-    def outcome(self, arm: Literal["champion", "challenger"], version: str, hours: float) -> ArmOutcome:
+    def outcome(self, arm: ArmName, version: str, hours: float) -> ArmOutcome:
         return ArmOutcome(
             arm=arm, model_version=version, requests=self.requests, labelled=self.labelled, correct=self.correct,
             incorrect=self.labelled - self.correct, errors=self.errors, users=self.users,
@@ -168,7 +170,7 @@ def plan_for(scenario: Scenario, rng: np.random.Generator, *, alpha: float, powe
         srm_threshold=0.005, guardrail_error_margin=0.005, guardrail_error_margin_relative=0.25,
         guardrail_latency_margin=0.5, guardrail_latency_slack_ms=20.0, watch_hours=float(scenario.looks),
     )  # fmt: skip
-    return make_plan(inputs, pre.outcome("champion", "1", 24.0))
+    return make_plan(inputs, pre.outcome(CHAMPION, "1", 24.0))
 
 
 @dataclass
@@ -224,16 +226,16 @@ def run_experiment(
             champion=a.evidence("1"), challenger=b.evidence("2"), plan=plan, elapsed_hours=float(look), paused=paused
         )
         decision = decide(evidence, reference_test=False)
-        if decision.decision == "CONTINUE":
+        if decision.decision == CONTINUE:
             continue
         if first is None:
             first = (decision.decision, decision.rule, look)
-        if decision.decision == "INVALID":
+        if decision.decision == INVALID:
             paused = True  # the flow pauses it; counts stop growing; it is rolled back at the maximum duration
             continue
         break
     if first is None:
-        first = ("CONTINUE", "undecided", scenario.looks)
+        first = (CONTINUE, "undecided", scenario.looks)
     return (*first, (a, b), decision)
 
 
@@ -282,15 +284,15 @@ def simulate_watch(
             evidence = Evidence(champion=a.evidence("1"), challenger=b.evidence("2"), plan=plan,
                                 elapsed_hours=float(scenario.plan_look))  # fmt: skip
             decision = decide(evidence, reference_test=False)
-            if decision.decision != "PROMOTE":
+            if decision.decision != PROMOTE:
                 continue
             look = scenario.plan_look
         else:
             outcome, rule, look, _, decision = run_experiment(scenario, plan, users, rng)
-            if outcome != "PROMOTE":
+            if outcome != PROMOTE:
                 continue
         promise = promise_of(decision, float(scenario.looks), _at(look))
-        decisions.append("PROMOTE")
+        decisions.append(PROMOTE)
         rules.append("better")
         looks.append(look)
         restored.append(_watch(promise, scenario.challenger, scenario, users, rng))
@@ -332,30 +334,30 @@ def scenarios(experiments: int, seed: int, *, watch_experiments: int | None = No
 
     for i, icc in enumerate((0.0, 0.1, 0.3)):
         aa = simulate(Scenario(BASE, BASE, icc=icc), experiments=experiments, seed=seed + i)
-        promoted = rate(aa.count("PROMOTE"), aa.experiments, method="exact")
+        promoted = rate(aa.count(PROMOTE), aa.experiments, method="exact")
         add(f"A/A, ICC {icc}", aa, "false PROMOTE (72 looks)", promoted, "<= 0.025", promoted.high <= 0.025)
-        invalid = rate(aa.count("INVALID"), aa.experiments, method="exact")
+        invalid = rate(aa.count(INVALID), aa.experiments, method="exact")
         add(f"A/A, ICC {icc}", aa, "false INVALID (72 looks)", invalid, "<= 0.005", invalid.rate <= 0.005)
         ab = simulate(Scenario(BASE, BETTER, icc=icc), experiments=experiments, seed=seed + 10 + i)
-        by_plan = ab.rate("PROMOTE", by_look=ab.scenario.plan_look)
+        by_plan = ab.rate(PROMOTE, by_look=ab.scenario.plan_look)
         add(f"A/B at the MDE, ICC {icc}", ab, "PROMOTE by the planned sample", by_plan, ">= 0.80",
             by_plan.rate >= 0.80)  # fmt: skip
     mnar = simulate(Scenario(BASE, Arm(0.80, label_rate=0.45), icc=0.1), experiments=experiments, seed=seed + 20)
-    promoted = rate(mnar.count("PROMOTE"), mnar.experiments, method="exact")
+    promoted = rate(mnar.count(PROMOTE), mnar.experiments, method="exact")
     add("labels MNAR (challenger 10% fewer), equal models", mnar, "false PROMOTE", promoted, "<= 0.025",
         promoted.high <= 0.025)  # fmt: skip
     errors = simulate(Scenario(Arm(0.80, error_rate=0.03), Arm(0.80, error_rate=0.045), icc=0.1),
                       experiments=experiments, seed=seed + 21)  # fmt: skip
-    promoted = errors.rate("PROMOTE")
-    add("challenger 1.5x the error rate, equal accuracy", errors, "PROMOTE", promoted, "<= 0.05",
+    promoted = errors.rate(PROMOTE)
+    add("challenger 1.5x the error rate, equal accuracy", errors, PROMOTE, promoted, "<= 0.05",
         promoted.rate <= 0.05)  # fmt: skip
     srm = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47), experiments=experiments, seed=seed + 22)
-    flagged = srm.rate("INVALID")
-    add("SRM: 0.47 served vs 0.5 planned", srm, "INVALID", flagged, ">= 0.99", flagged.rate >= 0.99)
+    flagged = srm.rate(INVALID)
+    add("SRM: 0.47 served vs 0.5 planned", srm, INVALID, flagged, ">= 0.99", flagged.rate >= 0.99)
     # Detecting a 3-point skew takes users: the same skew at 6x the traffic (the plan reached by look 4).
     busy = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47, plan_look=4), experiments=experiments, seed=seed + 23)
-    flagged = busy.rate("INVALID")
-    add("SRM: 0.47 vs 0.5, 6x the traffic", busy, "INVALID", flagged, ">= 0.99", flagged.rate >= 0.99)
+    flagged = busy.rate(INVALID)
+    add("SRM: 0.47 vs 0.5, 6x the traffic", busy, INVALID, flagged, ">= 0.99", flagged.rate >= 0.99)
     lucky = simulate_watch(Scenario(BASE, BASE, icc=0.1), experiments=watch_n, seed=seed + 30, lucky=True)
     back = rate(int(lucky.restored.sum()), len(lucky.restored))
     add("lucky promotion (lift 0, forced), watch", lucky, "previous champion restored in the period", back,

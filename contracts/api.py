@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
 Arm = Literal["champion", "challenger"]
-"""Which side of the experiment served a request."""
+"""Which side of the experiment served a request: each arm is named after the alias that serves it
+(`contracts.registry.CHAMPION`, `contracts.registry.CHALLENGER`); code names an arm through those constants."""
 
 MAX_FEATURES = 256
 """Most features one request may carry."""
@@ -31,6 +32,55 @@ IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Version = Annotated[str, msgspec.Meta(max_length=64)]
 """A registered model version as MLflow writes it (`"3"`)."""
 Split = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+def experiment_id(champion_version: str, challenger_version: str | None = None) -> str:
+    """The id of the experiment of a champion/challenger pair (`v{champion}-vs-v{challenger}`); with no
+    challenger, `v{champion}`: the id under which the champion's own traffic is logged."""
+    if challenger_version is None:
+        return f"v{champion_version}"
+    return f"v{champion_version}-vs-v{challenger_version}"
+
+
+DecisionName = Literal["PROMOTE", "ROLLBACK", "CONTINUE", "INVALID"]
+"""What an A/B look decides: move `champion` to the challenger, drop the challenger, keep going, or stop trusting
+the experiment (a sample-ratio mismatch)."""
+Ending = Literal["PROMOTE", "ROLLBACK"]
+"""The decisions that end an experiment."""
+PROMOTE: Final = "PROMOTE"
+"""Move `champion` to the challenger."""
+ROLLBACK: Final = "ROLLBACK"
+"""Drop the challenger (or, after a promotion, move `champion` back)."""
+CONTINUE: Final = "CONTINUE"
+"""Not enough evidence yet: keep the experiment running."""
+INVALID: Final = "INVALID"
+"""The assignment is broken (a sample-ratio mismatch): the experiment's counts cannot be trusted."""
+
+
+ROUTE_PREDICT = "/predict"
+"""POST a `PredictRequest`, get a `PredictResponse`."""
+ROUTE_FEEDBACK = "/feedback"
+"""POST a `FeedbackRequest` (a label for an earlier request), get a `FeedbackResponse`."""
+ROUTE_INFERENCES = "/inferences"
+"""GET an `InferencePage` of logged requests (read token)."""
+ROUTE_CONFIG = "/config"
+"""GET the `RouterConfig`; POST a `ConfigUpdate` (admin token)."""
+ROUTE_EXPERIMENT = "/experiment"
+"""GET the current `Experiment`."""
+ROUTE_EXPERIMENT_PLAN = f"{ROUTE_EXPERIMENT}/plan"
+"""PUT the `ExperimentPlan` of the experiment of a challenger (admin token)."""
+ROUTE_EXPERIMENT_END = f"{ROUTE_EXPERIMENT}/end"
+"""POST an `ExperimentEnd` (admin token)."""
+ROUTE_EXPERIMENT_OUTCOMES = f"{ROUTE_EXPERIMENT}/outcomes"
+"""GET the `Outcomes` per arm of the current experiment (read token)."""
+ROUTE_HEALTH = "/health"
+"""GET `Health`: which versions the router serves."""
+ROUTE_READY = "/ready"
+"""GET `Readiness`: whether this replica can take traffic."""
+ROUTE_MODELS_RELOAD = "/models/reload"
+"""POST: re-read the registry aliases now (admin token)."""
+ROUTE_METRICS = "/metrics"
+"""GET Prometheus metrics."""
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 """Header that makes a `/predict` retry safe (the body field `idempotency_key` does the same)."""
@@ -222,7 +272,7 @@ class ExperimentEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Ends the current experiment at the router (after the registry moved) with the decision that ended it."""
 
     challenger_version: Version
-    decision: Literal["PROMOTE", "ROLLBACK"]
+    decision: Ending
     reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
 
 

@@ -11,13 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from contracts.api import ExperimentPlan
-
-DecisionName = Literal["PROMOTE", "ROLLBACK", "CONTINUE", "INVALID"]
-PROMOTE: DecisionName = "PROMOTE"
-ROLLBACK: DecisionName = "ROLLBACK"
-CONTINUE: DecisionName = "CONTINUE"
-INVALID: DecisionName = "INVALID"
+from contracts.api import DecisionName, ExperimentPlan
 
 Rule = Literal[
     "srm_all",

@@ -25,7 +25,7 @@ MODEL_ARTIFACT = "model"
 TAG_TARGET = "driftloop.target"
 """Version tag: name of the target column."""
 TAG_GATE = "driftloop.quality_gate"
-"""Version tag: `passed` or `failed`, with metrics in the run."""
+"""Version tag: `GATE_PASSED` or `GATE_FAILED`, with metrics in the run."""
 TAG_DECISION = "driftloop.decision"
 """Version tag: the last A/B decision about this version."""
 TAG_PREVIOUS_CHAMPION = "driftloop.previous_champion"
@@ -103,8 +103,43 @@ def classes_from_tags(tags: Mapping[str, str]) -> frozenset[str] | None:
     return frozenset(str(v) for v in values) if isinstance(values, list) and values else None
 
 
+TAG_KIND = "driftloop.kind"
+"""Run tag: what kind of loop run this is (`KIND_DRIFT`; a run without it is a training run)."""
+KIND_DRIFT = "drift"
+"""`TAG_KIND` of a drift check's MLflow run."""
+TAG_DRIFTED_COLUMNS = "driftloop.drifted_columns"
+"""Run tag of a retrain started by drift: the columns the drift check flagged, comma-separated."""
+TAG_DRIFT_REPORT = "driftloop.drift_report"
+"""Run tag of a retrain started by drift: the address of the drift report that started it."""
+TAG_PARENT_CHAMPION = "driftloop.parent_champion"
+"""Run tag of a retrain: the champion version it set out to replace."""
+TAG_GATE_REASON = f"{TAG_GATE}.reason"
+"""Version tag: why the quality gate passed or failed, with the figures it rests on."""
+GATE_PASSED = "passed"
+"""`TAG_GATE` of a version that passed the quality gate."""
+GATE_FAILED = "failed"
+"""`TAG_GATE` of a version that failed it."""
+GATE_BOOTSTRAP = "bootstrap"
+"""`TAG_GATE` of the first version: it became champion without a gate (there was nothing to compare it with)."""
+
+_MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"})
+
+
+def registry_missing(exc: Exception) -> bool:
+    """Whether an MLflow error says the model, version or run does not exist (not that the registry is broken)."""
+    return getattr(exc, "error_code", "") in _MISSING_CODES
+
+
+def alias_missing(exc: Exception) -> bool:
+    """Whether an MLflow error says an alias does not exist: the SQL registry reports that as
+    INVALID_PARAMETER_VALUE ("... alias x not found."), the same code as a malformed alias."""
+    return getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
+
+
 TAG_TRIGGER = "driftloop.trigger"
 """Run and version tag: what started the training (`bootstrap`, or one of `RETRAIN_TRIGGERS`)."""
+TRIGGER_BOOTSTRAP = "bootstrap"
+"""The first training (the `bootstrap` flow), before there is a champion."""
 TRIGGER_DRIFT = "drift"
 """A retrain started by the drift automation (`automations/retrain_on_drift.yaml`)."""
 TRIGGER_SCHEDULE = "schedule"

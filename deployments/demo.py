@@ -23,8 +23,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import msgspec
 
 from contracts import events
+from contracts.api import ROUTE_HEALTH, Health
 from deployments.settings import StackSettings
 from deployments.simulator import Simulator
 from deployments.stack import Stack, StackError, urls
@@ -168,16 +170,16 @@ STAGES = [
 ]
 
 
-async def wait_for_champion(router_url: str, timeout: float, version: str | None = None) -> dict:
+async def wait_for_champion(router_url: str, timeout: float, version: str | None = None) -> Health:
     """Wait until the router serves a champion (this version, when given)."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=router_url, timeout=5) as client:
         while time.monotonic() < deadline:
             try:
-                health = (await client.get("/health")).json()
-                if health.get("champion_version") and version in (None, health["champion_version"]):
+                health = msgspec.json.decode((await client.get(ROUTE_HEALTH)).content, type=Health)
+                if health.champion_version and version in (None, health.champion_version):
                     return health
-            except httpx.HTTPError:
+            except (httpx.HTTPError, msgspec.DecodeError):
                 pass
             await asyncio.sleep(0.5)
     raise TimeoutError(f"the router did not serve champion {version or ''} within {timeout:.0f} s")
@@ -201,7 +203,7 @@ async def run_loop(stack: Stack, settings: StackSettings, timeline: Timeline) ->
             raise StackError(f"the bootstrap run {run.name} ended {run.state.name}: see the Prefect UI")
         health = await wait_for_champion(settings.router_url, 60)
         watcher._stage("bootstrap")
-        timeline.log(f"router serves champion v{health['champion_version']}")
+        timeline.log(f"router serves champion v{health.champion_version}")
 
         flow_settings = FlowSettings()
         reference = load_dataset(flow_settings.dataset, flow_settings.target)

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from contracts.api import IDEMPOTENCY_HEADER
+from contracts.api import IDEMPOTENCY_HEADER, ROUTE_FEEDBACK, ROUTE_PREDICT
 from contracts.auth import bearer
 
 SCENARIOS = ("scale", "shift", "none")
@@ -176,7 +176,7 @@ class Simulator:
             delay = min(float(self.rng.exponential(self.label_delay_seconds)), self.label_delay_max_seconds)
             await asyncio.sleep(delay)
         try:
-            feedback = await client.post("/feedback", json={"request_id": request_id, "label": label})
+            feedback = await client.post(ROUTE_FEEDBACK, json={"request_id": request_id, "label": label})
             feedback.raise_for_status()
             self.stats.labelled_later += 1
         except httpx.HTTPError as exc:
@@ -216,10 +216,10 @@ class Simulator:
     async def _predict(client: httpx.AsyncClient, body: dict) -> httpx.Response:
         """POST /predict; one retry with the same idempotency key when the store was busy (503)."""
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
-        response = await client.post("/predict", json=body, headers=headers)
+        response = await client.post(ROUTE_PREDICT, json=body, headers=headers)
         if response.status_code == 503 and "retry-after" in response.headers:
             await asyncio.sleep(min(float(response.headers["retry-after"]), 5.0))
-            response = await client.post("/predict", json=body, headers=headers)
+            response = await client.post(ROUTE_PREDICT, json=body, headers=headers)
         response.raise_for_status()
         return response
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 from dotenv import dotenv_values
 
+from contracts.api import ROUTE_HEALTH
 from contracts.auth import SECRETS_FILE_ENV, TOKEN_ENV
 from deployments.settings import StackSettings
 
@@ -245,7 +246,7 @@ class Stack:
             "router",
             [sys.executable, "-m", "serving"],
             s.router_port,
-            f"{s.router_url}/health",
+            f"{s.router_url}{ROUTE_HEALTH}",
             accept_status=(200, 503),
         )
         worker = self._service(

@@ -7,7 +7,6 @@ run with the metrics, the evidence and a plot of the metric per arm over time.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,11 +14,21 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from contracts import events
-from contracts.api import ExperimentEnd, ExperimentPause, ExperimentPlan, Health, Outcomes
+from contracts.api import INVALID, PROMOTE, ROLLBACK, ExperimentEnd, ExperimentPause, ExperimentPlan, Health, Outcomes
 from contracts.decision import Decision, WatchPromise, WatchResult
 from contracts.registry import CHALLENGER, CHAMPION
 from flows.settings import FlowSettings, get_settings
-from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, mlflow_run_url, report_startup, router, run_name
+from flows.tasks import (
+    IO_RETRIES,
+    connect_mlflow,
+    emit,
+    find_version,
+    mlflow_run_url,
+    new_id,
+    report_startup,
+    router,
+    run_name,
+)
 
 IO = IO_RETRIES
 
@@ -121,7 +130,7 @@ def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) 
     version, promise, status = promise_of_champion(model_name)
     if promise is None or status != "watching" or version != outcomes.champion_version:
         return {"decision": "NO_EXPERIMENT", "router_challenger": "none", "watch": status or "none"}
-    champion = outcomes.arm("champion")
+    champion = outcomes.arm(CHAMPION)
     elapsed = (datetime.now(UTC) - promise.promoted_at).total_seconds() / 3600
     result = ab_policy.watch(promise, None if champion is None else champion.user_sums, elapsed)
     print(f"watch of v{version}: {result.verdict}: {result.reason}")
@@ -130,7 +139,7 @@ def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) 
         f"{result.reason}\n\n{elapsed:.2f} h of {promise.period_hours:g} h watched.",
     )  # fmt: skip
     if result.verdict == "REGRESSION":
-        decision_id = uuid.uuid4().hex[:12]
+        decision_id = new_id()
         before, after = watch_rollback(model_name, result, decision_id, promise.loop_id)
         end_watch(model_name, version, "regressed")
         with router(settings) as client:
@@ -250,7 +259,7 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         outcomes = fetch_outcomes(settings, plan.guardrail_latency_bucket_seconds)
 
     decision = decide(outcomes, plan, latency_breach_streak(model_name, outcomes.experiment_id))
-    decision_id = uuid.uuid4().hex[:12]
+    decision_id = new_id()
     as_dict = decision.to_dict()
     where = record_look(
         decision, outcomes=outcomes, decision_id=decision_id, loop_id=plan.loop_id, model_name=model_name,
@@ -279,7 +288,7 @@ def ab_evaluation(model_name: str | None = None) -> dict:
     )  # fmt: skip
     create_link_artifact(key="ab-look-run", link=where["run_url"], link_text="A/B look in MLflow (plot, report)")
 
-    champion_arm, challenger_arm = arms["champion"], arms["challenger"]
+    champion_arm, challenger_arm = arms[CHAMPION], arms[CHALLENGER]
     payload = events.DecisionPayload(
         model_name=model_name,
         decision_id=decision_id,
@@ -298,21 +307,21 @@ def ab_evaluation(model_name: str | None = None) -> dict:
     ).model_dump(mode="json")
     emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
     moved = {"reason": decision.reason, "decision_id": decision_id, "loop_id": plan.loop_id, "evidence": ev}
-    if decision.decision == "PROMOTE":
+    if decision.decision == PROMOTE:
         from flows.lib import ab_policy
 
         promote(model_name, version, **moved)
         if plan.watch_hours > 0:
             keep_promise(model_name, ab_policy.promise_of(decision, plan.watch_hours, datetime.now(UTC)))
-        end_at_router(settings, ExperimentEnd(challenger_version=version, decision="PROMOTE", reason=decision.reason),
+        end_at_router(settings, ExperimentEnd(challenger_version=version, decision=PROMOTE, reason=decision.reason),
                       split=None)  # fmt: skip
         emit(events.MODEL_PROMOTED, model_name, payload, version=version)
-    elif decision.decision == "ROLLBACK":
+    elif decision.decision == ROLLBACK:
         roll_back(model_name, **moved)
-        end_at_router(settings, ExperimentEnd(challenger_version=version, decision="ROLLBACK", reason=decision.reason),
+        end_at_router(settings, ExperimentEnd(challenger_version=version, decision=ROLLBACK, reason=decision.reason),
                       split=0.0)  # fmt: skip
         emit(events.MODEL_ROLLED_BACK, model_name, payload, version=version)
-    elif decision.decision == "INVALID" and decision.rule != "paused":
+    elif decision.decision == INVALID and decision.rule != "paused":
         # Newly invalid: pause (the champion serves everyone, the challenger keeps its alias) until an operator
         # resumes or ends it; a paused experiment at its maximum duration is rolled back by `decide`.
         pause_at_router(settings, version, f"INVALID: {decision.reason}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, task
 
 from contracts import events
-from contracts.registry import CHAMPION, TAG_GATE
+from contracts.registry import CHAMPION, GATE_BOOTSTRAP, TAG_GATE, TAG_TRIGGER, TRIGGER_BOOTSTRAP
 from flows.settings import get_settings
 from flows.tasks import (
     connect_mlflow,
@@ -57,9 +57,9 @@ def bootstrap(model_name: str | None = None, force: bool = False) -> dict:
         settings=settings,
         model_name=model_name,
         run_name=f"bootstrap {model_name}",
-        tags={"driftloop.trigger": "bootstrap"},
+        tags={TAG_TRIGGER: TRIGGER_BOOTSTRAP},
     )
-    tag_version(model_name, registered["version"], {TAG_GATE: "bootstrap"})
+    tag_version(model_name, registered["version"], {TAG_GATE: GATE_BOOTSTRAP})
     set_alias(model_name, CHAMPION, registered["version"], reason="bootstrap: no champion existed")
     print(f"v{registered['version']} ({result.model_id}) is {CHAMPION}; holdout {result.holdout_metrics}")
     emit(

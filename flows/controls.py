@@ -19,19 +19,14 @@ import argparse
 import getpass
 import os
 import sys
-import uuid
 
 from prefect import flow, task
 
 from contracts import events
-from contracts.api import ExperimentEnd, ExperimentPause
+from contracts.api import PROMOTE, ROLLBACK, ExperimentEnd, ExperimentPause
 from contracts.registry import CHALLENGER, CHAMPION
 from flows.settings import get_settings
-from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, router, run_name
-
-
-def _decision_id() -> str:
-    return uuid.uuid4().hex[:12]
+from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, new_id, router, run_name
 
 
 @task(**IO_RETRIES)
@@ -62,7 +57,7 @@ def retire_by_hand(model_name: str, *, reason: str, requested_by: str, decision_
     return registry.retire_challenger(model_name, reason=reason, decision_id=decision_id, requested_by=requested_by)
 
 
-@task(retries=2, retry_delay_seconds=[2, 5])
+@task(**IO_RETRIES)
 def tell_router(challenger: str | None, decision: str, reason: str) -> None:
     """End the experiment at the router when one ran, then make it re-read the aliases now."""
     settings = get_settings()
@@ -113,11 +108,11 @@ def rollback(reason: str, requested_by: str, model_name: str | None = None, to_v
     model_name = model_name or settings.model_name
     connect_mlflow(settings)
     challenger = find_version(model_name, CHALLENGER)
-    decision_id = _decision_id()
+    decision_id = new_id()
     before, after = move_champion_back(
         model_name, to_version=to_version, reason=reason, requested_by=requested_by, decision_id=decision_id
     )
-    tell_router(challenger["version"] if challenger else None, "ROLLBACK", f"{CHAMPION} rolled back: {reason}")
+    tell_router(challenger["version"] if challenger else None, ROLLBACK, f"{CHAMPION} rolled back: {reason}")
     return _announce("rollback", model_name, requested_by=requested_by, reason=reason, version=after,
                      previous=before, decision_id=decision_id)  # fmt: skip
 
@@ -140,13 +135,13 @@ def promote(version: str, reason: str, requested_by: str, model_name: str | None
     model_name = model_name or settings.model_name
     connect_mlflow(settings)
     challenger = find_version(model_name, CHALLENGER)
-    decision_id = _decision_id()
+    decision_id = new_id()
     before = promote_by_hand(model_name, version, reason=reason, requested_by=requested_by, decision_id=decision_id)
     if challenger is not None:
-        decision = "PROMOTE" if challenger["version"] == version else "ROLLBACK"
+        decision = PROMOTE if challenger["version"] == version else ROLLBACK
         tell_router(challenger["version"], decision, f"promoted v{version} by hand: {reason}")
     else:
-        tell_router(None, "PROMOTE", reason)
+        tell_router(None, PROMOTE, reason)
     return _announce("promote", model_name, requested_by=requested_by, reason=reason, version=version,
                      previous=before, decision_id=decision_id)  # fmt: skip
 
@@ -167,11 +162,11 @@ def end_experiment(reason: str, requested_by: str, model_name: str | None = None
     settings = get_settings()
     model_name = model_name or settings.model_name
     connect_mlflow(settings)
-    decision_id = _decision_id()
+    decision_id = new_id()
     challenger = retire_by_hand(model_name, reason=reason, requested_by=requested_by, decision_id=decision_id)
     if challenger is None:
         print(f"{model_name} has no {CHALLENGER}: no experiment to end")
-    tell_router(challenger, "ROLLBACK", f"ended by hand: {reason}")
+    tell_router(challenger, ROLLBACK, f"ended by hand: {reason}")
     return _announce("end", model_name, requested_by=requested_by, reason=reason, version="", previous=challenger,
                      decision_id=decision_id)  # fmt: skip
 
@@ -202,7 +197,7 @@ def _pause_or_resume(action: str, reason: str, requested_by: str, model_name: st
     challenger = find_version(model_name, CHALLENGER)
     if challenger is None:
         raise LookupError(f"{model_name} has no {CHALLENGER}: no experiment to {action}")
-    version, decision_id = challenger["version"], _decision_id()
+    version, decision_id = challenger["version"], new_id()
     status = pause_or_resume_at_router(action, version, reason)
     verb = "paused" if action == "pause" else "resumed"
     audit_pause(model_name, version, reason=f"experiment {verb}: {reason}", requested_by=requested_by,
@@ -270,7 +265,7 @@ def retrain_now(reason: str, requested_by: str, model_name: str | None = None, f
     )
     print(f"retrain run {run.name} ({run.id}) started")
     payload = _announce("retrain", model_name, requested_by=requested_by, reason=reason, version="", previous=None,
-                        decision_id=_decision_id())  # fmt: skip
+                        decision_id=new_id())  # fmt: skip
     return payload | {"flow_run_id": str(run.id)}
 
 

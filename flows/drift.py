@@ -7,7 +7,6 @@ MLflow or Evidently is even imported, so a scheduled run with nothing to do cost
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.variables import Variable
 
 from contracts import events
-from contracts.registry import CHAMPION
+from contracts.registry import CHAMPION, KIND_DRIFT, TAG_KIND
 from flows.settings import get_settings
 from flows.tasks import (
     IO_RETRIES,
@@ -27,6 +26,7 @@ from flows.tasks import (
     frame_from_traffic,
     load_reference,
     mlflow_run_url,
+    new_id,
     report_startup,
     run_name,
 )
@@ -67,7 +67,7 @@ def save_report(result, *, model_name: str, version: str, reports_dir: Path, tra
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     path = drift_lib.save_report(result, reports_dir / f"{model_name}-v{version}-{stamp}.html")
-    with mlflow.start_run(run_name=f"drift {model_name} v{version} {stamp}", tags={"driftloop.kind": "drift"}) as run:
+    with mlflow.start_run(run_name=f"drift {model_name} v{version} {stamp}", tags={TAG_KIND: KIND_DRIFT}) as run:
         mlflow.log_metrics({"drift_share": result.drift_share, "drifted_columns": len(result.drifted_columns)})
         mlflow.log_params({"model_name": model_name, "champion_version": version})
         mlflow.log_artifact(str(path), artifact_path="drift_report")
@@ -138,7 +138,7 @@ def drift(
         report=path,
         report_url=url,
         # A detected drift starts a new turn of the loop; retrain, experiment and decision carry its id.
-        loop_id=uuid.uuid4().hex[:12] if detected else "",
+        loop_id=new_id() if detected else "",
     ).model_dump(mode="json")
 
     rows = "\n".join(

@@ -6,7 +6,6 @@ window policy, training, gate and one-candidate-in-flight rule, and the run reco
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +20,18 @@ from contracts.registry import (
     CHAMPION,
     GATE_ARTIFACT_DIR,
     GATE_EVIDENCE_FILE,
+    GATE_FAILED,
     GATE_HOLDOUT_FILE,
+    GATE_PASSED,
     TAG_DATA_HASH,
     TAG_DATA_ROWS,
+    TAG_DRIFT_REPORT,
+    TAG_DRIFTED_COLUMNS,
     TAG_GATE,
+    TAG_GATE_REASON,
     TAG_LOOP_ID,
     TAG_ORIGINAL_RUN,
+    TAG_PARENT_CHAMPION,
     TAG_TRIGGER,
     TAG_TRIGGER_EVENT,
     TAG_WINDOW,
@@ -46,6 +51,7 @@ from flows.tasks import (
     emit,
     fetch_traffic,
     find_version,
+    new_id,
     register_candidate,
     report_startup,
     retrain_slot,
@@ -150,7 +156,7 @@ def champion_traffic(settings: FlowSettings) -> ArmOutcome | None:
     """The champion's arm of the router's current outcomes (its recent traffic: rates and per-user sums)."""
     with router(settings) as client:
         outcomes = client.outcomes()
-    return outcomes.arm("champion")
+    return outcomes.arm(CHAMPION)
 
 
 @task
@@ -247,7 +253,7 @@ def retrain(
     settings = get_settings()
     model_name = model_name or settings.model_name
     trigger = trigger or (TRIGGER_DRIFT if drift_share is not None else TRIGGER_MANUAL)
-    loop_id = loop_id or uuid.uuid4().hex[:12]
+    loop_id = loop_id or new_id()
     connect_mlflow(settings)
 
     # One candidate in flight per model: one retrain at a time, whatever started it, and none while a challenger
@@ -305,7 +311,7 @@ def retrain(
             interval=(evidence.f1.low, evidence.f1.high),
             max_loss=settings.gate_max_loss,
         )
-        gate_tags = {TAG_GATE: "passed" if passed else "failed", f"{TAG_GATE}.reason": why}
+        gate_tags = {TAG_GATE: GATE_PASSED if passed else GATE_FAILED, TAG_GATE_REASON: why}
         registered = register_candidate(
             result,
             training_data=training_data,
@@ -323,9 +329,9 @@ def retrain(
                 TAG_DATA_ROWS: str(record.training_rows),
                 TAG_DATA_HASH: record.training_hash,
                 TAG_WINDOW: f"{record.traffic.first_ts or ''}/{record.traffic.last_ts or ''}",
-                "driftloop.drifted_columns": ",".join(drifted_columns or []),
-                "driftloop.drift_report": report_url or "",
-                "driftloop.parent_champion": champion["version"],
+                TAG_DRIFTED_COLUMNS: ",".join(drifted_columns or []),
+                TAG_DRIFT_REPORT: report_url or "",
+                TAG_PARENT_CHAMPION: champion["version"],
                 TAG_ORIGINAL_RUN: history.run_id,
                 TAG_LOOP_ID: loop_id,
             }

@@ -8,6 +8,7 @@ that skips pays for none of them.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,12 @@ def report_startup(stage: str) -> float:
 
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
+"""The one retry policy of tasks that talk to MLflow, the router or Prefect: `@task(**IO_RETRIES)`."""
+
+
+def new_id() -> str:
+    """A short random id for a decision or a turn of the loop (12 hex digits)."""
+    return uuid.uuid4().hex[:12]
 
 
 def run_lineage() -> dict[str, str]:

@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from contracts.api import ErrorBody
+from contracts.registry import CHALLENGER, CHAMPION
 from serving.controllers import ConfigController, ExperimentController, InferenceController, ModelController
 from serving.errors import RouterError, StoreUnavailable, redact
 from serving.metrics import MetricsMiddleware, RouterMetrics
@@ -196,7 +197,7 @@ def create_app(
     async def refresh() -> None:
         await refresh_once(experiments)
         current = models.current
-        metrics.set_serving({"champion": current.champion_version, "challenger": current.challenger_version})
+        metrics.set_serving({CHAMPION: current.champion_version, CHALLENGER: current.challenger_version})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -20,6 +20,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from contracts.api import (
     IDEMPOTENCY_HEADER,
     PAGE_MAX,
+    ROUTE_CONFIG,
+    ROUTE_EXPERIMENT,
+    ROUTE_EXPERIMENT_END,
+    ROUTE_EXPERIMENT_OUTCOMES,
+    ROUTE_EXPERIMENT_PLAN,
+    ROUTE_FEEDBACK,
+    ROUTE_HEALTH,
+    ROUTE_INFERENCES,
+    ROUTE_METRICS,
+    ROUTE_MODELS_RELOAD,
+    ROUTE_PREDICT,
+    ROUTE_READY,
     ConfigUpdate,
     ErrorBody,
     Experiment,
@@ -82,7 +94,7 @@ class InferenceController(Controller):
     tags = ["inference"]
 
     @post(
-        "/predict",
+        ROUTE_PREDICT,
         operation_id="predict",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
@@ -119,7 +131,7 @@ class InferenceController(Controller):
         return predictor.predict(data, idempotency_key=idempotency_key, authorization=_authorization(request))
 
     @post(
-        "/feedback",
+        ROUTE_FEEDBACK,
         operation_id="submit_feedback",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
@@ -139,7 +151,7 @@ class InferenceController(Controller):
         return labels.submit(data)
 
     @get(
-        "/inferences",
+        ROUTE_INFERENCES,
         operation_id="list_inferences",
         sync_to_thread=True,
         opt=READ,
@@ -165,7 +177,7 @@ class InferenceController(Controller):
 class ConfigController(Controller):
     """The run-time configuration, shared by every replica through the store."""
 
-    path = "/config"
+    path = ROUTE_CONFIG
     tags = ["config"]
 
     @get("/", operation_id="get_config", sync_to_thread=True, responses=_STORE)
@@ -190,16 +202,16 @@ class ConfigController(Controller):
 class ExperimentController(Controller):
     """The current experiment: its record, its plan, its end, and how its arms are doing."""
 
-    path = "/experiment"
+    path = "/"
     tags = ["experiment"]
 
-    @get("/", operation_id="get_experiment", sync_to_thread=True, responses=_STORE)
+    @get(ROUTE_EXPERIMENT, operation_id="get_experiment", sync_to_thread=True, responses=_STORE)
     def get_experiment(self, experiments: ExperimentService) -> Experiment:
         """The experiment being served: started, plan, sample reached, ended (status `none` without a challenger)."""
         return experiments.current()
 
     @put(
-        "/plan",
+        ROUTE_EXPERIMENT_PLAN,
         operation_id="set_experiment_plan",
         sync_to_thread=True,
         opt=ADMIN | JSON,
@@ -217,7 +229,7 @@ class ExperimentController(Controller):
         return experiments.set_plan(data)
 
     @post(
-        "/end",
+        ROUTE_EXPERIMENT_END,
         operation_id="end_experiment",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
@@ -261,7 +273,7 @@ class ExperimentController(Controller):
         return experiments.resume(data)
 
     @get(
-        "/outcomes",
+        ROUTE_EXPERIMENT_OUTCOMES,
         operation_id="get_outcomes",
         sync_to_thread=True,
         opt=READ,
@@ -297,13 +309,13 @@ class ModelController(Controller):
     path = "/"
     tags = ["models"]
 
-    @get("/health", operation_id="get_health", responses={503: _HEALTH_503})
+    @get(ROUTE_HEALTH, operation_id="get_health", responses={503: _HEALTH_503})
     async def health(self, models: ModelManager) -> Response[Health]:
         """Liveness (no store or registry call): `ok`, `degraded` with the reasons (200), or `no_model` (503)."""
         return _health(models)
 
     @get(
-        "/ready",
+        ROUTE_READY,
         operation_id="get_ready",
         sync_to_thread=True,
         responses={503: ResponseSpec(data_container=Readiness, description="Not ready: see the failed checks")},
@@ -321,7 +333,7 @@ class ModelController(Controller):
         return Response(readiness, status_code=HTTP_200_OK if readiness.ready else HTTP_503_SERVICE_UNAVAILABLE)
 
     @post(
-        "/models/reload",
+        ROUTE_MODELS_RELOAD,
         operation_id="reload_models",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
@@ -334,7 +346,7 @@ class ModelController(Controller):
         experiments.refresh()
         return _health(experiments.models)
 
-    @get("/metrics", operation_id="get_metrics", sync_to_thread=False, media_type=MediaType.TEXT)
+    @get(ROUTE_METRICS, operation_id="get_metrics", sync_to_thread=False, media_type=MediaType.TEXT)
     def metrics(self, metrics: RouterMetrics) -> Response[str]:
         """Prometheus metrics in the text exposition format."""
         # Litestar appends the charset to text types itself: pass the exposition type without it.

@@ -19,7 +19,17 @@ from datetime import UTC, datetime
 import numpy as np
 from scipy.stats import binomtest
 
-from contracts.api import ArmOutcome, ExperimentPlan, LatencyBucket, Outcomes, UserSums
+from contracts.api import (
+    CONTINUE,
+    INVALID,
+    PROMOTE,
+    ROLLBACK,
+    ArmOutcome,
+    ExperimentPlan,
+    LatencyBucket,
+    Outcomes,
+    UserSums,
+)
 from contracts.decision import (
     ArmSummary,
     Decision,
@@ -37,6 +47,7 @@ from contracts.decision import (
 from contracts.decision import (
     WatchPromise as Promise,
 )
+from contracts.registry import CHALLENGER, CHAMPION
 from flows.lib.ab_stats import (
     SequentialResult,
     SrmResult,
@@ -173,8 +184,8 @@ def evidence_from_outcomes(
     if outcomes.started_at is not None:
         elapsed = (_utc(now) - _utc(outcomes.started_at)).total_seconds() / 3600
     return Evidence(
-        champion=ArmEvidence.from_outcome(outcomes.arm("champion"), plan.champion_version),
-        challenger=ArmEvidence.from_outcome(outcomes.arm("challenger"), plan.challenger_version),
+        champion=ArmEvidence.from_outcome(outcomes.arm(CHAMPION), plan.champion_version),
+        challenger=ArmEvidence.from_outcome(outcomes.arm(CHALLENGER), plan.challenger_version),
         plan=plan,
         elapsed_hours=elapsed,
         latency_buckets=tuple(BucketLatency.from_contract(b) for b in outcomes.latency_buckets),
@@ -244,9 +255,9 @@ def matched_buckets(buckets: Iterable[BucketLatency]) -> list[tuple[BucketLatenc
         if bucket.requests >= MIN_BUCKET_REQUESTS:
             by_start.setdefault(bucket.start, {})[bucket.arm] = bucket
     return [
-        (arms["champion"], arms["challenger"])
+        (arms[CHAMPION], arms[CHALLENGER])
         for _, arms in sorted(by_start.items())
-        if "champion" in arms and "challenger" in arms
+        if CHAMPION in arms and CHALLENGER in arms
     ]
 
 
@@ -373,7 +384,7 @@ def decide(evidence: Evidence, *, reference_test: bool = True) -> Decision:
     def mismatch(name: str, srm: SrmResult, rule: Rule) -> Decision:
         share = srm.observed[1] / max(1, sum(srm.observed))
         return verdict(
-            "INVALID", rule,
+            INVALID, rule,
             f"sample ratio mismatch on {name}: champion {srm.observed[0]}, challenger {srm.observed[1]} (challenger "
             f"share {share:.3f}, planned {plan.ab_split_b}), always-valid p={srm.p_value:.2g} < {plan.srm_threshold}"
             f"; the comparison cannot be trusted, the experiment is paused",
@@ -385,14 +396,14 @@ def decide(evidence: Evidence, *, reference_test: bool = True) -> Decision:
     if timed_out and (evidence.paused or srm_flagged):
         state = "paused" if evidence.paused else "sample ratio mismatch"
         return verdict(
-            "ROLLBACK", "max_duration",
+            ROLLBACK, "max_duration",
             f"still invalid at the maximum duration ({plan.max_duration_hours:g} h): {state} (SRM p all "
             f"{srm_all.p_value:.3g}, labelled {srm_labelled.p_value:.3g})",
             "Only a resume before the maximum duration would have let the experiment reach a verdict.",
         )  # fmt: skip
     if evidence.paused:
         return verdict(
-            "INVALID", "paused",
+            INVALID, "paused",
             f"the experiment is paused (the champion serves everyone); it stays paused until an operator resumes or "
             f"ends it: {summary}",
             "A resume (python -m flows.controls resume) lets the looks decide again; at the maximum "
@@ -404,7 +415,7 @@ def decide(evidence: Evidence, *, reference_test: bool = True) -> Decision:
     if breached:
         details = "; ".join(f"{g.name} {g.detail}" for g in breached)
         return verdict(
-            "ROLLBACK", "guardrail", f"guardrail breached: {details}",
+            ROLLBACK, "guardrail", f"guardrail breached: {details}",
             "Nothing later can change this: a breach proven by an always-valid test stands.",
         )  # fmt: skip
     if act_on_srm and srm_labelled.mismatch:
@@ -414,7 +425,7 @@ def decide(evidence: Evidence, *, reference_test: bool = True) -> Decision:
         if pending:
             details = "; ".join(f"{g.name} {g.detail}" for g in pending)
             return verdict(
-                "CONTINUE", "guardrail_pending",
+                CONTINUE, "guardrail_pending",
                 f"challenger better, but a guardrail breach awaits confirmation at the next look: {details}; {summary}",
                 "PROMOTE at the next look if the latency breach is not seen again; ROLLBACK if it is.",
             )  # fmt: skip
@@ -422,36 +433,36 @@ def decide(evidence: Evidence, *, reference_test: bool = True) -> Decision:
         if unshown:
             g = unshown[0]
             return verdict(
-                "CONTINUE", "non_inferiority_pending",
+                CONTINUE, "non_inferiority_pending",
                 f"challenger better, but {g.name} non-inferiority is not shown yet ({g.detail}); {summary}",
                 f"PROMOTE once the upper end of the {g.name} difference ({_num(g.values.get('cs_upper'))}) falls "
                 f"below its margin ({_num(g.values.get('margin'))}); ROLLBACK if its lower end rises above it.",
             )  # fmt: skip
         return verdict(
-            "PROMOTE", "better", f"challenger better: {summary}; guardrails hold and show non-inferiority",
+            PROMOTE, "better", f"challenger better: {summary}; guardrails hold and show non-inferiority",
             f"A ROLLBACK would have needed the lift's interval below 0 (its lower end is {test.lower:+.4f}); after "
             "the promotion the watch still rolls back a new champion proven below its promise.",
         )  # fmt: skip
     if test is not None and test.upper < 0:
         return verdict(
-            "ROLLBACK", "worse", f"challenger worse: {summary}",
+            ROLLBACK, "worse", f"challenger worse: {summary}",
             f"Only an interval reaching above 0 could have kept it (its upper end is {test.upper:+.4f}).",
         )  # fmt: skip
     if timed_out:
         return verdict(
-            "ROLLBACK", "max_duration",
+            ROLLBACK, "max_duration",
             f"no win within the maximum duration ({evidence.elapsed_hours:.1f} h >= {plan.max_duration_hours:g} h): "
             f"{summary}",
             "A lower end of the lift's interval above 0 before the maximum duration would have promoted it.",
         )  # fmt: skip
     if test is None:
         return verdict(
-            "CONTINUE", "too_few_labelled",
+            CONTINUE, "too_few_labelled",
             f"waiting for {MIN_LABELLED_PER_ARM} scored outcomes per arm (champion {a.scored}, challenger "
             f"{b.scored})",
             f"A verdict becomes possible once both arms have {MIN_LABELLED_PER_ARM} labelled or failed requests.",
         )  # fmt: skip
-    return verdict("CONTINUE", "undecided", f"no conclusive difference yet: {summary}", _what_would_change(test, a, b))
+    return verdict(CONTINUE, "undecided", f"no conclusive difference yet: {summary}", _what_would_change(test, a, b))
 
 
 def _num(value: object) -> str:
@@ -556,7 +567,7 @@ def _evidence(
     scored = min(a.scored, b.scored)
     return DecisionEvidence(
         rule=rule,
-        arms={"champion": _arm(a), "challenger": _arm(b)},
+        arms={CHAMPION: _arm(a), CHALLENGER: _arm(b)},
         tau=tau,
         min_labelled_per_arm=MIN_LABELLED_PER_ARM,
         primary=primary,
@@ -584,7 +595,7 @@ def _evidence(
 def promise_of(decision: Decision, period_hours: float, promoted_at: datetime) -> Promise:
     """The promise a PROMOTE makes: the challenger's estimated accuracy, with its standard error as tolerance."""
     ev = decision.evidence
-    a, b = ev.arms["champion"], ev.arms["challenger"]
+    a, b = ev.arms[CHAMPION], ev.arms[CHALLENGER]
     variance = ev.primary.variance if ev.primary is not None else 0.0
     # The challenger's own share of the lift's variance is not kept apart: half of it is the usual case (equal arms).
     se = math.sqrt(variance / 2)

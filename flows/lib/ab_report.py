@@ -11,7 +11,7 @@ import mlflow
 from scipy.stats import binomtest
 
 from contracts.decision import Decision
-from contracts.registry import AB_EXPERIMENT
+from contracts.registry import AB_EXPERIMENT, CHALLENGER, CHAMPION
 
 NAN = float("nan")
 LATENCY_BREACHED = "latency_breached"
@@ -62,9 +62,7 @@ def plot_history(points: list[dict[str, Any]], path: Path, *, title: str) -> Pat
     hours = minutes[-1] > 120
     x = [m / 60 for m in minutes] if hours else minutes
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for offset, (arm, color) in zip(
-        (-0.15, 0.15), (("champion", "tab:blue"), ("challenger", "tab:orange")), strict=True
-    ):
+    for offset, (arm, color) in zip((-0.15, 0.15), ((CHAMPION, "tab:blue"), (CHALLENGER, "tab:orange")), strict=True):
         acc = [p[f"{arm}_accuracy"] for p in points]
         low = [a - p[f"{arm}_low"] for a, p in zip(acc, points, strict=True)]
         high = [p[f"{arm}_high"] - a for a, p in zip(acc, points, strict=True)]
@@ -155,7 +153,7 @@ def look_point(at: datetime, evidence: dict[str, Any]) -> dict[str, Any]:
     """One look as a point of the history plot: accuracy per arm with its Wilson band, and the lift with its CS."""
     arms = evidence["arms"]
     point = {"at": at, **{k: primary_numbers(evidence)[k] for k in ("d_hat", "cs_lower", "cs_upper")}}
-    for arm in ("champion", "challenger"):
+    for arm in (CHAMPION, CHALLENGER):
         # The primary metric: correct over scored (labelled answered + failed) requests.
         low, high = wilson(arms[arm]["correct"], arms[arm]["scored"])
         point |= {f"{arm}_accuracy": arms[arm]["scored_accuracy"] or 0.0, f"{arm}_low": low, f"{arm}_high": high}

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from contracts.registry import CHAMPION
+
 Metric = Literal["f1_macro", "accuracy"]
 
 
@@ -104,7 +106,7 @@ def paired_difference(
     score_a, score_b = (float(_metric(y, p, metric, classes)) for p in (a, b))
     difference = score_a - score_b
     disagreements = int(np.sum(a != b))
-    common = {"metric": metric, "candidate": score_a, "champion": score_b, "difference": difference}
+    common = {"metric": metric, "candidate": score_a, CHAMPION: score_b, "difference": difference}
     common |= {"confidence": confidence, "rows": len(y), "resamples": resamples, "disagreements": disagreements}
     if disagreements == 0:
         # Every resample gives 0: the interval is exactly [0, 0] (the bootstrap would warn of degenerate data).

@@ -17,6 +17,8 @@ from contracts.registry import (
     AB_EXPERIMENT,
     ALIAS_HISTORY_EXPERIMENT,
     TAG_GATE,
+    TAG_GATE_REASON,
+    TAG_KIND,
     TAG_LOOP_ID,
     TAG_PLAN_PREFIX,
 )
@@ -77,7 +79,7 @@ def from_mlflow(model_name: str, loop_id: str, tracking_uri: str) -> list[Step]:
     training = [e.experiment_id for e in experiments if e.name not in (AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT)]
     if training:
         for run in client.search_runs(training, filter_string=f"tags.`{TAG_LOOP_ID}` = '{loop_id}'"):
-            kind = run.data.tags.get("driftloop.kind", "retrain")
+            kind = run.data.tags.get(TAG_KIND, "retrain")
             steps.append(
                 Step(
                     _at(run.info.start_time), "run", f"{kind} run {run.info.run_name}",
@@ -89,7 +91,7 @@ def from_mlflow(model_name: str, loop_id: str, tracking_uri: str) -> list[Step]:
         if version.tags.get(TAG_LOOP_ID) != loop_id:
             continue
         plan = {k.removeprefix(TAG_PLAN_PREFIX): v for k, v in version.tags.items() if k.startswith(TAG_PLAN_PREFIX)}
-        detail = f"gate {version.tags.get(TAG_GATE, '?')}: {version.tags.get(f'{TAG_GATE}.reason', '')}"
+        detail = f"gate {version.tags.get(TAG_GATE, '?')}: {version.tags.get(TAG_GATE_REASON, '')}"
         if plan:
             detail += (
                 f"; plan: alpha {plan.get('alpha')}, MDE {plan.get('mde')}, baseline {plan.get('baseline')}, "

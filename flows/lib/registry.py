@@ -39,9 +39,11 @@ from contracts.registry import (
     TAG_TARGET,
     TRAINING_ARTIFACT_DIR,
     TRAINING_FILE,
+    alias_missing,
     classes_tag,
     model_uri,
     plan_from_tags,
+    registry_missing,
 )
 from flows.lib import window
 
@@ -187,24 +189,20 @@ def log_candidate(
     return result
 
 
-def _is_missing(exc: MlflowException) -> bool:
-    return exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
-
-
 def get_version(model_name: str, alias: str) -> ModelVersion | None:
     """The version an alias points to; None when the model or the alias does not exist."""
     client = _client()
     try:
         return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
-        if _is_missing(exc):  # no such model
+        if registry_missing(exc):  # no such model
             return None
         # A missing alias is INVALID_PARAMETER_VALUE, like a malformed alias: tell them apart.
-        if exc.error_code == "INVALID_PARAMETER_VALUE":
+        if alias_missing(exc):
             try:
                 aliases = client.get_registered_model(model_name).aliases
             except MlflowException as again:
-                if _is_missing(again):
+                if registry_missing(again):
                     return None
                 raise exc from again
             if alias not in aliases:
@@ -222,7 +220,7 @@ def delete_alias(model_name: str, alias: str) -> None:
     try:
         _client().delete_registered_model_alias(model_name, alias)
     except MlflowException as exc:
-        if not _is_missing(exc):
+        if not registry_missing(exc):
             raise
 
 
@@ -526,7 +524,7 @@ def rollback_champion(
     try:
         client.get_model_version(model_name, target)
     except MlflowException as exc:
-        if _is_missing(exc):
+        if registry_missing(exc):
             raise LookupError(f"{model_name} has no version {target}") from exc
         raise
     if target == current_version:

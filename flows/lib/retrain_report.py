@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from contracts.registry import CHALLENGER
+
 if TYPE_CHECKING:
     from flows.lib.comparison import HoldoutComparison
     from flows.lib.training import TrainResult
@@ -186,7 +188,7 @@ def summary(
         Markdown.
     """
     head = [
-        f"# Retrain: {model_name} v{version} ({'challenger' if passed else 'gate failed'})",
+        f"# Retrain: {model_name} v{version} ({CHALLENGER if passed else 'gate failed'})",
         "",
         f"{_started_by(trigger, drift_share, drifted_columns, report_url)} Loop `{loop_id}`. Best model "
         f"`{result.model_id}` ({result.model_name}){' tuned' if result.tuned_kept else ''}, fitted on "

@@ -8,6 +8,14 @@ import httpx
 import msgspec
 
 from contracts.api import (
+    ROUTE_CONFIG,
+    ROUTE_EXPERIMENT,
+    ROUTE_EXPERIMENT_END,
+    ROUTE_EXPERIMENT_OUTCOMES,
+    ROUTE_EXPERIMENT_PLAN,
+    ROUTE_HEALTH,
+    ROUTE_INFERENCES,
+    ROUTE_MODELS_RELOAD,
     ConfigUpdate,
     Experiment,
     ExperimentEnd,
@@ -59,7 +67,7 @@ class RouterClient:
     ) -> list[InferenceRecord]:
         """The newest logged requests, newest first."""
         content = self._get(
-            "/inferences",
+            ROUTE_INFERENCES,
             limit=limit,
             since=since.isoformat() if since else None,
             labelled=None if labelled is None else str(labelled).lower(),
@@ -68,7 +76,7 @@ class RouterClient:
 
     def outcomes(self, *, bucket_seconds: int | None = None) -> Outcomes:
         """Outcome counts per arm of the current experiment, with latency in time buckets of this width."""
-        return msgspec.json.decode(self._get("/experiment/outcomes", bucket_seconds=bucket_seconds), type=Outcomes)
+        return msgspec.json.decode(self._get(ROUTE_EXPERIMENT_OUTCOMES, bucket_seconds=bucket_seconds), type=Outcomes)
 
     def _send(self, method: str, path: str, body: msgspec.Struct | None = None) -> bytes:
         content = msgspec.json.encode(body) if body is not None else None
@@ -79,15 +87,15 @@ class RouterClient:
 
     def experiment(self) -> Experiment:
         """The router's current experiment."""
-        return msgspec.json.decode(self._get("/experiment"), type=Experiment)
+        return msgspec.json.decode(self._get(ROUTE_EXPERIMENT), type=Experiment)
 
     def set_plan(self, plan: ExperimentPlan) -> Experiment:
         """Store the plan of the experiment of `plan.challenger_version` (it also sets the split)."""
-        return msgspec.json.decode(self._send("PUT", "/experiment/plan", plan), type=Experiment)
+        return msgspec.json.decode(self._send("PUT", ROUTE_EXPERIMENT_PLAN, plan), type=Experiment)
 
     def end_experiment(self, end: ExperimentEnd) -> Experiment:
         """Mark the experiment ended with its decision; the router reloads the aliases."""
-        return msgspec.json.decode(self._send("POST", "/experiment/end", end), type=Experiment)
+        return msgspec.json.decode(self._send("POST", ROUTE_EXPERIMENT_END, end), type=Experiment)
 
     def pause_experiment(self, pause: ExperimentPause) -> Experiment:
         """Pause the experiment of this challenger (the champion serves everyone; the challenger keeps its alias)."""
@@ -100,18 +108,18 @@ class RouterClient:
     def set_split(self, ab_split_b: float) -> RouterConfig:
         """Change the share of users sent to the challenger."""
         return msgspec.json.decode(
-            self._send("POST", "/config", ConfigUpdate(ab_split_b=ab_split_b)), type=RouterConfig
+            self._send("POST", ROUTE_CONFIG, ConfigUpdate(ab_split_b=ab_split_b)), type=RouterConfig
         )
 
     def health(self) -> Health:
         """Which versions the router serves (`/health` is 503 `no_model` without a champion: not an error here)."""
-        response = self._http.get("/health")
+        response = self._http.get(ROUTE_HEALTH)
         if response.status_code not in (200, 503):
             response.raise_for_status()
         return msgspec.json.decode(response.content, type=Health)
 
     def reload_models(self) -> Health:
         """Make the router re-read the registry aliases now."""
-        response = self._http.post("/models/reload", headers=self._admin)
+        response = self._http.post(ROUTE_MODELS_RELOAD, headers=self._admin)
         response.raise_for_status()
         return msgspec.json.decode(response.content, type=Health)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from contracts.api import Arm
+from contracts.registry import CHALLENGER, CHAMPION
 
 _BUCKET_BITS = 64
 
@@ -38,5 +39,5 @@ def assign_arm(user_id: str, *, salt: str, split_b: float, has_challenger: bool)
         `"challenger"` when the user's bucket is below `split_b` and a challenger exists, else `"champion"`.
     """
     if has_challenger and bucket(user_id, salt) < split_b:
-        return "challenger"
-    return "champion"
+        return CHALLENGER
+    return CHAMPION

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from contracts.api import Experiment, ExperimentEnd, ExperimentPause, ExperimentPlan, Outcomes
+from contracts.api import Experiment, ExperimentEnd, ExperimentPause, ExperimentPlan, Outcomes, experiment_id
 from contracts.events import (
     EXPERIMENT_GUARDRAIL_BREACHED,
     EXPERIMENT_SAMPLE_REACHED,
@@ -17,7 +17,7 @@ from contracts.events import (
     model_resource,
     model_version_resource,
 )
-from contracts.registry import TAG_PLAN_PREFIX
+from contracts.registry import CHALLENGER, CHAMPION, TAG_PLAN_PREFIX
 from serving.errors import ExperimentConflict, InvalidPlan, ModelSourceError, RouterError
 from serving.services import views
 from serving.services.guardrails import error_breach
@@ -26,11 +26,6 @@ from serving.services.models.manager import public_reason
 from serving.services.store import ExperimentRow, NewEvent, Store
 
 logger = logging.getLogger(__name__)
-
-
-def experiment_id(champion_version: str, challenger_version: str) -> str:
-    """The id of the experiment of a champion/challenger pair (the same as `ModelSet.experiment_id`)."""
-    return f"v{champion_version}-vs-v{challenger_version}"
 
 
 def _now() -> datetime:
@@ -157,7 +152,7 @@ class ExperimentService:
             return
         plan = msgspec.convert(row.plan, ExperimentPlan)
         labelled = self.store.log.labelled_per_arm(row.experiment_id)
-        champion, challenger = labelled.get("champion", 0), labelled.get("challenger", 0)
+        champion, challenger = labelled.get(CHAMPION, 0), labelled.get(CHALLENGER, 0)
         if min(champion, challenger) < plan.min_samples_per_arm:
             return
         payload = SampleReachedPayload(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contracts.api import ExperimentPlan
+from contracts.registry import CHALLENGER, CHAMPION
 
 MIN_ASSIGNED = 30
 """Requests per arm before the router looks at error rates at all (a handful of failures is no signal)."""
@@ -35,7 +36,7 @@ def error_breach(plan: ExperimentPlan, counts: dict[str, tuple[int, int]]) -> Br
         plan: The experiment's plan (its error margin).
         counts: Arm name to (assigned requests, failed requests).
     """
-    champion, challenger = counts.get("champion", (0, 0)), counts.get("challenger", (0, 0))
+    champion, challenger = counts.get(CHAMPION, (0, 0)), counts.get(CHALLENGER, (0, 0))
     if challenger[1] == 0 or min(champion[0], challenger[0]) < MIN_ASSIGNED:
         return None
     rate_a, rate_b = champion[1] / champion[0], challenger[1] / challenger[0]

@@ -20,10 +20,11 @@ from contracts.api import (
     PredictResponse,
     UserSums,
 )
+from contracts.registry import CHALLENGER, CHAMPION
 from serving.services.models import ModelSet
 from serving.services.store import ArmCounts, ExperimentRow, InferenceRow, LatencyBucketRow
 
-ARMS: tuple[Arm, ...] = ("champion", "challenger")
+ARMS: tuple[Arm, ...] = (CHAMPION, CHALLENGER)
 _NO_COUNTS = ArmCounts(requests=0, labelled=0, correct=0, incorrect=0)
 
 

@@ -11,6 +11,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from contracts.registry import (
+    AB_EXPERIMENT,
+    ALIAS_HISTORY_EXPERIMENT,
+    GATE_BOOTSTRAP,
+    GATE_PASSED,
+    TAG_GATE,
+    TAG_LOOP_ID,
+    TAG_PREVIOUS_CHAMPION,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -85,10 +95,10 @@ def test_registry_ends_with_the_promoted_challenger_as_champion(demo):
     assert str(client.get_model_version_by_alias("IrisClassifier", "champion").version) == promoted
     aliases = client.get_registered_model("IrisClassifier").aliases
     assert "challenger" not in aliases
-    assert client.get_model_version("IrisClassifier", "1").tags["driftloop.quality_gate"] == "bootstrap"
+    assert client.get_model_version("IrisClassifier", "1").tags[TAG_GATE] == GATE_BOOTSTRAP
     new = client.get_model_version("IrisClassifier", promoted)
-    assert new.tags["driftloop.previous_champion"] == summary["promoted"]["champion_version"]
-    assert new.tags["driftloop.quality_gate"] == "passed"
+    assert new.tags[TAG_PREVIOUS_CHAMPION] == summary["promoted"]["champion_version"]
+    assert new.tags[TAG_GATE] == GATE_PASSED
 
 
 def test_the_promotion_rests_on_counts_the_router_recorded(demo):
@@ -126,12 +136,12 @@ def test_every_look_is_recorded_and_the_promotion_is_in_the_alias_history(demo):
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
     looks = client.search_runs(
-        [client.get_experiment_by_name("driftloop-ab").experiment_id],
+        [client.get_experiment_by_name(AB_EXPERIMENT).experiment_id],
         filter_string=f"tags.experiment_id = '{experiment}'",
     )
     assert {run.data.tags["decision_id"] for run in looks} >= {decision["decision_id"]}
     history = client.search_runs(
-        [client.get_experiment_by_name("driftloop-alias-history").experiment_id],
+        [client.get_experiment_by_name(ALIAS_HISTORY_EXPERIMENT).experiment_id],
         filter_string=f"tags.decision_id = '{decision['decision_id']}'",
     )
     moves = {(r.data.tags["alias"], r.data.tags["from_version"], r.data.tags["to_version"]) for r in history}
@@ -142,7 +152,7 @@ def test_every_look_is_recorded_and_the_promotion_is_in_the_alias_history(demo):
     challenger = client.get_model_version("IrisClassifier", decision["challenger_version"]).tags
     assert int(challenger["driftloop.plan.min_samples_per_arm"]) > 0
     # One turn of the loop: the drift event's id travelled through retrain and the plan into the decision.
-    assert challenger["driftloop.loop_id"] == decision["loop_id"] != ""
+    assert challenger[TAG_LOOP_ID] == decision["loop_id"] != ""
 
 
 def test_the_lineage_of_the_loop_shows_the_whole_chain_with_working_links(demo):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from contracts.api import Arm, ExperimentPlan
+from contracts.api import Arm, ExperimentPlan, experiment_id
 from contracts.registry import CHALLENGER, CHAMPION
 from serving.errors import ModelSourceError, NoModelLoaded, RouterError, redact
 from serving.services.models.served import ServedModel
@@ -70,13 +70,11 @@ class ModelSet:
         """`v{champion}` alone, `v{champion}-vs-v{challenger}` during an A/B test, None without a champion."""
         if self.champion is None:
             return None
-        if self.challenger is None:
-            return f"v{self.champion.version}"
-        return f"v{self.champion.version}-vs-v{self.challenger.version}"
+        return experiment_id(self.champion.version, self.challenger.version if self.challenger else None)
 
     def for_arm(self, arm: Arm) -> ServedModel | None:
         """The model that serves an arm."""
-        return self.champion if arm == "champion" else self.challenger
+        return self.champion if arm == CHAMPION else self.challenger
 
     def require_champion(self) -> None:
         """Raise the 503 a request gets while no champion is loaded.

@@ -11,21 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from contracts.api import ExperimentPlan, Label
-from contracts.registry import classes_from_tags, plan_from_tags
+from contracts.registry import alias_missing, classes_from_tags, plan_from_tags, registry_missing
 from serving.errors import ModelSourceError
 from serving.services.models.served import WARM_UP_PREDICTIONS, ServedModel, classes_of, example_row, warm_up
 from serving.services.models.signature import features_from_signature
 
 logger = logging.getLogger(__name__)
-
-
-def _is_not_found(exc: Exception) -> bool:
-    """Whether an MlflowException means "no such alias or model" rather than a broken registry."""
-    code = getattr(exc, "error_code", "")
-    if code == "RESOURCE_DOES_NOT_EXIST":
-        return True
-    # The SQL registry reports a missing alias as INVALID_PARAMETER_VALUE ("... alias x not found.").
-    return code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
 
 
 class ModelSource:
@@ -85,7 +76,7 @@ class ModelSource:
         try:
             version = self._require_client().get_model_version_by_alias(self.model_name, alias)
         except MlflowException as exc:
-            if _is_not_found(exc):
+            if registry_missing(exc) or alias_missing(exc):
                 return None
             raise
         return str(version.version)
