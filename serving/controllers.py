@@ -24,7 +24,9 @@ from contracts.api import (
     ROUTE_EXPERIMENT,
     ROUTE_EXPERIMENT_END,
     ROUTE_EXPERIMENT_OUTCOMES,
+    ROUTE_EXPERIMENT_PAUSE,
     ROUTE_EXPERIMENT_PLAN,
+    ROUTE_EXPERIMENT_RESUME,
     ROUTE_FEEDBACK,
     ROUTE_HEALTH,
     ROUTE_INFERENCES,
@@ -247,7 +249,7 @@ class ExperimentController(Controller):
         return experiments.end(data)
 
     @post(
-        "/pause",
+        ROUTE_EXPERIMENT_PAUSE,
         operation_id="pause_experiment",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
@@ -260,7 +262,7 @@ class ExperimentController(Controller):
         return experiments.pause(data)
 
     @post(
-        "/resume",
+        ROUTE_EXPERIMENT_RESUME,
         operation_id="resume_experiment",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
