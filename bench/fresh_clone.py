@@ -47,7 +47,7 @@ def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
         wall = time.monotonic() - started
         load_after = os.getloadavg()
         tail = log.read_text(errors="replace").splitlines()[-3:]
-        return {
+        result = {
             "commit": commit,
             "busy_core": busy,
             "exit_code": result.returncode,
@@ -59,6 +59,8 @@ def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
             "load_after": [round(x, 2) for x in load_after],
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        record(result)  # before the clean-up (deleting a venv and a cache is slow): an interrupted series keeps it
+        return result
     finally:
         if hog is not None:
             hog.kill()
@@ -80,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         run = one_run(commit_id, busy=args.busy, keep_logs=args.logs)
         runs.append(run)
         print(f"run {i + 1}/{args.runs}: exit {run['exit_code']}, {run['wall_seconds']:.0f} s, {run['pytest_summary']}")
-        record(run)  # each run as it ends, so an interrupted series keeps what it measured
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
 
 

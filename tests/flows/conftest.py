@@ -308,6 +308,33 @@ class Router:
             sent += 1
         return sent
 
+    def fill_buckets(
+        self,
+        buckets: int,
+        *,
+        bucket_seconds: int,
+        per_bucket: int = 8,
+        labelled_kind: str = "hard",
+        timeout: float = 300.0,
+    ) -> int:
+        """Alternate labelled requests of both arms until `buckets` time buckets each hold `per_bucket` of each arm.
+
+        However busy the machine (a request can take most of a second), the latency guardrail then has the matched
+        buckets it needs; a quiet machine gets there in `buckets * bucket_seconds` seconds.
+
+        Returns:
+            Requests sent per arm.
+        """
+        deadline, sent, filled = time.monotonic() + timeout, 0, {}
+        while sum(n >= per_bucket for n in filled.values()) < buckets:
+            assert time.monotonic() < deadline, f"only {filled} pairs per bucket after {timeout:.0f} s"
+            for arm in ("champion", "challenger"):
+                self.send(arm, labelled_kind, 1, offset=sent)
+            sent += 1
+            bucket = int(time.time() // bucket_seconds)
+            filled[bucket] = filled.get(bucket, 0) + 1
+        return sent
+
     def send(
         self, arm: Arm, kind: str, n: int, *, labelled: int | None = None, split_b: float = 0.5, offset: int = 0
     ) -> list[int]:

@@ -284,9 +284,12 @@ def test_a_challenger_breaching_a_guardrail_is_rolled_back(experiment, model_nam
 def test_a_truly_slower_challenger_is_rolled_back_once_the_breach_persists(experiment, model_name):
     # 15 ms of CPU per call against 50 ms: the p95 limit is 15 x 1.5 + 5 ms and the model costs 35 ms more than the
     # champion's, over the plan's 5 ms floor; a ratio of 3.3 stays over the margin of 1.5 however busy the machine
-    # is. Both arms are served in the same one-second buckets.
-    router, home = experiment(champion=StubModel(burn_ms=15), challenger=StubModel(burn_ms=50))
-    router.interleave(8.0, labelled_kind="easy")
+    # is. Both arms are served in the same four-second buckets, filled until each holds enough of both arms however
+    # busy the machine is.
+    router, home = experiment(
+        champion=StubModel(burn_ms=15), challenger=StubModel(burn_ms=50), guardrail_latency_bucket_seconds=4
+    )
+    router.fill_buckets(6, bucket_seconds=4, labelled_kind="easy")
 
     first = ab_evaluation(model_name=model_name)
     latency = next(g for g in first["evidence"]["guardrails"] if g["name"] == "latency_p95")
@@ -315,8 +318,10 @@ def cpu_hog() -> Iterator[None]:
 def test_a_better_challenger_with_equal_latency_is_promoted_on_a_busy_machine(experiment, model_name, cpu_hog):
     # The demo's run, reproduced: a far more accurate challenger, both models costing the same 10 ms of CPU per call,
     # a machine busy with other work for the whole experiment. Latency swings with the load; it must not decide.
-    router, _ = experiment(champion=StubModel(weak=True, burn_ms=10), challenger=StubModel(burn_ms=10))
-    router.interleave(7.0)
+    router, _ = experiment(
+        champion=StubModel(weak=True, burn_ms=10), challenger=StubModel(burn_ms=10), guardrail_latency_bucket_seconds=4
+    )
+    router.fill_buckets(6, bucket_seconds=4)
     result = ab_evaluation(model_name=model_name)
     latency = next(g for g in result["evidence"]["guardrails"] if g["name"] == "latency_p95")
     assert latency["values"]["matched_buckets"] >= 5 and not latency["values"]["breached_now"], latency["detail"]
