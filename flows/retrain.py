@@ -161,6 +161,13 @@ def champion_traffic(settings: FlowSettings) -> ArmOutcome | None:
 
 
 @task
+def planned_baseline(observed: float, settings: FlowSettings) -> float:
+    """The champion's level the experiment is planned against (see `ab_plan.plannable_baseline`)."""
+    from flows.lib import ab_plan
+
+    return ab_plan.plannable_baseline(observed, mde=settings.ab_mde, relative=settings.ab_mde_relative)
+
+
 def plan_experiment(
     settings: FlowSettings,
     *,
@@ -352,9 +359,7 @@ def retrain(
         plan = None
         if passed:
             observed = score(champion_pipeline, fresh, settings.target)["accuracy"]
-            # A lift of `mde` must fit under 100%: a champion already near perfect is planned against 1 - mde.
-            mde = observed * settings.ab_mde if settings.ab_mde_relative else settings.ab_mde
-            baseline = min(observed, 1.0 - mde - 0.005)
+            baseline = planned_baseline(observed, settings)
             plan = plan_experiment(
                 settings, champion_version=champion["version"], challenger_version=version, baseline=baseline,
                 loop_id=loop_id, traffic=champion_traffic(settings),

@@ -10,6 +10,16 @@ from flows.lib.ab_stats import absolute_mde, design_effect_of, plan_sample_size
 
 MIN_USERS_FOR_DESIGN_EFFECT = 30
 """Users with a scored request the champion needs before its traffic's design effect is trusted."""
+CEILING_HEADROOM = 0.005
+"""How far below 100% accuracy the champion's level plus the planned lift must stay (a lift to exactly 1.0 has no
+variance left to plan with)."""
+
+
+def plannable_baseline(observed: float, *, mde: float, relative: bool) -> float:
+    """The champion's accuracy the experiment is planned against: the observed one, unless a lift of `mde` on it
+    would not fit under 100% (a champion already near perfect), then the highest baseline where it fits."""
+    lift = absolute_mde(observed, mde, relative=relative)
+    return min(observed, 1.0 - lift - CEILING_HEADROOM)
 
 
 @dataclass(frozen=True)
