@@ -73,6 +73,10 @@ ROUTE_EXPERIMENT_PLAN = f"{ROUTE_EXPERIMENT}/plan"
 """PUT the `ExperimentPlan` of the experiment of a challenger (admin token)."""
 ROUTE_EXPERIMENT_END = f"{ROUTE_EXPERIMENT}/end"
 """POST an `ExperimentEnd` (admin token)."""
+ROUTE_EXPERIMENT_PAUSE = f"{ROUTE_EXPERIMENT}/pause"
+"""POST an `ExperimentPause`: the champion serves everyone until a resume (admin token)."""
+ROUTE_EXPERIMENT_RESUME = f"{ROUTE_EXPERIMENT}/resume"
+"""POST an `ExperimentPause` to resume a paused experiment (admin token)."""
 ROUTE_EXPERIMENT_OUTCOMES = f"{ROUTE_EXPERIMENT}/outcomes"
 """GET the `Outcomes` per arm of the current experiment (read token)."""
 ROUTE_HEALTH = "/health"
@@ -169,6 +173,29 @@ class ConfusionCell(msgspec.Struct, kw_only=True):
     count: int
 
 
+class UserSums(msgspec.Struct, kw_only=True):
+    """Per-user sums of one arm, enough for a cluster-robust (delta-method) variance of its accuracy.
+
+    Users, not requests, are what the router randomises, and one user's requests are alike: the variance of the
+    accuracy ratio sum(x) / sum(n) is computed over users. For each user i with at least one scored request,
+    n_i = labelled answered requests + failed requests and x_i = correct answered requests: a failed prediction is
+    a certain miss (it needs no label to be wrong), so it counts against its arm in the primary metric.
+    """
+
+    users: int
+    """Users with at least one scored request (labelled, or failed)."""
+    sum_n: int
+    """Scored requests: labelled answered ones plus failed ones."""
+    sum_x: int
+    """Correct predictions (of the labelled answered requests)."""
+    sum_nn: int
+    """Sum over users of n_i squared."""
+    sum_xx: int
+    """Sum over users of x_i squared."""
+    sum_nx: int
+    """Sum over users of n_i x_i."""
+
+
 class ArmOutcome(msgspec.Struct, kw_only=True):
     """What one arm of the current experiment served and how it did."""
 
@@ -190,6 +217,11 @@ class ArmOutcome(msgspec.Struct, kw_only=True):
     """Latency percentiles of the answered requests (None with no request)."""
     confusion: list[ConfusionCell] = []
     """Counts of (label, prediction) over the labelled requests."""
+    user_sums: UserSums | None = None
+    """Per-user sums for the cluster-robust variance (None from a router that does not report them)."""
+    first_request_at: datetime | None = None
+    """When this arm answered or failed its first request of the experiment (request and label rates)."""
+    last_request_at: datetime | None = None
 
 
 class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -210,9 +242,10 @@ class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The same for a single-look test, for reference (the sequential test needs more)."""
     ab_split_b: Split
     max_duration_hours: Annotated[float, msgspec.Meta(gt=0.0)]
-    srm_threshold: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.001
-    guardrail_error_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.01
-    """Non-inferiority margin of the challenger's error rate (absolute)."""
+    srm_threshold: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.005
+    """Level of the always-valid sample ratio test over all looks (on users, and on labelled users)."""
+    guardrail_error_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.005
+    """Absolute part of the non-inferiority margin of the challenger's error rate (see the relative part)."""
     guardrail_latency_margin: Annotated[float, msgspec.Meta(ge=0.0)] = 0.5
     """Non-inferiority margin of the challenger's p95 latency (relative to the champion's)."""
     guardrail_latency_slack_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 20.0
@@ -224,6 +257,22 @@ class ExperimentPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Consecutive looks that must see a latency breach before it rolls the challenger back."""
     loop_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
     """Links the drift event, the retrain run, this experiment and its decision."""
+    mde_relative: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
+    """The relative MDE the plan was made from (mde = mde_relative x baseline); 0: `mde` was given as absolute."""
+    design_effect: Annotated[float, msgspec.Meta(ge=1.0)] = 1.0
+    """Variance inflation by the users' correlation the sample sizes include (1: none applied)."""
+    design_effect_source: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    """Where the design effect came from (the champion's recent traffic, or why none was applied)."""
+    guardrail_error_margin_relative: Annotated[float, msgspec.Meta(ge=0.0)] = 0.25
+    """Relative part of the error-rate non-inferiority margin: margin = relative x champion's rate + absolute."""
+    feasible: bool = True
+    """Whether the planned sample fits in `max_duration_hours` at the request and label rates the router saw."""
+    expected_hours: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """Hours the planned sample takes at those rates (0: the rates were not known)."""
+    feasibility: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    """The feasibility check in words (rates, hours needed, maximum)."""
+    watch_hours: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """After a PROMOTE, the new champion is watched this long against the experiment's estimate (0: no watch)."""
 
 
 class Experiment(msgspec.Struct, kw_only=True):
@@ -232,13 +281,18 @@ class Experiment(msgspec.Struct, kw_only=True):
     experiment_id: str
     champion_version: str
     challenger_version: str | None
-    status: Literal["none", "running", "ended"]
+    status: Literal["none", "running", "paused", "ended"]
+    """`paused`: the champion serves everyone until the experiment is resumed or ended; the challenger keeps its
+    alias."""
     started_at: datetime | None = None
     """When the router first served this champion/challenger pair."""
     plan: ExperimentPlan | None = None
     sample_reached_at: datetime | None = None
     ended_at: datetime | None = None
     end_reason: str | None = None
+    paused_at: datetime | None = None
+    pause_reason: str | None = None
+    resumed_at: datetime | None = None
 
 
 class ExperimentEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -247,6 +301,14 @@ class ExperimentEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     challenger_version: Version
     decision: Ending
     reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
+
+
+class ExperimentPause(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Pauses (or resumes) the current experiment of this challenger: while paused, the champion serves everyone, the
+    challenger keeps its alias, and the requests served are no part of the comparison."""
+
+    challenger_version: Version
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REASON)]
 
 
 class LatencyBucket(msgspec.Struct, kw_only=True):
@@ -290,6 +352,10 @@ class Outcomes(msgspec.Struct, kw_only=True):
     arms: list[ArmOutcome]
     started_at: datetime | None = None
     plan: ExperimentPlan | None = None
+    paused_at: datetime | None = None
+    """Set while the experiment is paused (the champion serves everyone; these counts do not grow)."""
+    resumed_at: datetime | None = None
+    """When an operator last resumed it (a sample ratio mismatch is then reported, not acted on)."""
     bucket_seconds: int = 60
     latency_buckets: list[LatencyBucket] = []
     """Per arm and time bucket, the latency and compute time of the answered requests, oldest first."""

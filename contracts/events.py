@@ -13,6 +13,12 @@ EXPERIMENT_DECIDED = "driftloop.experiment.decided"
 EXPERIMENT_INVALID = "driftloop.experiment.invalid"
 EXPERIMENT_SAMPLE_REACHED = "driftloop.experiment.sample_reached"
 EXPERIMENT_GUARDRAIL_BREACHED = "driftloop.experiment.guardrail_breached"
+EXPERIMENT_INFEASIBLE = "driftloop.experiment.infeasible"
+"""A plan whose sample does not fit in the maximum duration at the traffic the router sees (reported at once)."""
+EXPERIMENT_PAUSED = "driftloop.experiment.paused"
+"""The A/B flow paused an INVALID experiment at the router (the champion serves everyone)."""
+MODEL_WATCH_REGRESSED = "driftloop.model.watch_regressed"
+"""The post-promotion watch proved the new champion below its promise and moved `champion` back."""
 ROUTER_TRAFFIC = "driftloop.router.traffic"
 """The router served requests in the last period (a heartbeat: its absence is the traffic silence alert)."""
 DATA_INVALID = "driftloop.data.invalid"
@@ -202,6 +208,38 @@ class DecisionPayload(BaseModel):
     challenger_labelled: int
     challenger_correct: int
     report_url: str
+
+
+class InfeasiblePayload(BaseModel):
+    """Payload of `driftloop.experiment.infeasible`."""
+
+    model_name: str
+    champion_version: str
+    challenger_version: str
+    min_samples_per_arm: int
+    expected_hours: float
+    max_duration_hours: float
+    feasibility: str
+    loop_id: str
+
+
+class WatchPayload(BaseModel):
+    """Payload of `driftloop.model.watch_regressed`: the watch's numbers and the move back."""
+
+    model_name: str
+    version: str
+    """The champion proven below its promise (rolled back)."""
+    previous_version: str
+    """The champion restored."""
+    accuracy: float | None
+    cs_upper: float | None
+    threshold: float
+    expected_accuracy: float
+    scored: int
+    elapsed_hours: float
+    reason: str
+    decision_id: str
+    loop_id: str
 
 
 class ControlPayload(BaseModel):

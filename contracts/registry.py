@@ -9,6 +9,7 @@ from typing import Literal
 import msgspec
 
 from contracts.api import ExperimentPlan
+from contracts.decision import WatchPromise
 
 CHAMPION = "champion"
 """Alias of the version that serves by default."""
@@ -34,6 +35,10 @@ TAG_REPLACED_BY = "driftloop.replaced_by"
 TAG_DECISION_ID = "driftloop.decision_id"
 TAG_LOOP_ID = "driftloop.loop_id"
 """Version tag: the turn of the loop (drift event -> retrain -> experiment -> decision) the version belongs to."""
+TAG_WATCH_PREFIX = "driftloop.watch."
+"""Version tags of a promoted champion: the promise its post-promotion watch holds it to, one tag per field."""
+TAG_WATCH_STATUS = "driftloop.watch_status"
+"""`watching`, `held` (the period passed) or `regressed` (rolled back by the watch)."""
 TAG_PLAN_PREFIX = "driftloop.plan."
 """Version tags of a challenger: its experiment plan, one tag per field."""
 
@@ -181,3 +186,16 @@ DRIFT_CALIBRATION_FILE = "calibration.json"
 """Per-column methods and calibrated thresholds of a version, and the budget they meet."""
 TAG_DRIFT_CALIBRATION = "driftloop.drift_calibration"
 """Version tag: a one-line summary of the drift calibration stored in its run."""
+
+
+def watch_tags(promise: WatchPromise) -> dict[str, str]:
+    """The version tags that keep a promoted champion's promise (one tag per field)."""
+    return {f"{TAG_WATCH_PREFIX}{name}": str(value) for name, value in msgspec.to_builtins(promise).items()} | {
+        TAG_WATCH_STATUS: "watching"
+    }
+
+
+def watch_from_tags(tags: Mapping[str, str]) -> WatchPromise | None:
+    """The promise kept in a version's tags, or None when it has none."""
+    fields = {k.removeprefix(TAG_WATCH_PREFIX): v for k, v in tags.items() if k.startswith(TAG_WATCH_PREFIX)}
+    return msgspec.convert(fields, WatchPromise, strict=False) if fields else None

@@ -229,10 +229,16 @@ async def run_loop(stack: Stack, settings: StackSettings, timeline: Timeline) ->
             label_share=settings.sim_label_share,
             seed=settings.sim_seed,
             token=stack.tokens["label"],
+            mean_requests=settings.sim_mean_requests,
+            affinity=settings.sim_user_affinity,
+            label_delay_seconds=settings.sim_label_delay_seconds,
+            label_delay_max_seconds=settings.sim_label_delay_max_seconds,
         )
         timeline.log(
             f"traffic: {settings.sim_reference_requests} requests from the reference distribution "
-            f"at {settings.sim_rate:.0f}/s, {settings.sim_label_share:.0%} labelled"
+            f"at {settings.sim_rate:.0f}/s, {settings.sim_label_share:.0%} labelled (half of them late: mean "
+            f"{settings.sim_label_delay_seconds:g} s), users with {settings.sim_mean_requests:g} requests each "
+            "on average"
         )
         await sim.run(requests=settings.sim_reference_requests)
         drift = {

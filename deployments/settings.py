@@ -62,7 +62,15 @@ class StackSettings(BaseSettings):
     )
     demo_keep_running: bool = Field(False, description="Keep every service up after the loop closed (Ctrl-C stops).")
     sim_rate: float = Field(40.0, description="Requests per second the traffic simulator sends.")
-    sim_users: int = Field(500, description="Distinct simulated users.")
+    sim_users: int = Field(500, description="Simulated users active at a time (each replaced after its last request).")
+    sim_mean_requests: float = Field(5.0, description="Mean of the geometric number of requests per user.")
+    sim_user_affinity: float = Field(
+        0.7, description="Share of a user's requests drawn from the user's own class (per-user heterogeneity)."
+    )
+    sim_label_delay_seconds: float = Field(
+        20.0, description="Mean delay of a label that arrives later (exponential; 0: at once)."
+    )
+    sim_label_delay_max_seconds: float = Field(120.0, description="Longest delay of a late label.")
     sim_label_share: float = Field(0.8, description="Share of requests whose label arrives (inline or later).")
     sim_reference_requests: int = Field(
         300, description="Requests from the reference distribution before drift starts."

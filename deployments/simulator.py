@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from contracts.api import IDEMPOTENCY_HEADER
+from contracts.api import IDEMPOTENCY_HEADER, ROUTE_FEEDBACK, ROUTE_PREDICT
 from contracts.auth import bearer
 
 SCENARIOS = ("scale", "shift", "none")
@@ -68,11 +68,56 @@ class TrafficStats:
     errors: list[str] = field(default_factory=list)
 
 
-class Simulator:
-    """Sends prediction requests at a steady rate for a population of users, labelling a share of them.
+class UserStream:
+    """Who sends the next requests: users with a geometric number of requests each, interleaved, each drawing
+    mostly from their own part of the data (so one user's requests are alike: per-user heterogeneity).
 
-    Labels need the router's label token (`token`); every prediction carries an idempotency key, so a retry
-    after a timeout or a 503 is counted once.
+    `active` users are live at a time; a user who sent their last request is replaced by a new one.
+    """
+
+    def __init__(
+        self, rng: np.random.Generator, *, active: int, mean_requests: float, classes: list[object], affinity: float
+    ) -> None:
+        self.rng = rng
+        self.mean_requests = mean_requests
+        self.classes = classes
+        self.affinity = affinity
+        self.next_id = 0
+        self.pool: list[list] = [self._new() for _ in range(active)]
+
+    def _new(self) -> list:
+        """[user id, requests left, preferred class]."""
+        self.next_id += 1
+        left = int(self.rng.geometric(1 / self.mean_requests))
+        return [f"user-{self.next_id:06d}", left, self.classes[int(self.rng.integers(len(self.classes)))]]
+
+    @property
+    def started(self) -> int:
+        """Users that have started so far."""
+        return self.next_id
+
+    def take(self, n: int) -> list[tuple[str, object | None]]:
+        """The next `n` (user, preferred class or None) pairs; None: this request is drawn from all the data."""
+        out = []
+        for _ in range(n):
+            slot = int(self.rng.integers(len(self.pool)))
+            user = self.pool[slot]
+            prefers = user[2] if self.rng.random() < self.affinity else None
+            out.append((user[0], prefers))
+            user[1] -= 1
+            if user[1] <= 0:
+                self.pool[slot] = self._new()
+        return out
+
+
+class Simulator:
+    """Sends prediction requests at a steady rate for a stream of users, labelling a share of them.
+
+    Users send a geometric number of requests each (mean `mean_requests`), mostly drawn from their own class of the
+    data (`affinity`), so requests of one user are correlated as real users' are. Labels arrive inline or later:
+    a later label is posted after an exponential delay (mean `label_delay_seconds`, at most `label_delay_max_seconds`).
+    Labels need the router's label token (`token`); every prediction carries an idempotency key, so a retry after a
+    timeout or a 503 is counted once.
     """
 
     def __init__(
@@ -87,22 +132,58 @@ class Simulator:
         seed: int,
         concurrency: int = 16,
         token: str | None = None,
+        mean_requests: float = 5.0,
+        affinity: float = 0.7,
+        label_delay_seconds: float = 0.0,
+        label_delay_max_seconds: float = 120.0,
     ):
         self.router_url = router_url
         self.headers = bearer(token)
         self.reference = reference
         self.target = target
-        self.users = [f"user-{i:05d}" for i in range(users)]
         self.rate = rate
         self.label_share = label_share
         self.rng = np.random.default_rng(seed)
         self.concurrency = concurrency
         self.stats = TrafficStats()
+        self.label_delay_seconds = label_delay_seconds
+        self.label_delay_max_seconds = label_delay_max_seconds
+        self.by_class = {label: group for label, group in reference.groupby(target)}
+        self.stream = UserStream(
+            self.rng, active=users, mean_requests=mean_requests, classes=list(self.by_class), affinity=affinity
+        )
+        self._labels: set[asyncio.Task] = set()
 
-    def batch(self, n: int, *, drift: dict | None) -> pd.DataFrame:
-        """The next `n` rows to send, drifted by `drift` (keyword arguments of `apply_drift`) when given."""
-        rows = sample_rows(self.reference, n, self.rng, target=self.target)
+    def batch(self, n: int, *, drift: dict | None, prefers: list[object | None] | None = None) -> pd.DataFrame:
+        """The next `n` rows to send, drifted by `drift` (keyword arguments of `apply_drift`) when given.
+
+        `prefers[i]` names the class row i is drawn from (None: the whole reference).
+        """
+        if prefers is None or all(p is None for p in prefers):
+            rows = sample_rows(self.reference, n, self.rng, target=self.target)
+        else:
+            parts = [
+                sample_rows(self.reference if p is None else self.by_class[p], 1, self.rng, target=self.target)
+                for p in prefers
+            ]
+            rows = pd.concat(parts, ignore_index=True)
+            # The jitter of one-row samples is set by the reference's spread, as for whole batches.
         return apply_drift(rows, reference=self.reference, **drift) if drift else rows
+
+    async def _label_later(self, client: httpx.AsyncClient, request_id: str, label: object) -> None:
+        """Post a label after the simulated delay (labels of real traffic arrive seconds to minutes later)."""
+        if self.label_delay_seconds > 0:
+            delay = min(float(self.rng.exponential(self.label_delay_seconds)), self.label_delay_max_seconds)
+            await asyncio.sleep(delay)
+        try:
+            feedback = await client.post(ROUTE_FEEDBACK, json={"request_id": request_id, "label": label})
+            feedback.raise_for_status()
+            self.stats.labelled_later += 1
+        except httpx.HTTPError as exc:
+            self.stats.failed += 1
+            if len(self.stats.errors) < 20:
+                detail = exc.response.text[:300] if isinstance(exc, httpx.HTTPStatusError) else repr(exc)
+                self.stats.errors.append(detail)
 
     async def _one(self, client: httpx.AsyncClient, user: str, row: dict, label_mode: str) -> None:
         label = row.pop(self.target)
@@ -122,9 +203,9 @@ class Simulator:
             if label_mode == "inline":
                 self.stats.labelled_inline += 1
             elif label_mode == "later":
-                feedback = await client.post("/feedback", json={"request_id": served["request_id"], "label": label})
-                feedback.raise_for_status()
-                self.stats.labelled_later += 1
+                task = asyncio.create_task(self._label_later(client, served["request_id"], label))
+                self._labels.add(task)
+                task.add_done_callback(self._labels.discard)
         except httpx.HTTPError as exc:
             self.stats.failed += 1
             if len(self.stats.errors) < 20:
@@ -135,10 +216,10 @@ class Simulator:
     async def _predict(client: httpx.AsyncClient, body: dict) -> httpx.Response:
         """POST /predict; one retry with the same idempotency key when the store was busy (503)."""
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
-        response = await client.post("/predict", json=body, headers=headers)
+        response = await client.post(ROUTE_PREDICT, json=body, headers=headers)
         if response.status_code == 503 and "retry-after" in response.headers:
             await asyncio.sleep(min(float(response.headers["retry-after"]), 5.0))
-            response = await client.post("/predict", json=body, headers=headers)
+            response = await client.post(ROUTE_PREDICT, json=body, headers=headers)
         response.raise_for_status()
         return response
 
@@ -152,8 +233,9 @@ class Simulator:
         async with httpx.AsyncClient(base_url=self.router_url, timeout=10, headers=self.headers) as client:
             while (requests is None or sent < requests) and not (stop and stop.is_set()):
                 n = 32 if requests is None else min(32, requests - sent)
-                rows = self.batch(n, drift=drift).to_dict("records")
-                users = self.rng.choice(self.users, size=n)
+                who = self.stream.take(n)
+                rows = self.batch(n, drift=drift, prefers=[p for _, p in who]).to_dict("records")
+                users = [u for u, _ in who]
                 modes = self.rng.choice(
                     ["inline", "later", "none"],
                     size=n,
@@ -174,4 +256,7 @@ class Simulator:
                     sent += 1
             if pending:
                 await asyncio.gather(*pending)
+            if self._labels:
+                # Late labels still in flight: wait for them (at most their longest delay), the client must stay open.
+                await asyncio.wait(set(self._labels), timeout=self.label_delay_max_seconds + 10)
         return self.stats

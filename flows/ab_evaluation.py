@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from contracts import events
-from contracts.api import INVALID, PROMOTE, ROLLBACK, ExperimentEnd, ExperimentPlan, Health, Outcomes
+from contracts.api import INVALID, PROMOTE, ROLLBACK, ExperimentEnd, ExperimentPause, ExperimentPlan, Health, Outcomes
+from contracts.decision import Decision, WatchPromise, WatchResult
 from contracts.registry import CHALLENGER, CHAMPION
 from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
@@ -31,9 +31,6 @@ from flows.tasks import (
     router,
     run_name,
 )
-
-if TYPE_CHECKING:
-    from flows.lib import experiment
 
 IO = IO_RETRIES
 
@@ -69,19 +66,101 @@ def latency_breach_streak(model_name: str, experiment_id: str) -> int:
 
 
 @task
-def decide(outcomes: Outcomes, plan: ExperimentPlan, prior_latency_breaches: int) -> experiment.Decision:
-    """SRM check, guardrails, then the always-valid test of the primary metric."""
-    from flows.lib import experiment
+def decide(outcomes: Outcomes, plan: ExperimentPlan, prior_latency_breaches: int) -> Decision:
+    """Pause state, SRM, guardrails (non-inferiority), then the always-valid test of the primary metric."""
+    from flows.lib import ab_policy
 
-    evidence = experiment.evidence_from_outcomes(
+    evidence = ab_policy.evidence_from_outcomes(
         outcomes, plan, datetime.now(UTC), prior_latency_breaches=prior_latency_breaches
     )
-    return experiment.decide(evidence)
+    return ab_policy.decide(evidence)
+
+
+@task(**IO)
+def pause_at_router(settings: FlowSettings, challenger_version: str, reason: str) -> None:
+    """Pause the experiment: the champion serves everyone, the challenger keeps its alias."""
+    with router(settings) as client:
+        client.pause_experiment(ExperimentPause(challenger_version=challenger_version, reason=reason[:2000]))
+
+
+@task(**IO)
+def keep_promise(model_name: str, promise: WatchPromise) -> None:
+    """Tag the new champion with what the experiment promised (the post-promotion watch reads it)."""
+    from contracts.registry import watch_tags
+    from flows.lib import registry
+
+    registry.tag_version(model_name, promise.version, watch_tags(promise))
+
+
+@task(**IO)
+def promise_of_champion(model_name: str) -> tuple[str, WatchPromise | None, str]:
+    """The champion's version, the promise it is watched against (None: none), and its watch status."""
+    from contracts.registry import TAG_WATCH_STATUS, watch_from_tags
+    from flows.lib import registry
+
+    version = registry.get_version(model_name, CHAMPION)
+    if version is None:
+        return "", None, ""
+    return str(version.version), watch_from_tags(version.tags), version.tags.get(TAG_WATCH_STATUS, "")
+
+
+@task(**IO)
+def end_watch(model_name: str, version: str, status: str) -> None:
+    """Record how the watch of a champion ended (`held`, or `regressed`)."""
+    from contracts.registry import TAG_WATCH_STATUS
+    from flows.lib import registry
+
+    registry.tag_version(model_name, version, {TAG_WATCH_STATUS: status})
+
+
+@task(**IO)
+def watch_rollback(model_name: str, result: WatchResult, decision_id: str, loop_id: str) -> tuple[str, str]:
+    """Move `champion` back to the version the watched one replaced, audited like every alias move."""
+    from contracts.registry import REQUESTED_BY_LOOP
+    from flows.lib import registry
+
+    return registry.rollback_champion(
+        model_name, reason=f"post-promotion watch: {result.reason}", requested_by=REQUESTED_BY_LOOP,
+        to_version=result.previous_version, decision_id=decision_id, loop_id=loop_id,
+    )  # fmt: skip
+
+
+def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) -> dict:
+    """The post-promotion watch of the champion served alone: its accuracy since the promotion against its promise."""
+    from flows.lib import ab_policy
+
+    version, promise, status = promise_of_champion(model_name)
+    if promise is None or status != "watching" or version != outcomes.champion_version:
+        return {"decision": "NO_EXPERIMENT", "router_challenger": "none", "watch": status or "none"}
+    champion = outcomes.arm(CHAMPION)
+    elapsed = (datetime.now(UTC) - promise.promoted_at).total_seconds() / 3600
+    result = ab_policy.watch(promise, None if champion is None else champion.user_sums, elapsed)
+    print(f"watch of v{version}: {result.verdict}: {result.reason}")
+    create_markdown_artifact(
+        key="ab-watch", markdown=f"# Post-promotion watch: {model_name} v{version}\n\n**{result.verdict}**: "
+        f"{result.reason}\n\n{elapsed:.2f} h of {promise.period_hours:g} h watched.",
+    )  # fmt: skip
+    if result.verdict == "REGRESSION":
+        decision_id = new_id()
+        before, after = watch_rollback(model_name, result, decision_id, promise.loop_id)
+        end_watch(model_name, version, "regressed")
+        with router(settings) as client:
+            client.reload_models()
+        payload = events.WatchPayload(
+            model_name=model_name, version=before, previous_version=after, accuracy=result.accuracy,
+            cs_upper=result.cs_upper, threshold=result.threshold, expected_accuracy=result.expected_accuracy,
+            scored=result.scored, elapsed_hours=result.elapsed_hours, reason=result.reason, decision_id=decision_id,
+            loop_id=promise.loop_id,
+        ).model_dump(mode="json")  # fmt: skip
+        emit(events.MODEL_WATCH_REGRESSED, model_name, payload, version=before)
+    elif result.verdict == "DONE":
+        end_watch(model_name, version, "held")
+    return {"decision": "WATCH", "watch": result.to_dict()}
 
 
 @task(**IO)
 def record_look(
-    decision: experiment.Decision,
+    decision: Decision,
     *,
     outcomes: Outcomes,
     decision_id: str,
@@ -151,10 +230,17 @@ def ab_evaluation(model_name: str | None = None) -> dict:
     model_name = model_name or settings.model_name
     # The router first: without a challenger there is nothing to evaluate, and MLflow need not even be imported.
     health = router_health(settings)
-    if health.champion_version is None or health.challenger_version is None:
-        print(f"skipped: the router serves no experiment (champion {health.champion_version}, challenger "
-              f"{health.challenger_version})")  # fmt: skip
+    if health.champion_version is None:
+        print("skipped: the router serves no champion")
         return {"decision": "NO_EXPERIMENT", "router_challenger": "none"}
+    if health.challenger_version is None:
+        # No experiment: the champion may be under its post-promotion watch.
+        outcomes = fetch_outcomes(settings)
+        connect_mlflow(settings)
+        result = watch_champion(settings, model_name, outcomes)
+        if result["decision"] == "NO_EXPERIMENT":
+            print(f"skipped: the router serves no experiment (champion {health.champion_version}), no watch")
+        return result
     outcomes = fetch_outcomes(settings)
     if outcomes.challenger_version is None:
         print(f"skipped: the router serves no challenger (experiment {outcomes.experiment_id})")
@@ -176,42 +262,35 @@ def ab_evaluation(model_name: str | None = None) -> dict:
 
     decision = decide(outcomes, plan, latency_breach_streak(model_name, outcomes.experiment_id))
     decision_id = new_id()
+    as_dict = decision.to_dict()
     where = record_look(
         decision, outcomes=outcomes, decision_id=decision_id, loop_id=plan.loop_id, model_name=model_name,
         reports_dir=settings.home / "reports", tracking_uri=settings.mlflow_tracking_uri,
     )  # fmt: skip
     print(f"{decision.decision}: {decision.reason}")
+    print(f"what would change it: {decision.what_would_change}")
 
-    ev, arms = decision.evidence, decision.evidence["arms"]
+    ev, arms = as_dict["evidence"], as_dict["evidence"]["arms"]
     create_table_artifact(
         key="ab-look",
         table=[
             {"arm": arm, **{k: v for k, v in values.items() if k != "version"}, "version": values["version"]}
             for arm, values in arms.items()
         ],
-        description=f"**{decision.decision}** ({ev['rule']}): {decision.reason}",
+        description=f"**{decision.decision}** ({decision.rule}): {decision.reason}",
     )
     from flows.lib import ab_report
 
-    primary, plain_p = ab_report.primary_numbers(ev), ab_report.nan_if_none(ev["plain_chi2"]["p_value"])
-    guardrails = "\n".join(f"- {'holds' if g['holds'] else '**breached**'}: {g['detail']}" for g in ev["guardrails"])
     create_markdown_artifact(
         key="ab-summary",
-        markdown=(
-            f"# A/B look: {model_name} {outcomes.experiment_id}\n\n**{decision.decision}**: {decision.reason}\n\n"
-            f"- lift {primary['d_hat']:+.4f}, 95% always-valid CS [{primary['cs_lower']:+.4f}, "
-            f"{primary['cs_upper']:+.4f}], always-valid p {primary['always_valid_p']:.3g} (NaN: too few labels yet)\n"
-            f"- plain chi-squared p {plain_p:.3g} (not peeking-safe, for reference)\n"
-            f"- SRM p: all traffic {ev['srm']['all_traffic']['p_value']}, labelled {ev['srm']['labelled']['p_value']}"
-            f" (threshold {plan.srm_threshold})\n"
-            f"- samples {ev['samples']['labelled_per_arm']} of {plan.min_samples_per_arm} planned per arm; "
-            f"elapsed {ev['elapsed_hours']} h of {plan.max_duration_hours}\n\n**Guardrails**\n\n{guardrails}\n\n"
-            f"decision `{decision_id}`, loop `{plan.loop_id}`; [MLflow run with plot and report]({where['run_url']})"
+        markdown=ab_report.summary_markdown(
+            decision, model_name=model_name, experiment_id=outcomes.experiment_id, decision_id=decision_id,
+            run_url=where["run_url"],
         ),
-    )
+    )  # fmt: skip
     create_link_artifact(key="ab-look-run", link=where["run_url"], link_text="A/B look in MLflow (plot, report)")
 
-    champion_arm, challenger_arm = arms["champion"], arms["challenger"]
+    champion_arm, challenger_arm = arms[CHAMPION], arms[CHALLENGER]
     payload = events.DecisionPayload(
         model_name=model_name,
         decision_id=decision_id,
@@ -231,8 +310,12 @@ def ab_evaluation(model_name: str | None = None) -> dict:
     moved = {"reason": decision.reason, "decision_id": decision_id, "loop_id": plan.loop_id, "evidence": ev}
     if decision.decision not in (PROMOTE, ROLLBACK):
         emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
-        if decision.decision == INVALID:
+        if decision.decision == INVALID and decision.rule != "paused":
+            # Newly invalid: pause (the champion serves everyone, the challenger keeps its alias) until an operator
+            # resumes or ends it; a paused experiment at its maximum duration is rolled back by `decide`.
+            pause_at_router(settings, version, f"INVALID: {decision.reason}")
             emit(events.EXPERIMENT_INVALID, model_name, payload, version=version)
+            emit(events.EXPERIMENT_PAUSED, model_name, payload, version=version)
     else:
         with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
             # Re-read both aliases under the lock: another look (or a control) may have acted since this one read.
@@ -242,10 +325,14 @@ def ab_evaluation(model_name: str | None = None) -> dict:
             stale = moved_since(seen, current_aliases(model_name))
             if stale is not None:
                 print(f"{decision.decision} not carried out: {stale}")
-                return decision.to_dict() | {"decision_id": decision_id, "superseded": stale} | where
+                return as_dict | {"decision_id": decision_id, "superseded": stale} | where
             emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
             if decision.decision == PROMOTE:
+                from flows.lib import ab_policy
+
                 promote(model_name, version, **moved)
+                if plan.watch_hours > 0:
+                    keep_promise(model_name, ab_policy.promise_of(decision, plan.watch_hours, datetime.now(UTC)))
                 end = ExperimentEnd(challenger_version=version, decision=PROMOTE, reason=decision.reason)
                 end_at_router(settings, end, split=None)
                 emit(events.MODEL_PROMOTED, model_name, payload, version=version)
@@ -259,4 +346,4 @@ def ab_evaluation(model_name: str | None = None) -> dict:
     from prefect.runtime import flow_run
 
     ids = {"decision_id": decision_id, "experiment_id": outcomes.experiment_id, "flow_run_id": flow_run.id}
-    return decision.to_dict() | ids | where
+    return as_dict | ids | where

@@ -5,6 +5,8 @@
     uv run python -m flows.controls promote 6 --reason "hotfix validated offline"
     uv run python -m flows.controls retrain --reason "new labels from the audit"
     uv run python -m flows.controls end --reason "experiment no longer needed"
+    uv run python -m flows.controls pause --reason "labels of the challenger's users stopped arriving"
+    uv run python -m flows.controls resume --reason "label pipeline fixed"
 
 Every control is audited exactly like the loop's own moves: a run in the MLflow alias history with the reason and who
 asked, version tags, and a `driftloop.control.<action>` event. The router is told at once (it also picks the move up
@@ -21,7 +23,7 @@ import sys
 from prefect import flow, task
 
 from contracts import events
-from contracts.api import PROMOTE, ROLLBACK, ExperimentEnd
+from contracts.api import PROMOTE, ROLLBACK, ExperimentEnd, ExperimentPause
 from contracts.registry import CHALLENGER, CHAMPION
 from flows.settings import get_settings
 from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, new_id, registry_lock, router, run_name
@@ -173,6 +175,74 @@ def end_experiment(reason: str, requested_by: str, model_name: str | None = None
                      decision_id=decision_id)  # fmt: skip
 
 
+@task(**IO_RETRIES)
+def audit_pause(model_name: str, version: str, *, reason: str, requested_by: str, decision_id: str) -> str:
+    """Record a pause or resume in the alias history (the alias stays: from and to are the same version)."""
+    from flows.lib import registry
+
+    move = registry.AliasMove(model_name, CHALLENGER, version, version, reason, decision_id, "", {}, requested_by)
+    return registry.record_move(move)
+
+
+@task(retries=2, retry_delay_seconds=[2, 5])
+def pause_or_resume_at_router(action: str, challenger: str, reason: str) -> str:
+    """Pause or resume the experiment of `challenger` at the router; returns its status after."""
+    with router(get_settings()) as client:
+        body = ExperimentPause(challenger_version=challenger, reason=reason)
+        done = client.pause_experiment(body) if action == "pause" else client.resume_experiment(body)
+    return done.status
+
+
+def _pause_or_resume(action: str, reason: str, requested_by: str, model_name: str | None) -> dict:
+    _required(reason=reason, requested_by=requested_by)
+    settings = get_settings()
+    model_name = model_name or settings.model_name
+    connect_mlflow(settings)
+    challenger = find_version(model_name, CHALLENGER)
+    if challenger is None:
+        raise LookupError(f"{model_name} has no {CHALLENGER}: no experiment to {action}")
+    version, decision_id = challenger["version"], new_id()
+    status = pause_or_resume_at_router(action, version, reason)
+    verb = "paused" if action == "pause" else "resumed"
+    audit_pause(model_name, version, reason=f"experiment {verb}: {reason}", requested_by=requested_by,
+                decision_id=decision_id)  # fmt: skip
+    print(f"experiment of v{version} is {status}")
+    return _announce(action, model_name, requested_by=requested_by, reason=reason, version=version, previous=version,
+                     decision_id=decision_id)  # fmt: skip
+
+
+@flow(name="pause-experiment", flow_run_name=run_name("pause-experiment"), log_prints=True)
+def pause_experiment(reason: str, requested_by: str, model_name: str | None = None) -> dict:
+    """Pause the running experiment: the champion serves everyone, the challenger keeps its alias, no look decides
+    until it is resumed (a paused experiment at its maximum duration is rolled back).
+
+    Args:
+        reason: Why (recorded in the alias history and the event).
+        requested_by: Who asks.
+        model_name: Registered model (default from settings).
+
+    Returns:
+        The control's event payload.
+    """
+    return _pause_or_resume("pause", reason, requested_by, model_name)
+
+
+@flow(name="resume-experiment", flow_run_name=run_name("resume-experiment"), log_prints=True)
+def resume_experiment(reason: str, requested_by: str, model_name: str | None = None) -> dict:
+    """Resume a paused experiment: the split applies again, and a sample ratio mismatch is from then on reported but
+    not acted on (the operator judged it explained).
+
+    Args:
+        reason: Why (recorded in the alias history and the event).
+        requested_by: Who asks.
+        model_name: Registered model (default from settings).
+
+    Returns:
+        The control's event payload.
+    """
+    return _pause_or_resume("resume", reason, requested_by, model_name)
+
+
 @flow(name="retrain-now", flow_run_name=run_name("retrain-now"), log_prints=True)
 def retrain_now(reason: str, requested_by: str, model_name: str | None = None, force: bool = False) -> dict:
     """Start the retrain deployment now, recorded as a manual trigger (same flow, gate and one-in-flight rule).
@@ -203,7 +273,14 @@ def retrain_now(reason: str, requested_by: str, model_name: str | None = None, f
     return payload | {"flow_run_id": str(run.id)}
 
 
-CONTROLS = {"rollback": rollback, "promote": promote, "end": end_experiment, "retrain": retrain_now}
+CONTROLS = {
+    "rollback": rollback,
+    "promote": promote,
+    "end": end_experiment,
+    "pause": pause_experiment,
+    "resume": resume_experiment,
+    "retrain": retrain_now,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--reason", required=True)
     one = sub.add_parser("end", help="end the running experiment (the challenger stops serving)")
     one.add_argument("--reason", required=True)
+    one = sub.add_parser("pause", help="pause the running experiment (the champion serves everyone)")
+    one.add_argument("--reason", required=True)
+    one = sub.add_parser("resume", help="resume the paused experiment")
+    one.add_argument("--reason", required=True)
     one = sub.add_parser("retrain", help="start the retrain deployment now")
     one.add_argument("--force", action="store_true", help="retrain even while a challenger is under test")
     one.add_argument("--reason", required=True)
@@ -236,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         result = promote(version=args.version, **common)
     elif args.action == "end":
         result = end_experiment(**common)
+    elif args.action == "pause":
+        result = pause_experiment(**common)
+    elif args.action == "resume":
+        result = resume_experiment(**common)
     else:
         result = retrain_now(**common, force=args.force)
     print(result)

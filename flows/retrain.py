@@ -14,7 +14,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from contracts import events
-from contracts.api import ExperimentPlan
+from contracts.api import ArmOutcome, ExperimentPlan
 from contracts.registry import (
     CHALLENGER,
     CHAMPION,
@@ -154,33 +154,75 @@ def score(pipeline: Any, data: pd.DataFrame, target: str) -> dict[str, float]:
     return training.evaluate(pipeline, data, target)
 
 
-@task
-def plan_experiment(
-    settings: FlowSettings, *, champion_version: str, challenger_version: str, baseline: float, loop_id: str
-) -> ExperimentPlan:
-    """Size the A/B experiment for the challenger: alpha, power, MDE, baseline, samples, duration, guardrails."""
-    from flows.lib import experiment
+@task(**IO_RETRIES)
+def champion_traffic(settings: FlowSettings) -> ArmOutcome | None:
+    """The champion's arm of the router's current outcomes (its recent traffic: rates and per-user sums)."""
+    with router(settings) as client:
+        outcomes = client.outcomes()
+    return outcomes.arm(CHAMPION)
 
-    sequential_n, fixed_n = experiment.plan_sample_size(
-        baseline=baseline, mde=settings.ab_mde, alpha=settings.ab_alpha, power=settings.ab_power
-    )
-    return ExperimentPlan(
+
+@task
+def planned_baseline(observed: float, settings: FlowSettings) -> float:
+    """The champion's level the experiment is planned against (see `ab_plan.plannable_baseline`)."""
+    from flows.lib import ab_plan
+
+    return ab_plan.plannable_baseline(observed, mde=settings.ab_mde, relative=settings.ab_mde_relative)
+
+
+def plan_experiment(
+    settings: FlowSettings,
+    *,
+    champion_version: str,
+    challenger_version: str,
+    baseline: float,
+    loop_id: str,
+    traffic: ArmOutcome | None,
+) -> ExperimentPlan:
+    """Size the A/B experiment for the challenger: design effect, feasibility, alpha, power, MDE, guardrails."""
+    from flows.lib import ab_plan
+
+    inputs = ab_plan.PlanInputs(
         champion_version=champion_version,
         challenger_version=challenger_version,
+        baseline=baseline,
         alpha=settings.ab_alpha,
         power=settings.ab_power,
         mde=settings.ab_mde,
-        baseline=baseline,
-        min_samples_per_arm=sequential_n,
-        fixed_horizon_samples_per_arm=fixed_n,
+        mde_relative=settings.ab_mde_relative,
         ab_split_b=settings.ab_split_b,
         max_duration_hours=settings.ab_max_duration_hours,
         srm_threshold=settings.ab_srm_threshold,
         guardrail_error_margin=settings.ab_guardrail_error_margin,
+        guardrail_error_margin_relative=settings.ab_guardrail_error_margin_relative,
         guardrail_latency_margin=settings.ab_guardrail_latency_margin,
         guardrail_latency_slack_ms=settings.ab_guardrail_latency_slack_ms,
+        watch_hours=settings.ab_watch_hours,
         loop_id=loop_id,
     )
+    return ab_plan.make_plan(inputs, traffic)
+
+
+def report_infeasible(model_name: str, plan: ExperimentPlan) -> None:
+    """An infeasible plan is said at once: an event, and a markdown artifact on this run."""
+    payload = events.InfeasiblePayload(
+        model_name=model_name,
+        champion_version=plan.champion_version,
+        challenger_version=plan.challenger_version,
+        min_samples_per_arm=plan.min_samples_per_arm,
+        expected_hours=plan.expected_hours,
+        max_duration_hours=plan.max_duration_hours,
+        feasibility=plan.feasibility,
+        loop_id=plan.loop_id,
+    ).model_dump(mode="json")
+    emit(events.EXPERIMENT_INFEASIBLE, model_name, payload, version=plan.challenger_version)
+    create_markdown_artifact(
+        key="ab-plan-infeasible",
+        markdown=f"# Infeasible A/B plan: {model_name} v{plan.challenger_version}\n\n{plan.feasibility}\n\n"
+        "The experiment starts all the same; unless traffic grows, it ends at its maximum duration without a "
+        "verdict (ROLLBACK). Plan a larger MDE, a longer maximum duration or a larger split.",
+    )
+    print(f"INFEASIBLE plan: {plan.feasibility}")
 
 
 @task(**IO_RETRIES)
@@ -319,11 +361,10 @@ def retrain(
         plan = None
         if passed:
             observed = score(champion_pipeline, fresh, settings.target)["accuracy"]
-            # A lift of `mde` must fit under 100%: a champion already near perfect is planned against 1 - mde.
-            baseline = min(observed, 1.0 - settings.ab_mde - 0.005)
+            baseline = planned_baseline(observed, settings)
             plan = plan_experiment(
                 settings, champion_version=champion["version"], challenger_version=version, baseline=baseline,
-                loop_id=loop_id,
+                loop_id=loop_id, traffic=champion_traffic(settings),
             )  # fmt: skip
             tags |= plan_tags(plan)
         tag_version(model_name, version, tags)
@@ -345,8 +386,11 @@ def retrain(
             print(
                 f"experiment planned: baseline accuracy {plan.baseline:.3f}, MDE {plan.mde}, alpha {plan.alpha}, "
                 f"power {plan.power}: {plan.min_samples_per_arm} labelled outcomes per arm "
-                f"(single-look test: {plan.fixed_horizon_samples_per_arm}), at most {plan.max_duration_hours} h"
+                f"(single-look test: {plan.fixed_horizon_samples_per_arm}), at most {plan.max_duration_hours} h; "
+                f"design effect {plan.design_effect:.2f} ({plan.design_effect_source}); {plan.feasibility}"
             )
+            if not plan.feasible:
+                report_infeasible(model_name, plan)
     print(f"v{version} ({result.model_id}) {'is the new ' + CHALLENGER if passed else 'failed the gate'}: {why}")
     if result.tuning is not None:
         print(f"tuning {result.tuning.model_id}: {result.tuning.reason}")

@@ -174,14 +174,28 @@ class FlowSettings(RouterTokens):
 
     ab_alpha: float = Field(0.05, description="Significance level of the A/B test (valid under repeated looks).")
     ab_power: float = Field(0.8, description="Power the experiment is planned for.")
-    ab_mde: float = Field(0.05, description="Minimum detectable effect: absolute accuracy lift planned for.")
+    ab_mde: float = Field(
+        0.05, description="Minimum detectable effect: accuracy lift planned for (absolute, or relative: see below)."
+    )
+    ab_mde_relative: bool = Field(
+        False, description="Read `ab_mde` as relative to the champion's accuracy (0.05: a 5% better accuracy)."
+    )
     ab_split_b: float = Field(0.5, description="Share of users sent to the challenger during an experiment.")
     ab_max_duration_hours: float = Field(72.0, description="An experiment without a win by then is rolled back.")
     ab_srm_threshold: float = Field(
-        _PLAN["srm_threshold"], description="Sample ratio mismatch when the chi-squared p is below this."
+        _PLAN["srm_threshold"],
+        description="Level of the always-valid sample ratio test over all looks (a mismatch pauses the experiment).",
     )
     ab_guardrail_error_margin: float = Field(
-        _PLAN["guardrail_error_margin"], description="Allowed extra error rate of the challenger (absolute)."
+        _PLAN["guardrail_error_margin"],
+        description="Error-rate non-inferiority margin, absolute part (added to the relative part).",
+    )
+    ab_guardrail_error_margin_relative: float = Field(
+        _PLAN["guardrail_error_margin_relative"],
+        description="Error-rate non-inferiority margin, relative part (a share of the champion's error rate).",
+    )
+    ab_watch_hours: float = Field(
+        72.0, ge=0, description="After a PROMOTE, watch the new champion this long against its promise (0: off)."
     )
     ab_guardrail_latency_margin: float = Field(
         _PLAN["guardrail_latency_margin"], description="Allowed extra p95 latency of the challenger (relative)."

@@ -191,6 +191,7 @@ def create_app(
         salt=settings.assignment_salt,
         split=split,
         max_abs_feature=settings.max_abs_feature,
+        fresh_salt=settings.fresh_salt_per_experiment,
     )
     batcher: MicroBatcher[PendingPrediction, PredictResponse] = MicroBatcher(
         # Two stages: the next batch is predicted while the previous one commits.

@@ -26,7 +26,9 @@ from contracts.api import (
     ROUTE_EXPERIMENT,
     ROUTE_EXPERIMENT_END,
     ROUTE_EXPERIMENT_OUTCOMES,
+    ROUTE_EXPERIMENT_PAUSE,
     ROUTE_EXPERIMENT_PLAN,
+    ROUTE_EXPERIMENT_RESUME,
     ROUTE_FEEDBACK,
     ROUTE_HEALTH,
     ROUTE_INFERENCES,
@@ -39,6 +41,7 @@ from contracts.api import (
     ErrorBody,
     Experiment,
     ExperimentEnd,
+    ExperimentPause,
     ExperimentPlan,
     FeedbackRequest,
     FeedbackResponse,
@@ -323,6 +326,32 @@ class ExperimentController(Controller):
             return experiments.end(data)
         finally:
             split.invalidate()
+
+    @post(
+        ROUTE_EXPERIMENT_PAUSE,
+        operation_id="pause_experiment",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        opt=ADMIN | JSON,
+        security=_SECURITY,
+        responses={**_BAD, **_AUTH, 409: _error("That challenger is not under test, or its experiment ended")},
+    )
+    def pause(self, data: ExperimentPause, experiments: ExperimentService) -> Experiment:
+        """Pause the experiment: the champion serves everyone, the challenger keeps its alias (a repeat is a no-op)."""
+        return experiments.pause(data)
+
+    @post(
+        ROUTE_EXPERIMENT_RESUME,
+        operation_id="resume_experiment",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        opt=ADMIN | JSON,
+        security=_SECURITY,
+        responses={**_BAD, **_AUTH, 409: _error("That challenger is not under test, or its experiment ended")},
+    )
+    def resume(self, data: ExperimentPause, experiments: ExperimentService) -> Experiment:
+        """Resume a paused experiment: the split in force applies again (a running one is left as it is)."""
+        return experiments.resume(data)
 
     @get(
         ROUTE_EXPERIMENT_OUTCOMES,

@@ -25,7 +25,17 @@ class RouterSettings(RouterTokens):
     router_host: str = Field("127.0.0.1", description="Interface the router binds to (non-loopback needs tokens).")
     router_port: int = Field(8000, description="Port the router listens on.")
     ab_split_b: float = Field(0.5, description="Initial share of users sent to the challenger (0..1).")
-    assignment_salt: str = Field("driftloop", description="Salt of the user hash; change it to reshuffle users.")
+    assignment_salt: str = Field(
+        "driftloop",
+        description="Salt of the user hash when experiments do not draw their own (see `fresh_salt_per_experiment`), "
+        "and of experiments stored by an older router.",
+    )
+    fresh_salt_per_experiment: bool = Field(
+        True,
+        description="Each experiment draws a fresh secret salt, kept in the store: every experiment reshuffles users "
+        "and nobody outside can pick a user id that lands on an arm. False: every experiment uses `assignment_salt` "
+        "(reproducible assignment, for tests).",
+    )
     model_refresh_seconds: float = Field(5.0, description="How often the router re-reads the aliases in MLflow.")
     model_retry_seconds: float = Field(
         60.0, description="A version that failed to load is tried again after this long (not at every refresh)."

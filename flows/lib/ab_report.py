@@ -10,7 +10,8 @@ from typing import Any
 import mlflow
 from scipy.stats import binomtest
 
-from contracts.registry import AB_EXPERIMENT
+from contracts.decision import Decision
+from contracts.registry import AB_EXPERIMENT, CHALLENGER, CHAMPION
 
 NAN = float("nan")
 LATENCY_BREACHED = "latency_breached"
@@ -39,11 +40,14 @@ def write_report(report: dict[str, Any], folder: Path, stamp: str) -> tuple[Path
 
 
 def plot_history(points: list[dict[str, Any]], path: Path, *, title: str) -> Path:
-    """Accuracy per arm over the looks with per-look Wilson bands, and the lift with its always-valid bounds.
+    """Accuracy per arm over the looks with per-look Wilson intervals, and the lift with its always-valid bounds.
+
+    The time axis is minutes since the first look (hours once the experiment runs past two), so a first look is
+    one readable point, not a date axis spanning years; intervals are drawn as error bars, visible from one look on.
 
     Args:
         points: One dict per look with `at` (datetime), `{arm}_accuracy`, `{arm}_low`, `{arm}_high` for
-            champion and challenger, and `d_hat`, `cs_lower`, `cs_upper`.
+            champion and challenger, and `d_hat`, `cs_lower`, `cs_upper` (NaN before the test can run).
         path: Where the PNG goes.
         title: Title of the figure.
     """
@@ -52,30 +56,87 @@ def plot_history(points: list[dict[str, Any]], path: Path, *, title: str) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted(points, key=lambda p: p["at"])
-    at = [p["at"] if isinstance(p["at"], datetime) else datetime.fromisoformat(str(p["at"])) for p in points]
+    points = sorted(points, key=lambda p: _moment(p["at"]))
+    start = _moment(points[0]["at"])
+    minutes = [(_moment(p["at"]) - start).total_seconds() / 60 for p in points]
+    hours = minutes[-1] > 120
+    x = [m / 60 for m in minutes] if hours else minutes
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for arm, color in (("champion", "tab:blue"), ("challenger", "tab:orange")):
-        top.plot(at, [p[f"{arm}_accuracy"] for p in points], marker="o", color=color, label=arm)
-        top.fill_between(
-            at, [p[f"{arm}_low"] for p in points], [p[f"{arm}_high"] for p in points], color=color, alpha=0.2
-        )
+    for offset, (arm, color) in zip((-0.15, 0.15), ((CHAMPION, "tab:blue"), (CHALLENGER, "tab:orange")), strict=True):
+        acc = [p[f"{arm}_accuracy"] for p in points]
+        low = [a - p[f"{arm}_low"] for a, p in zip(acc, points, strict=True)]
+        high = [p[f"{arm}_high"] - a for a, p in zip(acc, points, strict=True)]
+        shift = offset * (max(x) - min(x) or 1) / max(len(x), 1) / 4  # keep the two arms' bars apart
+        top.errorbar([v + shift for v in x], acc, yerr=[low, high], marker="o", capsize=4, color=color, label=arm)
     top.set_ylabel("accuracy (95% Wilson per look)")
     top.legend(loc="best")
     top.set_title(title)
-    bottom.plot(at, [p["d_hat"] for p in points], marker="o", color="black", label="challenger - champion")
-    lower = [max(p["cs_lower"], -1.0) for p in points]
-    upper = [min(p["cs_upper"], 1.0) for p in points]
-    bottom.fill_between(at, lower, upper, color="gray", alpha=0.3, label="always-valid confidence sequence")
+    tested = [(v, p) for v, p in zip(x, points, strict=True) if p["cs_lower"] == p["cs_lower"]]  # NaN-free
+    if tested:
+        xs = [v for v, _ in tested]
+        d = [p["d_hat"] for _, p in tested]
+        below = [p["d_hat"] - max(p["cs_lower"], -1.0) for _, p in tested]
+        above = [min(p["cs_upper"], 1.0) - p["d_hat"] for _, p in tested]
+        bottom.errorbar(xs, d, yerr=[below, above], marker="o", capsize=4, color="black",
+                        label="lift, always-valid confidence sequence")  # fmt: skip
+    else:
+        bottom.text(0.5, 0.5, "too few labelled outcomes to test yet", ha="center", transform=bottom.transAxes)
     bottom.axhline(0, color="red", linewidth=1)
-    bottom.set_ylabel("accuracy lift")
-    bottom.legend(loc="best")
-    fig.autofmt_xdate()
+    bottom.set_ylabel("accuracy lift (challenger - champion)")
+    bottom.set_xlabel("hours since the first look" if hours else "minutes since the first look")
+    if tested:
+        bottom.legend(loc="best")
+    if len(x) == 1:
+        bottom.set_xlim(x[0] - 1, x[0] + 1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _moment(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def summary_markdown(decision: Decision, *, model_name: str, experiment_id: str, decision_id: str, run_url: str) -> str:
+    """The look's markdown summary: decision, what would change it, the numbers, guardrails and SRM."""
+    ev, plan = decision.evidence, decision.evidence.plan
+    p = ev.primary
+    lift = (
+        "too few scored outcomes to test yet"
+        if p is None
+        else f"lift {p.d_hat:+.4f}, {100 * (1 - plan.alpha):g}% always-valid CS [{p.cs_lower:+.4f}, {p.cs_upper:+.4f}],"
+        f" always-valid p {p.always_valid_p:.3g} (cluster-robust over users; failed predictions count as misses)"
+    )
+    arms = "\n".join(
+        f"| {name} | v{a.version} | {a.users or '-'} | {a.scored} | "
+        f"{'-' if a.scored_accuracy is None else f'{a.scored_accuracy:.4f}'} | "
+        f"{'-' if a.error_rate is None else f'{a.error_rate:.4f}'} | "
+        f"{'-' if a.design_effect is None else f'{a.design_effect:.2f}'} |"
+        for name, a in ev.arms.items()
+    )
+    guardrails = "\n".join(
+        f"- {'**breached**' if not g.holds else 'shown' if g.shown else 'not shown yet'}: {g.name} {g.detail}"
+        for g in ev.guardrails
+    )
+    srm = ev.srm
+    return (
+        f"# A/B look: {model_name} {experiment_id}\n\n**{decision.decision}** ({ev.rule}): {decision.reason}\n\n"
+        f"**What would change it:** {decision.what_would_change}\n\n"
+        f"| arm | version | users | scored | accuracy | error rate | design effect |\n|---|---|---|---|---|---|---|\n"
+        f"{arms}\n\n- {lift}\n- plain chi-squared p {ev.plain_chi2.p_value:.3g} (not peeking-safe, for reference)\n"
+        f"- SRM (always-valid, level {plan.srm_threshold}): users p {srm.all_traffic.p_value:.3g}, labelled users p "
+        f"{srm.labelled.p_value:.3g}{' (overridden by a resume)' if srm.overridden else ''}\n"
+        f"- samples {ev.samples.labelled_per_arm} of {plan.min_samples_per_arm} planned per arm (design effect "
+        f"{plan.design_effect:.2f}); elapsed {_hours(ev.elapsed_hours)} of {plan.max_duration_hours:g} h; plan "
+        f"{'feasible' if plan.feasible else '**infeasible**'}: {plan.feasibility}\n\n**Guardrails**\n\n{guardrails}"
+        f"\n\ndecision `{decision_id}`, loop `{plan.loop_id}`; [MLflow run with plot and report]({run_url})"
+    )
+
+
+def _hours(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f} h"
 
 
 def primary_numbers(evidence: dict[str, Any]) -> dict[str, float]:
@@ -92,9 +153,10 @@ def look_point(at: datetime, evidence: dict[str, Any]) -> dict[str, Any]:
     """One look as a point of the history plot: accuracy per arm with its Wilson band, and the lift with its CS."""
     arms = evidence["arms"]
     point = {"at": at, **{k: primary_numbers(evidence)[k] for k in ("d_hat", "cs_lower", "cs_upper")}}
-    for arm in ("champion", "challenger"):
-        low, high = wilson(arms[arm]["correct"], arms[arm]["labelled"])
-        point |= {f"{arm}_accuracy": arms[arm]["accuracy"] or 0.0, f"{arm}_low": low, f"{arm}_high": high}
+    for arm in (CHAMPION, CHALLENGER):
+        # The primary metric: correct over scored (labelled answered + failed) requests.
+        low, high = wilson(arms[arm]["correct"], arms[arm]["scored"])
+        point |= {f"{arm}_accuracy": arms[arm]["scored_accuracy"] or 0.0, f"{arm}_low": low, f"{arm}_high": high}
     return point
 
 

@@ -14,13 +14,16 @@ from contracts.api import (
     ROUTE_EXPERIMENT,
     ROUTE_EXPERIMENT_END,
     ROUTE_EXPERIMENT_OUTCOMES,
+    ROUTE_EXPERIMENT_PAUSE,
     ROUTE_EXPERIMENT_PLAN,
+    ROUTE_EXPERIMENT_RESUME,
     ROUTE_HEALTH,
     ROUTE_INFERENCES,
     ROUTE_MODELS_RELOAD,
     ConfigUpdate,
     Experiment,
     ExperimentEnd,
+    ExperimentPause,
     ExperimentPlan,
     Health,
     InferencePage,
@@ -127,6 +130,14 @@ class RouterClient:
     def end_experiment(self, end: ExperimentEnd) -> Experiment:
         """Mark the experiment ended with its decision; the router reloads the aliases."""
         return msgspec.json.decode(self._send("POST", ROUTE_EXPERIMENT_END, end), type=Experiment)
+
+    def pause_experiment(self, pause: ExperimentPause) -> Experiment:
+        """Pause the experiment of this challenger (the champion serves everyone; the challenger keeps its alias)."""
+        return msgspec.json.decode(self._send("POST", ROUTE_EXPERIMENT_PAUSE, pause), type=Experiment)
+
+    def resume_experiment(self, resume: ExperimentPause) -> Experiment:
+        """Resume the paused experiment of this challenger."""
+        return msgspec.json.decode(self._send("POST", ROUTE_EXPERIMENT_RESUME, resume), type=Experiment)
 
     def set_split(self, ab_split_b: float) -> RouterConfig:
         """Change the share of users sent to the challenger."""

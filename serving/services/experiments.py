@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from contracts.api import Experiment, ExperimentEnd, ExperimentPlan, Outcomes, experiment_id
+from contracts.api import Experiment, ExperimentEnd, ExperimentPause, ExperimentPlan, Outcomes, experiment_id
 from contracts.events import (
     EXPERIMENT_GUARDRAIL_BREACHED,
     EXPERIMENT_SAMPLE_REACHED,
@@ -376,4 +376,47 @@ class ExperimentService:
                 f"experiment {exp_id} is marked ended, but reloading the models failed: {exc.detail} "
                 "(POST /models/reload to retry)"
             ) from exc
+        return views.experiment(row)
+
+    def _running(self, challenger_version: str) -> tuple[str, ModelSet]:
+        """The id of the experiment being served, which must be this challenger's."""
+        current = self.models.current
+        if current.champion_version is None or current.challenger_version != challenger_version:
+            serving = current.challenger_version or "none"
+            raise ExperimentConflict(
+                f"challenger {challenger_version!r} is not under test (the router serves challenger {serving})",
+                extra={"challenger_version": challenger_version, "serving": serving},
+            )
+        return experiment_id(current.champion_version, challenger_version), current
+
+    def pause(self, data: ExperimentPause) -> Experiment:
+        """Pause the experiment of this challenger: the champion serves everyone, the challenger keeps its alias.
+
+        Requests served while paused are logged apart (under the champion's own id) and are no part of the
+        comparison. Every replica sees the pause within a second. Pausing a paused experiment is a no-op.
+
+        Raises:
+            ExperimentConflict: That challenger is not the one served, or its experiment ended (409).
+        """
+        exp_id, current = self._running(data.challenger_version)
+        assert current.champion_version is not None
+        self.store.experiments.assignment(
+            model_name=current.model_name,
+            experiment_id=exp_id,
+            champion_version=current.champion_version,
+            challenger_version=data.challenger_version,
+        )
+        row = self.store.experiments.pause(exp_id, reason=data.reason, at=self.clock())
+        logger.warning("experiment %s paused: %s", exp_id, row.pause_reason)
+        return views.experiment(row)
+
+    def resume(self, data: ExperimentPause) -> Experiment:
+        """Resume the paused experiment of this challenger (a running one is left as it is).
+
+        Raises:
+            ExperimentConflict: That challenger is not the one served, or its experiment ended (409).
+        """
+        exp_id, _ = self._running(data.challenger_version)
+        row = self.store.experiments.resume(exp_id, at=self.clock())
+        logger.warning("experiment %s resumed: %s", exp_id, data.reason)
         return views.experiment(row)

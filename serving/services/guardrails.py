@@ -40,10 +40,12 @@ def error_breach(plan: ExperimentPlan, counts: dict[str, tuple[int, int]]) -> Br
     if challenger[1] == 0 or min(champion[0], challenger[0]) < MIN_ASSIGNED:
         return None
     rate_a, rate_b = champion[1] / champion[0], challenger[1] / challenger[0]
-    if rate_b <= rate_a + plan.guardrail_error_margin:
+    # The same margin as the flow's non-inferiority test: relative x the champion's rate + absolute.
+    margin = plan.guardrail_error_margin_relative * rate_a + plan.guardrail_error_margin
+    if rate_b <= rate_a + margin:
         return None
     detail = (
-        f"challenger error rate {rate_b:.4f} over the champion's {rate_a:.4f} + margin {plan.guardrail_error_margin} "
+        f"challenger error rate {rate_b:.4f} over the champion's {rate_a:.4f} + margin {margin:.4f} "
         f"({challenger[1]}/{challenger[0]} vs {champion[1]}/{champion[0]}); the A/B evaluation decides"
     )
     return Breach("error_rate", detail, champion, challenger)

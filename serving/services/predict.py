@@ -18,6 +18,7 @@ from serving.errors import IdempotencyConflict, PredictionFailed, RouterError, r
 from serving.metrics import RouterMetrics
 from serving.security import Authorizer
 from serving.services import views
+from serving.services.arm_state import ArmStates
 from serving.services.assignment import assign_arm
 from serving.services.models import ModelManager, ServedModel
 from serving.services.split import SplitCache
@@ -95,6 +96,7 @@ class PredictService:
         salt: str,
         split: SplitCache,
         max_abs_feature: float,
+        fresh_salt: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """Wire the service.
@@ -104,16 +106,17 @@ class PredictService:
             models: The champion/challenger being served.
             authorizer: Checks the label token of inline labels.
             metrics: Where counts and latencies go.
-            salt: Salt of the user hash.
+            salt: Salt of the user hash (without `fresh_salt`, and for experiments stored without one).
             split: The split in force (cached).
             max_abs_feature: Largest magnitude of a numeric feature.
+            fresh_salt: Use each experiment's own secret salt from the store.
             clock: Current UTC time.
         """
         self.store = store
         self.models = models
         self.authorizer = authorizer
         self.metrics = metrics
-        self.salt = salt
+        self.arm_states = ArmStates(store, default_salt=salt, fresh_salt=fresh_salt)
         self.split_cache = split
         self.max_abs_feature = max_abs_feature
         self.clock = clock
@@ -182,11 +185,12 @@ class PredictService:
             # One snapshot for the whole batch: a concurrent swap cannot mix versions within it.
             current = self.models.current
             current.require_champion()
-            split_b = self.split() if current.challenger else 0.0
+            # The experiment's own secret salt; a paused experiment sends everyone to the champion, logged apart.
+            state = self.arm_states.of(current)
+            split_b = self.split() if current.challenger and not state.paused else 0.0
         except RouterError as exc:
             return PredictedBatch(items=items, out=[exc] * len(items))
-        experiment_id = current.experiment_id
-        assert experiment_id is not None
+        experiment_id = state.experiment_id
         first_with_key: dict[str, int] = {}
         duplicates: list[tuple[int, int]] = []
         assigned: dict[Arm, list[_Assigned]] = {}
@@ -202,7 +206,7 @@ class PredictService:
                         continue
                     first_with_key[item.key] = i
                 arm: Arm = assign_arm(
-                    str(data.user_id), salt=self.salt, split_b=split_b, has_challenger=current.challenger is not None
+                    str(data.user_id), salt=state.salt, split_b=split_b, has_challenger=current.challenger is not None
                 )
                 served = current.for_arm(arm)
                 assert served is not None

@@ -20,6 +20,7 @@ from contracts.api import (
     Outcomes,
     PredictBatchItem,
     PredictResponse,
+    UserSums,
 )
 from contracts.registry import CHALLENGER, CHAMPION
 from serving.errors import RouterError, redact
@@ -96,7 +97,7 @@ def plan_of(row: ExperimentRow) -> ExperimentPlan | None:
 
 def experiment(row: ExperimentRow) -> Experiment:
     """A stored experiment: ended once ended, running once served, else none (planned only)."""
-    status = "ended" if row.ended_at else "running" if row.started_at else "none"
+    status = "ended" if row.ended_at else "paused" if row.paused_at else "running" if row.started_at else "none"
     return Experiment(
         experiment_id=row.experiment_id,
         champion_version=row.champion_version,
@@ -108,7 +109,13 @@ def experiment(row: ExperimentRow) -> Experiment:
         ended_at=row.ended_at,
         # The contract has one field for both: the decision leads, as in "ROLLBACK: p=0.003, challenger worse".
         end_reason=None if row.ended_at is None else f"{row.end_decision}: {row.end_reason}",
+        paused_at=row.paused_at,
+        pause_reason=row.pause_reason,
+        resumed_at=row.resumed_at,
     )
+
+
+_SUMS = ("users", "sum_n", "sum_x", "sum_nn", "sum_xx", "sum_nx")
 
 
 def outcomes(
@@ -149,6 +156,9 @@ def outcomes(
                 latency_p50_ms=c.latency_p50_ms,
                 latency_p95_ms=c.latency_p95_ms,
                 confusion=[ConfusionCell(label=lb, prediction=pr, count=n) for lb, pr, n in c.confusion],
+                user_sums=None if c.user_sums is None else UserSums(**dict(zip(_SUMS, c.user_sums, strict=True))),
+                first_request_at=c.first_ts,
+                last_request_at=c.last_ts,
             )
         )
     return Outcomes(
@@ -160,6 +170,8 @@ def outcomes(
         arms=arms,
         started_at=exp.started_at,
         plan=exp.plan,
+        paused_at=exp.paused_at,
+        resumed_at=exp.resumed_at,
         bucket_seconds=bucket_seconds,
         latency_buckets=[
             LatencyBucket(

@@ -140,11 +140,28 @@ def test_invalid_traffic_is_notified(webhook):
     assert "column 'petal_width' is absent from the window" in message["body"] and "120 requests" in message["body"]
 
 
-@pytest.mark.parametrize("event", [events.MODEL_ROLLED_BACK, events.CONTROL_ROLLBACK])
+def test_an_infeasible_plan_is_notified(webhook):
+    name = model()
+    payload = events.InfeasiblePayload(
+        model_name=name, champion_version="1", challenger_version="2", min_samples_per_arm=4000, expected_hours=310.5,
+        max_duration_hours=72.0, feasibility="infeasible", loop_id="l1",
+    ).model_dump(mode="json")  # fmt: skip
+    about(name, events.EXPERIMENT_INFEASIBLE, payload, version="2")
+    message = webhook.wait_for(f"the experiment of {name} v2 cannot finish in time")
+    assert "4000 labelled outcomes per arm need about 310.5 h, the maximum is 72.0 h" in message["body"]
+
+
+@pytest.mark.parametrize("event", [events.MODEL_ROLLED_BACK, events.CONTROL_ROLLBACK, events.MODEL_WATCH_REGRESSED])
 def test_every_rollback_is_notified(webhook, event):
     name = model()
     if event == events.MODEL_ROLLED_BACK:
         payload = decision(name, "ROLLBACK", "challenger worse")
+    elif event == events.MODEL_WATCH_REGRESSED:
+        payload = events.WatchPayload(
+            model_name=name, version="2", previous_version="1", accuracy=0.71, cs_upper=0.78, threshold=0.8,
+            expected_accuracy=0.9, scored=900, elapsed_hours=5.0, reason="below its promise", decision_id="d2",
+            loop_id="l1",
+        ).model_dump(mode="json")  # fmt: skip
     else:
         payload = events.ControlPayload(
             model_name=name, action="rollback", requested_by="alice", reason="refunds misrouted", version="1",

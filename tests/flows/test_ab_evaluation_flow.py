@@ -129,6 +129,7 @@ def assert_look_recorded(result: dict, model_name: str, home: Path) -> None:
         "at": written["at"],
         "decision": result["decision"],
         "reason": result["reason"],
+        "what_would_change": result["what_would_change"],
         "evidence": result["evidence"],
     }
 
@@ -349,6 +350,11 @@ def test_a_sample_ratio_mismatch_invalidates_the_experiment_and_moves_nothing(ex
     assert router.http.get("/config").json() == {"ab_split_b": 0.5}
     assert ended(router) == (None, None)
     assert health(router)["challenger_version"] == "2"
+    # Paused: the champion serves everyone until an operator resumes or ends it; the challenger keeps its alias.
+    experiment_now = router.http.get("/experiment").json()
+    assert experiment_now["status"] == "paused" and experiment_now["pause_reason"].startswith("INVALID: sample ratio")
+    (paused,) = read_events(f"{events.RESOURCE_PREFIX}{model_name}", [events.EXPERIMENT_PAUSED], expect=1)
+    assert paused.payload == expected_payload(result, model_name)
 
     assert_look_recorded(result, model_name, home)
     assert_events(result, model_name, events.EXPERIMENT_INVALID)
@@ -367,8 +373,8 @@ def test_without_an_experiment_served_the_flow_writes_nothing(
 
     result = ab_evaluation(model_name=model_name)
 
-    # The router serves no challenger: the flow skips before it even reads the registry.
-    assert result == {"decision": "NO_EXPERIMENT", "router_challenger": "none"}
+    # The router serves no challenger, and the champion is under no post-promotion watch: nothing to do.
+    assert result == {"decision": "NO_EXPERIMENT", "router_challenger": "none", "watch": "none"}
     assert not home.exists()
     assert MlflowClient().search_runs([MlflowClient().get_experiment_by_name(AB_EXPERIMENT).experiment_id]) == []
     assert moves(model_name) == history
@@ -397,3 +403,35 @@ def test_looks_without_labelled_outcomes_on_an_arm_still_decide(
     result = ab_evaluation(model_name=model_name)
 
     assert (result["decision"], result["evidence"]["rule"]) == expected
+
+
+def test_the_watch_rolls_back_a_new_champion_that_breaks_its_promise(experiment, model_name):
+    """v2 wins its experiment on easy and hard flowers, then fails on the poison flowers that real traffic brings:
+    failures count as misses, the watch proves the regression and moves `champion` back to v1."""
+    router, _ = experiment(champion=FlowerModel(weak=True), challenger=FlowerModel(fragile=True), watch_hours=1.0)
+    for arm in ("champion", "challenger"):
+        router.send(arm, "easy", 15)
+        router.send(arm, "hard", 15)
+    promoted = ab_evaluation(model_name=model_name)
+    assert promoted["decision"] == "PROMOTE" and aliases(model_name) == {CHAMPION: "2", CHALLENGER: None}
+    tags = MlflowClient().get_model_version(model_name, "2").tags
+    assert tags["driftloop.watch_status"] == "watching" and float(tags["driftloop.watch.expected_accuracy"]) == 1.0
+
+    holds = ab_evaluation(model_name=model_name)  # no traffic since the promotion yet
+    assert holds["decision"] == "WATCH" and holds["watch"]["verdict"] == "WATCHING"
+
+    codes = router.send("champion", "poison", 30, offset=100)
+    assert set(codes) == {500}
+    result = ab_evaluation(model_name=model_name)
+
+    watch = result["watch"]
+    assert (result["decision"], watch["verdict"]) == ("WATCH", "REGRESSION"), watch["reason"]
+    assert watch["cs_upper"] < watch["threshold"] and watch["scored"] == 30
+    assert aliases(model_name) == {CHAMPION: "1", CHALLENGER: None}
+    last = registry.alias_history(model_name)[-1]
+    assert (last["alias"], last["from_version"], last["to_version"]) == ("champion", "2", "1")
+    assert last["reason"].startswith("rollback: post-promotion watch: regression proven")
+    assert MlflowClient().get_model_version(model_name, "2").tags["driftloop.watch_status"] == "regressed"
+    assert health(router)["champion_version"] == "1"  # told at once
+    (event,) = read_events(f"{events.RESOURCE_PREFIX}{model_name}", [events.MODEL_WATCH_REGRESSED], expect=1)
+    assert (event.payload["version"], event.payload["previous_version"]) == ("2", "1")

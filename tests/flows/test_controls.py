@@ -183,3 +183,60 @@ def test_retrain_now_starts_the_retrain_deployment_as_a_manual_trigger(model_nam
     assert "manual" in run.tags
     (event,) = control_events(model_name, "retrain")
     assert event.payload["requested_by"] == "frank" and event.payload["reason"] == "audit labels arrived"
+
+
+def test_pause_and_resume_by_hand_keep_the_challenger_audited_with_their_events(serving, model_name):
+    assert served(serving) == ("1", "2")
+    paused = controls.pause_experiment(reason="labels stopped", requested_by="gina", model_name=model_name)
+    assert aliases(model_name) == {CHAMPION: "1", CHALLENGER: "2"}  # nothing moves
+    assert serving.http.get("/experiment").json()["status"] == "paused"
+    assert served(serving) == ("1", "2")  # the challenger stays loaded, it just gets no users
+    history = registry.alias_history(model_name)[-1]
+    assert (history["alias"], history["from_version"], history["to_version"], history["requested_by"]) == (
+        CHALLENGER, "2", "2", "gina",
+    )  # fmt: skip
+    assert history["reason"] == "experiment paused: labels stopped" and history["decision_id"] == paused["decision_id"]
+
+    resumed = controls.resume_experiment(reason="label feed fixed", requested_by="gina", model_name=model_name)
+    assert serving.http.get("/experiment").json()["status"] == "running"
+    assert registry.alias_history(model_name)[-1]["reason"] == "experiment resumed: label feed fixed"
+    (pause_event,) = control_events(model_name, "pause")
+    (resume_event,) = control_events(model_name, "resume")
+    assert pause_event.payload == paused and resume_event.payload == resumed
+    assert (paused["version"], paused["requested_by"]) == ("2", "gina")
+
+
+def test_pause_through_its_deployment_and_from_the_command_line(serving, model_name, prefect_harness):
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name="driftloop", type="process"))
+        except ObjectAlreadyExists:
+            pass
+        deployment_id = client.create_deployment(
+            flow_id=client.create_flow_from_name(controls.pause_experiment.name),
+            name="pause-experiment",
+            entrypoint="flows/controls.py:pause_experiment",
+            work_pool_name="driftloop",
+            parameter_openapi_schema=controls.pause_experiment.parameters.model_dump_for_openapi(),
+            enforce_parameter_schema=True,
+        )
+        flow_run = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"reason": "from the UI", "requested_by": "hal", "model_name": model_name}
+        )
+    result = run_flow(controls.pause_experiment, flow_run=flow_run, parameters=flow_run.parameters)
+    assert result["requested_by"] == "hal" and serving.http.get("/experiment").json()["status"] == "paused"
+
+    env = os.environ | {"PREFECT_API_URL": prefect_harness, "DRIFTLOOP_MODEL_NAME": model_name}
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.controls", "--by", "ivy", "resume", "--reason", "cause found"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert serving.http.get("/experiment").json()["status"] == "running"
+    assert registry.alias_history(model_name)[-1]["requested_by"] == "ivy"
+
+
+def test_pause_without_an_experiment_says_so(serving, model_name):
+    controls.end_experiment(reason="done", requested_by="jo", model_name=model_name)
+    with pytest.raises(LookupError, match="no experiment to pause"):
+        controls.pause_experiment(reason="why", requested_by="jo", model_name=model_name)

@@ -48,6 +48,7 @@ def settings(tmp_path: Path, db_path: Path) -> RouterSettings:
         model_name="Iris",
         ab_split_b=0.5,
         assignment_salt="test-salt",
+        fresh_salt_per_experiment=False,  # tests pick users per arm with the settings' salt
         model_refresh_seconds=0,
         outbox_interval_seconds=0,
     )

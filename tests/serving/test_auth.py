@@ -24,6 +24,8 @@ WRITES = [
     ("POST", "/config", {"ab_split_b": 0.3}),
     ("PUT", "/experiment/plan", PLAN),
     ("POST", "/experiment/end", {"challenger_version": "2", "decision": "ROLLBACK", "reason": "r"}),
+    ("POST", "/experiment/pause", {"challenger_version": "2", "reason": "r"}),
+    ("POST", "/experiment/resume", {"challenger_version": "2", "reason": "r"}),
     ("POST", "/models/reload", None),
 ]
 READS = [("GET", "/inferences", None), ("GET", "/experiment/outcomes", None)]

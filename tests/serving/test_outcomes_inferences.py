@@ -61,7 +61,16 @@ async def test_outcomes_count_what_was_posted(client):
     ]
     assert (await client.get("/experiment/outcomes?bucket_seconds=1")).json()["latency_buckets"] == buckets
 
+    for counts in expected.values():  # one request per user: each labelled user has n = 1, x = 0 or 1
+        n, x = counts["labelled"], counts["correct"]
+        counts["user_sums"] = {"users": n, "sum_n": n, "sum_x": x, "sum_nn": n, "sum_xx": x, "sum_nx": x}
     outcomes = (await client.get("/experiment/outcomes")).json()
+    for arm in outcomes["arms"]:
+        assert (
+            before
+            <= datetime.fromisoformat(arm.pop("first_request_at"))
+            <= datetime.fromisoformat(arm.pop("last_request_at"))
+        )
     # The router started this experiment when its lifespan loaded the pair, before any request.
     assert before - timedelta(seconds=5) < datetime.fromisoformat(outcomes.pop("started_at")) <= before
     assert sum(b["requests"] for b in outcomes.pop("latency_buckets")) == len(records)
@@ -74,6 +83,8 @@ async def test_outcomes_count_what_was_posted(client):
         "ab_split_b": 0.5,
         "plan": None,
         "shadow": None,
+        "paused_at": None,
+        "resumed_at": None,
         "arms": [
             {"arm": "champion", "model_version": "1", **expected["champion"]},
             {"arm": "challenger", "model_version": "2", **expected["challenger"]},
@@ -96,6 +107,9 @@ async def test_outcomes_list_loaded_arms_with_zeros(client):
         "latency_p50_ms": None,
         "latency_p95_ms": None,
         "confusion": [],
+        "user_sums": None,
+        "first_request_at": None,
+        "last_request_at": None,
     }
     assert arms == [
         {"arm": "champion", "model_version": "1", **zero},

@@ -196,6 +196,7 @@ def with_lean(served: ServedModel, example_rows: list[dict[str, Any]]) -> Served
         served: The loaded version (its own `predict` path).
         example_rows: Its logged input example, as checked rows (may be empty: then there is no proof, no lean path).
     """
+    differs = False
     try:
         if not example_rows:
             raise Unsupported("no readable input example to verify against")
@@ -203,10 +204,14 @@ def with_lean(served: ServedModel, example_rows: list[dict[str, Any]]) -> Served
         rows = reference_sample(example_rows, served.features)
         problem = verify(lean, served.estimator.predict, served.frame(rows), rows)
         if problem is not None:
+            differs = True
             raise Unsupported(f"lean path differs from the model's own predict: {problem}")
     except Exception as exc:
         reason = str(exc) if isinstance(exc, Unsupported) else f"{type(exc).__name__}: {exc}"
-        logger.warning("%s runs the model's own predict (no lean path: %s)", served.what, reason)
+        # A model the lean path does not cover is served as it always was (info); a lean path that disagrees with
+        # the model, or that broke, is worth a look (warning).
+        level = logging.WARNING if differs or not isinstance(exc, Unsupported) else logging.INFO
+        logger.log(level, "%s runs the model's own predict (no lean path: %s)", served.what, reason)
         return replace(served, lean=None, execution=f"model predict ({reason})"[:300])
     logger.info("%s runs lean: identical on %d reference rows", served.what, len(rows))
     return replace(served, lean=lean, execution=f"lean (identical on {len(rows)} reference rows)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -49,10 +50,10 @@ class ExperimentRecords:
         return row_of(ExperimentRow, experiments, found._mapping) if found else None
 
     def _insert(self, **values: Any) -> bool:
-        """Insert an experiment row unless it exists; returns whether this call inserted it."""
+        """Insert an experiment row unless it exists, with a fresh secret salt; returns whether this call did."""
         try:
             with self.db.begin("experiment_insert") as conn:
-                conn.execute(sa.insert(experiments).values(**values))
+                conn.execute(sa.insert(experiments).values(salt=secrets.token_hex(16), **values))
         except sa.exc.IntegrityError:
             return False  # it exists, or another replica inserted it first
         return True
@@ -231,5 +232,66 @@ class ExperimentRecords:
             raise ExperimentConflict(
                 f"experiment {experiment_id} already ended with {row.end_decision}: {row.end_reason}",
                 extra={"experiment_id": experiment_id, "decision": row.end_decision, "rejected_decision": decision},
+            )
+        return row
+
+    def assignment(
+        self, *, model_name: str, experiment_id: str, champion_version: str, challenger_version: str
+    ) -> ExperimentRow:
+        """The stored experiment, inserted (with its fresh secret salt) when the router serves it before recording it.
+
+        The salt is drawn once, at the insert: every replica then reads the same one. An experiment stored by an older
+        router has none and keeps the settings' salt its users were assigned under.
+        """
+        row = self.get(experiment_id)
+        if row is None:
+            self._insert(
+                experiment_id=experiment_id,
+                model_name=model_name,
+                champion_version=champion_version,
+                challenger_version=challenger_version,
+            )
+            row = self._must_get(experiment_id)
+        return row
+
+    def pause(self, experiment_id: str, *, reason: str, at: datetime) -> ExperimentRow:
+        """Pause a running experiment (the champion serves everyone); pausing a paused one keeps the first pause.
+
+        Raises:
+            ExperimentConflict: It ended.
+        """
+        x = experiments.c
+        with self.db.begin("experiment_pause") as conn:
+            conn.execute(
+                sa.update(experiments)
+                .where(x.experiment_id == experiment_id, x.ended_at.is_(None), x.paused_at.is_(None))
+                .values(paused_at=at, pause_reason=reason)
+            )
+        row = self._must_get(experiment_id)
+        if row.ended_at is not None:
+            raise ExperimentConflict(
+                f"experiment {experiment_id} ended at {_when(row.ended_at)} ({row.end_decision}); it cannot be paused",
+                extra={"experiment_id": experiment_id},
+            )
+        return row
+
+    def resume(self, experiment_id: str, *, at: datetime) -> ExperimentRow:
+        """Resume a paused experiment (a running one is left as it is).
+
+        Raises:
+            ExperimentConflict: It ended.
+        """
+        x = experiments.c
+        with self.db.begin("experiment_resume") as conn:
+            conn.execute(
+                sa.update(experiments)
+                .where(x.experiment_id == experiment_id, x.ended_at.is_(None), x.paused_at.is_not(None))
+                .values(paused_at=None, pause_reason=None, resumed_at=at)
+            )
+        row = self._must_get(experiment_id)
+        if row.ended_at is not None:
+            raise ExperimentConflict(
+                f"experiment {experiment_id} ended at {_when(row.ended_at)} ({row.end_decision}); it cannot be resumed",
+                extra={"experiment_id": experiment_id},
             )
         return row

@@ -22,6 +22,15 @@ from serving.services.store.tables import (
 _MAX_ERROR_CHARS = 4000
 
 
+def _aware(moment: datetime | str | None) -> datetime | None:
+    """A timestamp read through an aggregate (which bypasses the column type): aware UTC."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -205,6 +214,39 @@ class InferenceLog:
         users = sa.select(arm_users.c.arm, sa.func.count(sa.distinct(arm_users.c.user_id)).label("users")).group_by(
             arm_users.c.arm
         )
+        # Per user: n = labelled answered + failed requests, x = correct ones (a failure is a certain miss), then
+        # per arm the sums a cluster-robust variance of sum(x) / sum(n) needs.
+        scored = sa.union_all(
+            sa.select(
+                c.arm.label("arm"),
+                c.user_id.label("user_id"),
+                sa.literal(1).label("n"),
+                sa.case((c.label == c.prediction, 1), else_=0).label("x"),
+            ).where(c.experiment_id == experiment_id, labelled),
+            sa.select(e.arm, e.user_id, sa.literal(1), sa.literal(0)).where(e.experiment_id == experiment_id),
+        ).subquery()
+        per_user = (
+            sa.select(scored.c.arm, sa.func.sum(scored.c.n).label("n"), sa.func.sum(scored.c.x).label("x"))
+            .group_by(scored.c.arm, scored.c.user_id)
+            .subquery()
+        )
+        u = per_user.c
+        user_sums = sa.select(
+            u.arm,
+            sa.func.count().label("users"),
+            sa.func.sum(u.n).label("sn"),
+            sa.func.sum(u.x).label("sx"),
+            sa.func.sum(u.n * u.n).label("snn"),
+            sa.func.sum(u.x * u.x).label("sxx"),
+            sa.func.sum(u.n * u.x).label("snx"),
+        ).group_by(u.arm)
+        spans = sa.union_all(
+            sa.select(c.arm.label("arm"), c.ts.label("ts")).where(c.experiment_id == experiment_id),
+            sa.select(e.arm, e.ts).where(e.experiment_id == experiment_id),
+        ).subquery()
+        span = sa.select(
+            spans.c.arm, sa.func.min(spans.c.ts).label("first"), sa.func.max(spans.c.ts).label("last")
+        ).group_by(spans.c.arm)
         latencies = sa.select(c.arm, c.latency_ms).where(c.experiment_id == experiment_id)
         confusion = (
             sa.select(c.arm, c.label, c.prediction, sa.func.count().label("n"))
@@ -216,6 +258,11 @@ class InferenceLog:
             count_rows = {r.arm: r for r in conn.execute(counts)}
             error_counts = {r.arm: int(r.errors) for r in conn.execute(errors)}
             user_counts = {r.arm: int(r.users) for r in conn.execute(users)}
+            sums = {
+                r.arm: (int(r.users), int(r.sn), int(r.sx), int(r.snn), int(r.sxx), int(r.snx))
+                for r in conn.execute(user_sums)
+            }
+            times = {r.arm: (_aware(r.first), _aware(r.last)) for r in conn.execute(span)}
             by_arm: dict[str, list[float]] = {}
             for r in conn.execute(latencies):
                 by_arm.setdefault(r.arm, []).append(float(r.latency_ms))
@@ -236,6 +283,9 @@ class InferenceLog:
                 latency_p50_ms=_percentile(by_arm.get(arm, []), 50),
                 latency_p95_ms=_percentile(by_arm.get(arm, []), 95),
                 confusion=tuple(cells.get(arm, ())),
+                user_sums=sums.get(arm),
+                first_ts=times.get(arm, (None, None))[0],
+                last_ts=times.get(arm, (None, None))[1],
             )
         return result
 

@@ -98,6 +98,13 @@ experiments = sa.Table(
     sa.Column("ended_at", UTCDateTime(), nullable=True),
     sa.Column("end_decision", sa.String(16), nullable=True),
     sa.Column("end_reason", sa.Text(), nullable=True),
+    # Secret salt of the user hash, fresh for each experiment (NULL: an experiment of an older router, which
+    # keeps the settings' salt it started with).
+    sa.Column("salt", sa.String(64), nullable=True),
+    # Paused (after an INVALID look, or by an operator): the champion serves everyone, the challenger keeps its alias.
+    sa.Column("paused_at", UTCDateTime(), nullable=True),
+    sa.Column("pause_reason", sa.Text(), nullable=True),
+    sa.Column("resumed_at", UTCDateTime(), nullable=True),
 )
 
 outbox = sa.Table(
@@ -219,6 +226,10 @@ class ArmCounts:
     latency_p95_ms: float | None = None
     confusion: tuple[tuple[str, str, int], ...] = ()
     """(label, prediction, count) over the labelled requests, sorted by label then prediction."""
+    user_sums: tuple[int, int, int, int, int, int] | None = None
+    """(users, sum n, sum x, sum n^2, sum x^2, sum n x) over users with a scored request (see `UserSums`)."""
+    first_ts: datetime | None = None
+    last_ts: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,6 +247,10 @@ class ExperimentRow:
     ended_at: datetime | None
     end_decision: str | None
     end_reason: str | None
+    salt: str | None = None
+    paused_at: datetime | None = None
+    pause_reason: str | None = None
+    resumed_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

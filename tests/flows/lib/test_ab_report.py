@@ -32,3 +32,40 @@ def test_plot_is_a_png(tmp_path):
     ]  # fmt: skip
     path = plot_history(points, tmp_path / "plot.png", title="v1 vs v2")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_look_is_readable_minutes_on_the_axis_and_intervals_drawn(tmp_path, monkeypatch):
+    """A first look is one point with its interval, on an axis of minutes (not a date axis spanning years)."""
+    import matplotlib.axes
+
+    drawn: list[dict] = []
+    real = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append({"x": list(x), "yerr": kwargs.get("yerr")})
+        return real(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    point = {
+        "at": at, "champion_accuracy": 0.5, "champion_low": 0.3, "champion_high": 0.7, "challenger_accuracy": 0.9,
+        "challenger_low": 0.8, "challenger_high": 0.95, "d_hat": 0.4, "cs_lower": 0.1, "cs_upper": 0.7,
+    }  # fmt: skip
+    path = plot_history([point], tmp_path / "one.png", title="first look")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    lift = drawn[-1]
+    assert lift["x"] == [0.0] and lift["yerr"] == [[pytest.approx(0.3)], [pytest.approx(0.3)]]
+    later = plot_history([point, point | {"at": at + timedelta(minutes=90)}], tmp_path / "two.png", title="two")
+    assert later.exists() and drawn[-1]["x"] == [0.0, 90.0]  # minutes since the first look
+
+
+def test_the_summary_says_what_would_change_the_decision():
+    from tests.flows.test_ab_policy import accuracies
+
+    from flows.lib.ab_policy import decide
+    from flows.lib.ab_report import summary_markdown
+
+    decision = decide(accuracies(400, 415, n=500))
+    text = summary_markdown(decision, model_name="m", experiment_id="v1-vs-v2", decision_id="d1", run_url="u")
+    assert f"**What would change it:** {decision.what_would_change}" in text
+    assert "| champion | v1 |" in text and "design effect" in text and "always-valid" in text

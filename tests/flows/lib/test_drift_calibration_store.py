@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -24,7 +22,7 @@ def pipeline(iris: pd.DataFrame):
 
 
 def test_registration_stores_the_calibration_and_the_flow_reads_it(
-    mlflow_store: Path, iris: pd.DataFrame, pipeline
+    configured_registry: str, iris: pd.DataFrame, pipeline
 ) -> None:
     settings = FlowSettings(_env_file=None, drift_calibration_resamples=300, drift_window_rows=200)
     calibrated = calibrate_drift(pipeline, iris, 0.97, settings)
@@ -47,7 +45,7 @@ def test_registration_stores_the_calibration_and_the_flow_reads_it(
     assert load_calibration.fn(version.run_id, iris, settings) == calibrated
 
 
-def test_a_version_without_one_is_calibrated_at_its_check(mlflow_store: Path, iris: pd.DataFrame) -> None:
+def test_a_version_without_one_is_calibrated_at_its_check(configured_registry: str, iris: pd.DataFrame) -> None:
     from sklearn.dummy import DummyClassifier
 
     settings = FlowSettings(_env_file=None, drift_calibration_resamples=200, drift_window_rows=100)

@@ -15,6 +15,30 @@ SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_w
 LARGE = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 
 
+def user_sums(labelled: list[dict], failed_users: list[str] = ()) -> dict | None:
+    """Per-user sums of scored requests (labelled ones, and failures as certain misses), recomputed by hand."""
+    n: Counter[str] = Counter(r["user_id"] for r in labelled) + Counter(failed_users)
+    x: Counter[str] = Counter(r["user_id"] for r in labelled if r["label"] == r["prediction"])
+    if not n:
+        return None
+    return {
+        "users": len(n),
+        "sum_n": sum(n.values()),
+        "sum_x": sum(x.values()),
+        "sum_nn": sum(v * v for v in n.values()),
+        "sum_xx": sum(v * v for v in x.values()),
+        "sum_nx": sum(n[u] * x[u] for u in n),
+    }
+
+
+def without_span(arms: list[dict]) -> list[dict]:
+    """The arms without their first and last request times (checked for order only)."""
+    for arm in arms:
+        first, last = arm.pop("first_request_at"), arm.pop("last_request_at")
+        assert (first is None and last is None) or first <= last
+    return arms
+
+
 def expected_arm(records: list[dict], arm: str, version: str, errors: int = 0) -> dict:
     """What /experiment/outcomes should say about one arm, recomputed from the inference log."""
     mine = [r for r in records if r["arm"] == arm]
@@ -34,6 +58,7 @@ def expected_arm(records: list[dict], arm: str, version: str, errors: int = 0) -
         "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
         "confusion": [{"label": lb, "prediction": pr, "count": n} for (lb, pr), n in sorted(cells.items())],
+        "user_sums": user_sums(labelled),
     }
 
 
@@ -71,10 +96,15 @@ async def test_a_failing_arm_answers_500_and_counts_its_errors(make_app, make_so
 
     assert 5 < len(failed) < 35
     assert len(records) == 40 - len(failed)  # failures are not in the inference log...
-    assert outcomes["arms"] == [
+    assert without_span(outcomes["arms"]) == [
         expected_arm(records, "champion", "1"),
-        # ...but count against their arm, and so do their users (one request each here).
-        {**expected_arm([], "challenger", "2"), "errors": len(failed), "users": len(failed)},
+        # ...but count against their arm, and so do their users (one request each here), in the primary metric too.
+        {
+            **expected_arm([], "challenger", "2"),
+            "errors": len(failed),
+            "users": len(failed),
+            "user_sums": user_sums([], [f["user_id"] for f in failed]),
+        },
     ]
     store = Store(settings.store_url())
     store.open()
@@ -102,7 +132,7 @@ async def test_outcomes_report_latency_percentiles_and_confusion_per_arm(client)
         assert (await client.post("/predict", json={"user_id": f"u{i}", "features": features, **label})).is_success
     records = (await client.get("/inferences")).json()["records"]
     arms = (await client.get("/experiment/outcomes")).json()["arms"]
-    assert arms == [expected_arm(records, "champion", "1"), expected_arm(records, "challenger", "2")]
+    assert without_span(arms) == [expected_arm(records, "champion", "1"), expected_arm(records, "challenger", "2")]
     # Both arms saw every kind of cell: right, wrong, and the odd/even version's own wrong class.
     assert all(len(a["confusion"]) >= 3 for a in arms)
 
@@ -160,6 +190,7 @@ def test_store_aggregates_one_experiment_per_arm(store):
     failed(1000, "champion", "v1")
 
     labelled_pairs = Counter((["b", "a", None][i % 3], "a" if i % 4 < 2 else "b") for i in range(100) if i % 3 != 2)
+    correct = labelled_pairs[("a", "a")] + labelled_pairs[("b", "b")]
     assert store.log.outcomes("v1-vs-v2") == {
         "champion": ArmCounts(
             requests=100,
@@ -177,11 +208,49 @@ def test_store_aggregates_one_experiment_per_arm(store):
                 ("b", "a", labelled_pairs[("b", "a")]),
                 ("b", "b", labelled_pairs[("b", "b")]),
             ),
+            user_sums=(67, 67, correct, 67, correct, correct),  # one request per user
+            first_ts=now,
+            last_ts=now,
         ),
-        "challenger": ArmCounts(requests=0, labelled=0, correct=0, incorrect=0, errors=3, users=3),
+        "challenger": ArmCounts(
+            requests=0,
+            labelled=0,
+            correct=0,
+            incorrect=0,
+            errors=3,
+            users=3,
+            user_sums=(3, 3, 0, 3, 0, 0),
+            first_ts=now,
+            last_ts=now,
+        ),  # fmt: skip
     }
     assert labelled_pairs == {("b", "a"): 17, ("a", "a"): 17, ("b", "b"): 17, ("a", "b"): 16}
     assert store.log.labelled_per_arm("v1-vs-v2") == {"champion": 67}
     with store.db.engine.connect() as conn:
         lengths = conn.execute(sa.select(sa.func.length(prediction_errors.c.error))).scalars().all()
     assert set(lengths) == {4000}  # long error texts are cut
+
+
+def test_user_sums_count_users_with_several_requests_and_failures_as_misses(store):
+    """Per user n = labelled + failed requests, x = correct ones; per arm the sums of n, x, n^2, x^2 and n x."""
+    now = datetime.now(UTC)
+    # (user, label, prediction): u1 three labelled (2 right), u2 one unlabelled and one right, u3 only a failure.
+    answered = [("u1", "a", "a"), ("u1", "a", "b"), ("u1", "b", "b"), ("u2", None, "a"), ("u2", "a", "a")]
+    for i, (user, label, prediction) in enumerate(answered):
+        store.log.record(
+            InferenceRow(
+                request_id=f"r{i}", ts=now, user_id=user, arm="challenger", model_name="Iris", model_version="2",
+                experiment_id="v1-vs-v2", features={}, prediction=prediction, label=label, latency_ms=1.0,
+            )
+        )  # fmt: skip
+    for i, user in enumerate(["u3", "u1"]):
+        store.log.record_error(
+            PredictionErrorRow(
+                request_id=f"e{i}", ts=now, user_id=user, arm="challenger", model_name="Iris", model_version="2",
+                experiment_id="v1-vs-v2", error="boom",
+            )
+        )  # fmt: skip
+    # n: u1 4 (3 labelled + 1 failure), u2 1, u3 1; x: u1 2, u2 1, u3 0.
+    counts = store.log.outcomes("v1-vs-v2")["challenger"]
+    assert counts.user_sums == (3, 6, 3, 16 + 1 + 1, 4 + 1 + 0, 8 + 1 + 0)
+    assert (counts.users, counts.labelled_users, counts.errors) == (3, 2, 2)

@@ -115,6 +115,8 @@ async def test_openapi_lists_every_path(client):
         ("/experiment", "get"): "get_experiment",
         ("/experiment/plan", "put"): "set_experiment_plan",
         ("/experiment/end", "post"): "end_experiment",
+        ("/experiment/pause", "post"): "pause_experiment",
+        ("/experiment/resume", "post"): "resume_experiment",
         ("/experiment/outcomes", "get"): "get_outcomes",
         ("/health", "get"): "get_health",
         ("/ready", "get"): "get_ready",

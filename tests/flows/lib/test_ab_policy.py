@@ -1,4 +1,4 @@
-"""The peeking-safe A/B statistics: sample size, always-valid test, SRM, guardrails and every decision path."""
+"""The A/B statistics and policy: sample size, always-valid tests, SRM, guardrails and every decision path."""
 
 import json
 import math
@@ -7,28 +7,36 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import numpy as np
 import pytest
-from scipy.stats import chi2_contingency
+from scipy.stats import betabinom, binom, binomtest, chi2_contingency
 from sklearn.metrics import precision_recall_fscore_support
 
-from contracts.api import ArmOutcome, ConfusionCell, ExperimentPlan, LatencyBucket, Outcomes
-from flows.lib.experiment import (
+from contracts.api import ArmOutcome, ConfusionCell, ExperimentPlan, LatencyBucket, Outcomes, UserSums
+from flows.lib.ab_policy import (
     MIN_LABELLED_PER_ARM,
     MIN_MATCHED_BUCKETS,
+    ArmEvidence,
     BucketLatency,
     Evidence,
-    arm_metrics,
     decide,
     error_guardrail,
     evidence_from_outcomes,
     latency_guardrail,
+)
+from flows.lib.ab_stats import (
+    arm_metrics,
     plain_chi2,
     plan_sample_size,
+    proportion_difference_test,
     sequential_power,
-    sequential_test,
-    srm_check,
+    srm_test,
 )
 
 START = datetime(2024, 6, 1, 12, tzinfo=UTC)
+
+
+def ev(decision) -> dict:
+    """The decision's evidence as its JSON form."""
+    return decision.to_dict()["evidence"]
 
 
 def plan(**overrides) -> ExperimentPlan:
@@ -154,7 +162,7 @@ def test_sample_size_rejects_a_lift_beyond_perfect_accuracy_and_accepts_one_up_t
 def test_confidence_sequence_contains_the_estimate_and_shrinks_with_n():
     widths = []
     for n in (100, 400, 1600, 6400):
-        result = sequential_test(n, int(0.80 * n), n, int(0.83 * n), alpha=0.05, tau=0.05)
+        result = proportion_difference_test(n, int(0.80 * n), n, int(0.83 * n), alpha=0.05, tau=0.05)
         assert result.lower <= result.d_hat <= result.upper
         assert result.d_hat == pytest.approx(0.03)
         widths.append(result.upper - result.lower)
@@ -169,7 +177,7 @@ def test_zero_outside_the_confidence_sequence_iff_p_at_most_alpha():
         x_a = rng.binomial(n_a, 0.8)
         x_b = rng.binomial(n_b, rng.uniform(0.74, 0.86))
         for alpha in (0.05, 0.01):
-            result = sequential_test(int(n_a), int(x_a), int(n_b), int(x_b), alpha=alpha, tau=0.05)
+            result = proportion_difference_test(int(n_a), int(x_a), int(n_b), int(x_b), alpha=alpha, tau=0.05)
             rejects = result.lower > 0 or result.upper < 0
             assert rejects == (result.p_value <= alpha)
             seen[rejects] += 1
@@ -177,15 +185,15 @@ def test_zero_outside_the_confidence_sequence_iff_p_at_most_alpha():
 
 
 def test_p_value_is_one_over_the_mixture_likelihood_ratio():
-    result = sequential_test(1000, 800, 1000, 850, alpha=0.05, tau=0.05)
-    assert result.p_value == pytest.approx(1 / result.lambda_)
+    result = proportion_difference_test(1000, 800, 1000, 850, alpha=0.05, tau=0.05)
+    assert result.p_value == pytest.approx(math.exp(-result.log_lambda))
     v, t2 = result.variance, 0.05**2
     by_hand = math.sqrt(v / (v + t2)) * math.exp(t2 * 0.05**2 / (2 * v * (v + t2)))
-    assert result.lambda_ == pytest.approx(by_hand)
+    assert math.exp(result.log_lambda) == pytest.approx(by_hand)
 
 
 def test_all_correct_in_both_arms_has_a_finite_interval_and_no_difference():
-    result = sequential_test(500, 500, 500, 500, alpha=0.05, tau=0.05)
+    result = proportion_difference_test(500, 500, 500, 500, alpha=0.05, tau=0.05)
     assert result.d_hat == 0.0 and result.p_value == 1.0
     assert -0.05 < result.lower < 0 < result.upper < 0.05
     assert plain_chi2(500, 500, 500, 500) == 1.0
@@ -195,32 +203,56 @@ def test_all_correct_in_both_arms_has_a_finite_interval_and_no_difference():
 
 
 def test_all_wrong_against_all_right_overflows_nothing():
-    result = sequential_test(200, 0, 200, 200, alpha=0.05, tau=0.05)
-    assert result.p_value == 0.0 and result.lambda_ == math.inf and math.isfinite(result.log_lambda)
+    result = proportion_difference_test(200, 0, 200, 200, alpha=0.05, tau=0.05)
+    assert result.p_value == 0.0 and result.log_lambda > 700 and math.isfinite(result.log_lambda)
     assert 0.9 < result.lower <= result.d_hat == result.upper == 1.0
-    decision = decide(look(arm("champion", labelled=200, correct=0), arm("challenger", labelled=200, correct=200)))
-    assert decision.decision == "PROMOTE"
+    # With no failure in either arm, about a thousand requests per arm show the error rate's non-inferiority.
+    champion = arm("champion", labelled=200, correct=0, requests=2000)
+    decision = decide(look(champion, arm("challenger", labelled=200, correct=200, requests=2000)))
+    assert decision.decision == "PROMOTE", decision.reason
     json.dumps(decision.to_dict(), allow_nan=False)
 
 
 def test_plain_chi2_matches_scipy_and_is_reported_as_not_peeking_safe():
     assert plain_chi2(1000, 800, 1000, 850) == pytest.approx(chi2_contingency([[800, 200], [850, 150]])[1])
     evidence = decide(look(arm("champion", labelled=1000, correct=800), arm("challenger", labelled=1000, correct=850)))
-    assert "not peeking-safe" in evidence.evidence["plain_chi2"]["note"]
+    assert "not peeking-safe" in ev(evidence)["plain_chi2"]["note"]
 
 
 # --- SRM, metrics, guardrails ---------------------------------------------------------------------------------
 
 
-def test_srm_check_accepts_a_mapping_or_a_pair():
-    by_name = srm_check({"champion": 5300, "challenger": 4700}, 0.5)
-    by_pair = srm_check((5300, 4700), 0.5)
-    assert by_name == by_pair
-    assert by_pair.mismatch and by_pair.p_value < 1e-6 and by_pair.expected == (5000.0, 5000.0)
-    assert not srm_check((5030, 4970), 0.5).mismatch
-    assert not srm_check((700, 300), 0.3).mismatch
-    tiny = srm_check((3, 0), 0.5)
-    assert not tiny.mismatch and not tiny.enough_data
+def test_srm_bayes_factor_is_the_beta_binomial_mixture_over_the_planned_binomial():
+    """BF = BetaBinomial(n_b; n, c s, c (1 - s)) / Binomial(n_b; n, s): the binomial coefficients cancel."""
+    for (n_a, n_b), split in (((5300, 4700), 0.5), ((700, 300), 0.3), ((12, 9), 0.4)):
+        n, c = n_a + n_b, 100.0
+        expected = betabinom.logpmf(n_b, n, c * split, c * (1 - split)) - binom.logpmf(n_b, n, split)
+        result = srm_test((n_a, n_b), split)
+        assert result.log_bayes_factor == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        assert result.p_value == pytest.approx(min(1.0, math.exp(-expected)))
+
+
+def test_srm_flags_a_clear_mismatch_and_not_a_planned_split():
+    assert srm_test((5300, 4700), 0.5).mismatch
+    assert not srm_test((5030, 4970), 0.5).mismatch
+    assert not srm_test((700, 300), 0.3).mismatch
+    assert not srm_test((3, 0), 0.5).mismatch  # three users say nothing
+    assert not srm_test((10, 0), 0.0).mismatch  # no challenger share planned: nothing to test
+
+
+def test_srm_is_always_valid_under_hourly_looks():
+    """Under the planned split the mixture is a martingale: over 72 looks the false alarms stay under the level."""
+    rng = np.random.default_rng(5)
+    experiments, looks, per_look, level = 2000, 72, 200, 0.01
+    flagged = 0
+    for _ in range(experiments):
+        challenger = np.cumsum(rng.binomial(per_look, 0.5, size=looks))
+        total = per_look * np.arange(1, looks + 1)
+        flagged += any(
+            srm_test((int(t - b), int(b)), 0.5, level).mismatch for t, b in zip(total, challenger, strict=True)
+        )
+    assert binomtest(flagged, experiments).proportion_ci(0.99, method="exact").high < level * 1.5
+    assert flagged / experiments <= level
 
 
 def test_arm_metrics_match_sklearn_on_the_expanded_pairs():
@@ -240,14 +272,48 @@ def test_arm_metrics_match_sklearn_on_the_expanded_pairs():
     assert arm_metrics([])["accuracy"] is None
 
 
-def test_error_guardrail_holds_for_equal_rates_and_breaches_past_the_margin():
-    equal = error_guardrail(10_000, 20, 10_000, 25, margin=0.01, alpha=0.05, tau=0.01)
-    assert equal.holds and equal.detail.startswith("holds")
-    worse = error_guardrail(10_000, 20, 10_000, 600, margin=0.01, alpha=0.05, tau=0.01)
-    assert not worse.holds and worse.values["cs_lower"] > 0.01
-    # Worse, but not provably by more than the margin: holds.
-    assert error_guardrail(10_000, 20, 10_000, 120, margin=0.01, alpha=0.05, tau=0.01).holds
-    assert error_guardrail(0, 0, 10, 10, margin=0.01, alpha=0.05, tau=0.01).detail.startswith("not enough data")
+def errors(assigned: int, failed: int, version: str = "1") -> ArmEvidence:
+    return ArmEvidence(version=version, requests=assigned - failed, errors=failed, labelled=0, correct=0)
+
+
+def test_error_guardrail_shows_non_inferiority_for_equal_rates_and_breaches_past_the_margin():
+    margins = plan(guardrail_error_margin=0.005, guardrail_error_margin_relative=0.25)
+    equal = error_guardrail(errors(100_000, 2000), errors(100_000, 2000), margins)
+    # margin = 0.25 x 0.02 + 0.005 = 0.01, and the CS of the difference lies below it.
+    assert equal.holds and equal.shown and equal.values["margin"] == pytest.approx(0.01)
+    assert equal.detail.startswith("non-inferiority shown")
+    few = error_guardrail(errors(500, 10), errors(500, 10), margins)
+    assert few.holds and not few.shown  # not breached, but not shown either: no PROMOTE yet
+    worse = error_guardrail(errors(100_000, 2000), errors(100_000, 6000), margins)
+    assert not worse.holds and worse.values["cs_lower"] > worse.values["margin"]
+    assert worse.detail.startswith("BREACHED")
+    empty = error_guardrail(errors(0, 0), errors(10, 10), margins)
+    assert empty.holds and not empty.shown and empty.detail.startswith("not enough data")
+
+
+def test_a_challenger_with_half_again_the_errors_is_not_promoted_however_accurate():
+    """Champion 2% errors, challenger 3% (1.5x): the margin (1%) is never shown, so no PROMOTE; with more data the
+    breach is proven (the difference is exactly the margin here, so it stays CONTINUE short of that)."""
+    champion = arm("champion", labelled=2000, correct=1600, requests=9800, errors=200)
+    challenger = arm("challenger", labelled=2000, correct=1800, requests=9700, errors=300)
+    decision = decide(look(champion, challenger, guardrail_error_margin=0.005, guardrail_error_margin_relative=0.25))
+    assert (decision.decision, decision.rule) == ("CONTINUE", "non_inferiority_pending")
+    assert "error_rate non-inferiority is not shown" in decision.reason
+    assert "falls below its margin" in decision.what_would_change
+
+
+def test_failed_predictions_count_as_misses_in_the_primary_metric():
+    """A challenger that fails on the hard inputs looks better on what it answers, not on what it was asked."""
+    champion = arm("champion", labelled=2000, correct=1600, requests=4000, errors=0)
+    # Answers 1800 labelled of which 1600 right (0.889), but failed 400 requests: 1600 / 2200 = 0.727 scored.
+    challenger = arm("challenger", labelled=1800, correct=1600, requests=3600, errors=400)
+    evidence = look(champion, challenger, guardrail_error_margin=0.5)  # a margin that lets errors through
+    decision = decide(evidence)
+    arms = ev(decision)["arms"]
+    assert arms["challenger"]["accuracy"] == pytest.approx(1600 / 1800)
+    assert arms["challenger"]["scored"] == 2200 and arms["challenger"]["scored_accuracy"] == pytest.approx(1600 / 2200)
+    assert ev(decision)["primary"]["d_hat"] == pytest.approx(1600 / 2200 - 0.8)
+    assert decision.decision == "ROLLBACK" and decision.rule == "worse"
 
 
 def latency(values: list[LatencyBucket], **kw):
@@ -311,7 +377,7 @@ def test_invalid_on_a_sample_ratio_mismatch_of_all_traffic():
             arm("challenger", labelled=2000, correct=1720, requests=4700),
         )
     )
-    assert decision.decision == "INVALID" and decision.evidence["rule"] == "srm_all"
+    assert decision.decision == "INVALID" and decision.rule == "srm_all"
     assert "assigned users" in decision.reason and "p=" in decision.reason
 
 
@@ -322,8 +388,8 @@ def test_invalid_on_a_sample_ratio_mismatch_of_the_labelled_outcomes_only():
             arm("challenger", labelled=1700, correct=1460, requests=5000),
         )
     )
-    assert decision.evidence["srm"]["all_traffic"]["mismatch"] is False
-    assert decision.decision == "INVALID" and decision.evidence["rule"] == "srm_labelled"
+    assert ev(decision)["srm"]["all_traffic"]["mismatch"] is False
+    assert decision.decision == "INVALID" and decision.rule == "srm_labelled"
     assert "labelled users" in decision.reason
 
 
@@ -334,7 +400,7 @@ def test_rollback_on_an_error_rate_breach_even_when_more_accurate():
             arm("challenger", labelled=2000, correct=1800, requests=4700, errors=300),
         )
     )
-    assert decision.decision == "ROLLBACK" and decision.evidence["rule"] == "guardrail"
+    assert decision.decision == "ROLLBACK" and decision.rule == "guardrail"
     assert "error_rate BREACHED" in decision.reason
 
 
@@ -343,9 +409,9 @@ def test_rollback_on_a_persistent_latency_breach_even_when_more_accurate():
     slower = buckets([(40.0, 20.0)] * 8, [(120.0, 60.0)] * 8)
     # Seen once: not acted on, and not promoted either.
     first = decide(look(champion, challenger, latency=slower, prior_latency_breaches=0))
-    assert first.decision == "CONTINUE" and first.evidence["rule"] == "guardrail_pending"
+    assert first.decision == "CONTINUE" and first.rule == "guardrail_pending"
     second = decide(look(champion, challenger, latency=slower, prior_latency_breaches=1))
-    assert second.decision == "ROLLBACK" and second.evidence["rule"] == "guardrail"
+    assert second.decision == "ROLLBACK" and second.rule == "guardrail"
     assert "latency_p95 BREACHED at 2 consecutive looks" in second.reason
 
 
@@ -358,32 +424,32 @@ def test_a_far_better_challenger_on_a_busy_machine_is_promoted():
 
 def test_promote_when_the_confidence_sequence_is_above_zero():
     decision = decide(accuracies(1600, 1720))
-    assert decision.decision == "PROMOTE" and decision.evidence["rule"] == "better"
-    assert decision.evidence["primary"]["cs_lower"] > 0
-    assert all(g["holds"] for g in decision.evidence["guardrails"])
+    assert decision.decision == "PROMOTE" and decision.rule == "better"
+    assert ev(decision)["primary"]["cs_lower"] > 0
+    assert all(g["holds"] for g in ev(decision)["guardrails"])
 
 
 def test_rollback_when_the_challenger_is_significantly_worse():
     decision = decide(accuracies(1720, 1600))
-    assert decision.decision == "ROLLBACK" and decision.evidence["rule"] == "worse"
-    assert decision.evidence["primary"]["cs_upper"] < 0
+    assert decision.decision == "ROLLBACK" and decision.rule == "worse"
+    assert ev(decision)["primary"]["cs_upper"] < 0
 
 
 def test_rollback_at_the_maximum_duration_without_a_win():
     champion, challenger = arm("champion", labelled=2000, correct=1600), arm("challenger", labelled=2000, correct=1620)
     assert decide(look(champion, challenger, hours=71.9)).decision == "CONTINUE"
     decision = decide(look(champion, challenger, hours=72.0))
-    assert decision.decision == "ROLLBACK" and decision.evidence["rule"] == "max_duration"
+    assert decision.decision == "ROLLBACK" and decision.rule == "max_duration"
     assert "no win within the maximum duration" in decision.reason
 
 
 def test_continue_while_undecided_and_while_labels_are_few():
     undecided = decide(look(arm("champion", labelled=500, correct=400), arm("challenger", labelled=500, correct=410)))
-    assert undecided.decision == "CONTINUE" and undecided.evidence["rule"] == "undecided"
+    assert undecided.decision == "CONTINUE" and undecided.rule == "undecided"
     few = MIN_LABELLED_PER_ARM - 1
     waiting = decide(look(arm("champion", labelled=few, correct=0), arm("challenger", labelled=few, correct=few)))
-    assert waiting.decision == "CONTINUE" and waiting.evidence["rule"] == "too_few_labelled"
-    assert waiting.evidence["primary"] is None
+    assert waiting.decision == "CONTINUE" and waiting.rule == "too_few_labelled"
+    assert ev(waiting)["primary"] is None
 
 
 def test_the_evidence_explains_the_decision_and_is_json_ready():
@@ -394,7 +460,7 @@ def test_the_evidence_explains_the_decision_and_is_json_ready():
     assert challenger["accuracy"] == pytest.approx(0.86) and challenger["f1_macro"] == pytest.approx(0.86)
     assert evidence["primary"]["d_hat"] == pytest.approx(0.06) and evidence["tau"] == 0.05
     assert evidence["primary"]["always_valid_p"] <= 0.05 and evidence["plain_chi2"]["p_value"] < 1e-4
-    assert set(evidence["srm"]) == {"all_traffic", "labelled"}
+    assert set(evidence["srm"]) == {"all_traffic", "labelled", "overridden"}
     assert [g["name"] for g in evidence["guardrails"]] == ["error_rate", "latency_p95"]
     assert evidence["plan"]["mde"] == 0.05 and evidence["elapsed_hours"] == 5.0
     assert evidence["samples"] == {
@@ -433,8 +499,8 @@ def test_the_sample_ratio_is_checked_on_users_not_requests():
         arm("challenger", labelled=1500, correct=1200, requests=4000), users=505, labelled_users=455
     )
     decision = decide(look(champion, challenger))
-    assert decision.evidence["srm"]["all_traffic"]["observed"] == [500, 505]
-    assert decision.evidence["srm"]["labelled"]["observed"] == [450, 455]
+    assert ev(decision)["srm"]["all_traffic"]["observed"] == [500, 505]
+    assert ev(decision)["srm"]["labelled"]["observed"] == [450, 455]
     assert decision.decision != "INVALID"
 
 
@@ -446,5 +512,62 @@ def test_an_experiment_still_invalid_at_the_maximum_duration_is_rolled_back():
             hours=80.0,
         )
     )
-    assert (decision.decision, decision.evidence["rule"]) == ("ROLLBACK", "max_duration")
+    assert (decision.decision, decision.rule) == ("ROLLBACK", "max_duration")
     assert "still invalid at the maximum duration" in decision.reason
+
+
+# --- pause, resume, and the sentence that says what would change ----------------------------------------------
+
+
+def test_a_paused_experiment_stays_invalid_until_resumed_and_is_rolled_back_at_the_maximum_duration():
+    champion, challenger = arm("champion", labelled=2000, correct=1600), arm("challenger", labelled=2000, correct=1720)
+    outcomes = Outcomes(
+        model_name="m", experiment_id="v1-vs-v2", champion_version="1", challenger_version="2", ab_split_b=0.5,
+        arms=[champion, challenger], started_at=START, paused_at=START + timedelta(hours=1),
+    )  # fmt: skip
+    paused = decide(evidence_from_outcomes(outcomes, plan(), START + timedelta(hours=5)))
+    assert (paused.decision, paused.rule) == ("INVALID", "paused")  # even with a win in the counts
+    assert "resume" in paused.what_would_change
+    late = decide(evidence_from_outcomes(outcomes, plan(), START + timedelta(hours=72)))
+    assert (late.decision, late.rule) == ("ROLLBACK", "max_duration")
+
+
+def test_after_a_resume_a_sample_ratio_mismatch_is_reported_not_acted_on():
+    champion = arm("champion", labelled=2000, correct=1600, requests=5300)
+    challenger = arm("challenger", labelled=2000, correct=1720, requests=4700)
+    outcomes = Outcomes(
+        model_name="m", experiment_id="v1-vs-v2", champion_version="1", challenger_version="2", ab_split_b=0.5,
+        arms=[champion, challenger], started_at=START, resumed_at=START + timedelta(hours=2),
+    )  # fmt: skip
+    decision = decide(evidence_from_outcomes(outcomes, plan(), START + timedelta(hours=5)))
+    assert decision.decision == "PROMOTE"
+    srm = ev(decision)["srm"]
+    assert srm["overridden"] and srm["all_traffic"]["mismatch"]
+
+
+def test_every_decision_says_in_one_sentence_what_would_change_it():
+    undecided = decide(look(arm("champion", labelled=500, correct=400), arm("challenger", labelled=500, correct=415)))
+    assert undecided.rule == "undecided"
+    assert undecided.what_would_change.startswith("PROMOTE once the interval's lower end")
+    assert "more scored outcomes per arm" in undecided.what_would_change
+    for decision in (decide(accuracies(1600, 1720)), decide(accuracies(1720, 1600)), undecided):
+        assert decision.what_would_change.endswith(".") and decision.what_would_change.count(". ") == 0
+
+
+def test_users_with_many_correlated_requests_widen_the_interval():
+    """The same request counts, once as independent requests and once as 200 users of 10 alike requests each."""
+    independent = decide(accuracies(1600, 1680))
+    clustered = [
+        msgspec.structs.replace(
+            arm(name, labelled=2000, correct=correct),
+            user_sums=UserSums(users=200, sum_n=2000, sum_x=correct, sum_nn=200 * 100, sum_xx=xx, sum_nx=10 * correct),
+        )
+        # Every user all right or all wrong: 160 (or 168) users right on all 10 requests.
+        for name, correct, xx in (("champion", 1600, 160 * 100), ("challenger", 1680, 168 * 100))
+    ]
+    correlated = decide(look(*clustered))
+    wide, narrow = ev(correlated)["primary"], ev(independent)["primary"]
+    assert wide["d_hat"] == pytest.approx(narrow["d_hat"])
+    assert wide["variance"] == pytest.approx(10 * narrow["variance"], rel=0.05)  # the design effect of ICC 1, m 10
+    assert ev(correlated)["arms"]["champion"]["design_effect"] == pytest.approx(10, rel=0.05)
+    assert independent.decision == "PROMOTE" and correlated.decision == "CONTINUE"
