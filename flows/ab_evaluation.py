@@ -142,7 +142,15 @@ def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) 
     )  # fmt: skip
     if result.verdict == "REGRESSION":
         decision_id = new_id()
-        before, after = watch_rollback(model_name, result, decision_id, promise.loop_id)
+        with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
+            from flows.lib.registry import moved_since
+
+            # Under the lock, just before the move: the watched version must still be the champion.
+            stale = moved_since({CHAMPION: version}, current_aliases(model_name))
+            if stale is not None:
+                print(f"rollback after the watch not carried out: {stale}")
+                return {"decision": "WATCH", "watch": result.to_dict(), "superseded": stale}
+            before, after = watch_rollback(model_name, result, decision_id, promise.loop_id)
         end_watch(model_name, version, "regressed")
         with router(settings) as client:
             client.reload_models()
