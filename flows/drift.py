@@ -88,12 +88,11 @@ def save_episode(model_name: str, state) -> None:
 @task(**IO_RETRIES)
 def load_calibration(run_id: str, reference, settings: FlowSettings):
     """The champion's drift calibration stored with it; calibrated now for a version registered without one."""
-    import mlflow
-
+    from flows.lib import registry
     from flows.lib.drift_calibration import VersionCalibration
 
     try:
-        stored = mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_ARTIFACT_DIR}/{DRIFT_CALIBRATION_FILE}")
+        stored = registry.load_run_document(run_id, f"{DRIFT_ARTIFACT_DIR}/{DRIFT_CALIBRATION_FILE}")
         return VersionCalibration.from_dict(stored)
     except Exception as exc:  # noqa: BLE001 - an older version has none: calibrate its reference here
         print(f"no stored drift calibration ({type(exc).__name__}): calibrating the reference now")
@@ -152,24 +151,26 @@ def save_run(
     result, summary: str, *, model_name: str, version: str, reports_dir: Path, tracking_uri: str, loop_id: str, metrics
 ) -> tuple[str, str]:
     """One MLflow run per check: the HTML report, the summary, data quality and calibration, tagged with the loop."""
-    import mlflow
-
     from flows.lib import drift as drift_lib
+    from flows.lib import registry
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    tags = {TAG_KIND: KIND_DRIFT, TAG_LOOP_ID: loop_id, **run_lineage()}
-    with mlflow.start_run(run_name=f"drift {model_name} v{version} {stamp}", tags=tags) as run:
-        mlflow.log_metrics(metrics)
-        mlflow.log_params({"model_name": model_name, "champion_version": version})
-        mlflow.log_text(summary, f"{DRIFT_ARTIFACT_DIR}/summary.md")
-        mlflow.log_dict(result.quality.as_dict(), f"{DRIFT_ARTIFACT_DIR}/quality.json")
-        mlflow.log_dict(result.calibration.as_dict(), f"{DRIFT_ARTIFACT_DIR}/{DRIFT_CALIBRATION_FILE}")
-        path = ""
-        if result.drift is not None:
-            written = drift_lib.save_report(result.drift, reports_dir / f"{model_name}-v{version}-{stamp}.html")
-            mlflow.log_artifact(str(written), artifact_path="drift_report")
-            path = str(written.resolve())
-    return path, mlflow_run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
+    written = None
+    if result.drift is not None:
+        written = drift_lib.save_report(result.drift, reports_dir / f"{model_name}-v{version}-{stamp}.html")
+    experiment_id, run_id = registry.log_check_run(
+        run_name=f"drift {model_name} v{version} {stamp}",
+        tags={TAG_KIND: KIND_DRIFT, TAG_LOOP_ID: loop_id, **run_lineage()},
+        metrics=metrics,
+        params={"model_name": model_name, "champion_version": version},
+        texts={f"{DRIFT_ARTIFACT_DIR}/summary.md": summary},
+        documents={
+            f"{DRIFT_ARTIFACT_DIR}/quality.json": result.quality.as_dict(),
+            f"{DRIFT_ARTIFACT_DIR}/{DRIFT_CALIBRATION_FILE}": result.calibration.as_dict(),
+        },
+        files={"drift_report": written} if written is not None else {},
+    )
+    return str(written.resolve()) if written is not None else "", mlflow_run_url(tracking_uri, experiment_id, run_id)
 
 
 @flow(name="drift", flow_run_name=run_name("drift"), log_prints=True)

@@ -103,6 +103,35 @@ def pip_requirements(pipeline: Any) -> list[str]:
     return pins
 
 
+def load_run_document(run_id: str, path: str) -> dict[str, Any]:
+    """A JSON document logged in a run (for example a version's drift calibration)."""
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
+
+
+def log_check_run(
+    *,
+    run_name: str,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    params: dict[str, str],
+    texts: dict[str, str],
+    documents: dict[str, Any],
+    files: dict[str, Path],
+) -> tuple[str, str]:
+    """One MLflow run of a monitoring check in the current experiment: its figures, its documents and files
+    (artifact path -> content or local file). Returns (experiment_id, run_id)."""
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        mlflow.log_metrics(metrics)
+        mlflow.log_params(params)
+        for artifact, text in texts.items():
+            mlflow.log_text(text, artifact)
+        for artifact, document in documents.items():
+            mlflow.log_dict(document, artifact)
+        for folder, local in files.items():
+            mlflow.log_artifact(str(local), artifact_path=folder)
+    return run.info.experiment_id, run.info.run_id
+
+
 def log_candidate(
     *,
     pipeline: Any,
