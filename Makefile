@@ -7,7 +7,7 @@ ARGS ?=
 # (every flow run is one), which doubles the CPU a run costs before its first task.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo test install uv lint format deploy clean bench
+.PHONY: demo demo-postgres test install uv lint format deploy clean bench
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv 2>/dev/null \
@@ -19,6 +19,9 @@ install: uv
 
 demo: install ## Bring up Prefect, MLflow, the router and a worker; run the loop once; print the summary.
 	$(UV) run --frozen python -m deployments.demo $(ARGS)
+
+demo-postgres: install ## The same loop on PostgreSQL (Prefect, MLflow, router store), two routers behind nginx.
+	$(UV) run --frozen --env-file deployments/profiles/postgres.env python -m deployments.demo $(ARGS)
 
 test: install ## Unit tests, then the end-to-end loop on real services.
 	$(UV) run --frozen pytest

@@ -388,6 +388,28 @@ class InferencePage(msgspec.Struct, kw_only=True):
     """A page of the inference log, newest first."""
 
     records: list[InferenceRecord]
+    next_cursor: str | None = None
+    """Pass as `before` to read the next (older) page; None when this page was the last (it was not full)."""
+
+
+def page_cursor(record: InferenceRecord) -> str:
+    """The cursor of the records older than `record` (log order: newest `ts` first, then `request_id` descending)."""
+    return f"{record.ts.isoformat()}|{record.request_id}"
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (ts, request_id) a cursor from `page_cursor` stands for.
+
+    Raises:
+        ValueError: It is not such a cursor.
+    """
+    ts, sep, request_id = cursor.partition("|")
+    if not sep or not request_id:
+        raise ValueError(f"bad cursor {cursor[:80]!r}: pass the `next_cursor` of the previous page unchanged")
+    try:
+        return datetime.fromisoformat(ts), request_id
+    except ValueError:
+        raise ValueError(f"bad cursor {cursor[:80]!r}: pass the `next_cursor` of the previous page unchanged") from None
 
 
 class Health(msgspec.Struct, kw_only=True):

@@ -60,6 +60,14 @@ REQUESTED_BY_LOOP = "driftloop"
 """Who asked for an alias move that the loop made by itself (a person's moves name that person)."""
 ALIAS_HISTORY_EXPERIMENT = "driftloop-alias-history"
 """MLflow experiment with one run per alias move: the append-only history of the registry."""
+REGISTRY_LOCK_PREFIX = "driftloop-registry:"
+"""Prefect global concurrency limits (limit 1) named this plus the model name: whoever moves an alias of that model
+(bootstrap, retrain, A/B evaluation, a manual control) holds it, on any worker of any machine."""
+
+
+def registry_lock_name(model_name: str) -> str:
+    """The Prefect global concurrency limit that every alias move of `model_name` holds."""
+    return f"{REGISTRY_LOCK_PREFIX}{model_name}"
 
 
 def model_uri(model_name: str, alias: str) -> str:

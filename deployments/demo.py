@@ -27,6 +27,7 @@ import msgspec
 
 from contracts import events
 from contracts.api import ROUTE_HEALTH, Health
+from deployments import databases
 from deployments.settings import StackSettings
 from deployments.simulator import Simulator
 from deployments.stack import Stack, StackError, urls
@@ -63,6 +64,8 @@ class Watcher:
         self.registered: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []
         self.promoted: dict[str, Any] | None = None
+        self.replicas: dict[str, str] = {}
+        """Replica URL to the champion it served once the promotion reached it (several replicas only)."""
         self.rolled_back: dict[str, Any] | None = None
         self.flow_runs: dict[str, str] = {}
         self.progress_at = time.monotonic()
@@ -173,6 +176,13 @@ STAGES = [
 ]
 
 
+def replica_urls(settings: StackSettings) -> list[str]:
+    """The replicas behind the proxy (none when one router serves on the router port itself)."""
+    if settings.router_replicas == 1:
+        return []
+    return [f"http://127.0.0.1:{settings.router_port + i}" for i in range(1, settings.router_replicas + 1)]
+
+
 async def wait_for_champion(router_url: str, timeout: float, version: str | None = None) -> Health:
     """Wait until the router serves a champion (this version, when given)."""
     deadline = time.monotonic() + timeout
@@ -260,6 +270,11 @@ async def run_loop(stack: Stack, settings: StackSettings, timeline: Timeline) ->
                 await wait_for_champion(settings.router_url, 30, version)
                 watcher._stage("router_serves_new_champion")
                 timeline.log(f"router serves champion v{version}")
+                for url in replica_urls(settings):
+                    # Each replica behind the proxy re-reads the aliases on its own: every one must serve it.
+                    health = await wait_for_champion(url, 30, version)
+                    watcher.replicas[url] = health.champion_version or ""
+                    timeline.log(f"replica {url} serves champion v{health.champion_version}")
             except TimeoutError as exc:
                 timeline.log(str(exc))
         await asyncio.sleep(1.5)  # let the last events arrive
@@ -379,6 +394,7 @@ def summarize(watcher: Watcher, stats, settings: StackSettings, runs: list[dict[
         "looks": len(watcher.decisions),
         "promoted": watcher.promoted,
         "rolled_back": watcher.rolled_back,
+        "replicas_serving": watcher.replicas,
         "flow_runs": runs,
         "flow_run_states": states,
         "startup_cpu_s": startup_costs(runs),
@@ -499,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         # already learnt the drift, so it would rightly never lose. Start clean unless told otherwise.
         shutil.rmtree(settings.home)
         timeline.log(f"cleared {settings.home} (the last run's state; --keep-state keeps it)")
+    if not args.keep_state:
+        # A profile on server databases keeps its state there: start those clean too.
+        server_dbs = [settings.prefect_database_url, settings.mlflow_backend_store_uri, settings.router_store_url]
+        for line in databases.ensure(server_dbs, reset=True):
+            timeline.log(f"{line} (reset: the last run's state; --keep-state keeps it)")
     try:
         with Stack(settings, log=timeline.log) as stack:
             for name, url in urls(settings).items():

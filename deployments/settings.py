@@ -20,6 +20,26 @@ class StackSettings(BaseSettings):
     mlflow_port: int = Field(5000, description="Port of the local MLflow tracking server (API and UI).")
     router_port: int = Field(8000, description="Port of the router.")
     work_pool: str = Field("driftloop", description="Prefect process work pool the worker serves.")
+    prefect_database_url: str | None = Field(
+        None,
+        description="Database of the Prefect server (`postgresql+asyncpg://user@host/db`); None: SQLite under home.",
+    )
+    mlflow_backend_store_uri: str | None = Field(
+        None,
+        description="MLflow's backend store (`postgresql+psycopg://user@host/db`); None: SQLite under home.",
+    )
+    mlflow_artifacts_destination: str | None = Field(
+        None, description="Where MLflow keeps artifacts (`file:///...`, `s3://...`); None: a folder under home."
+    )
+    router_store_url: str | None = Field(
+        None,
+        description="The routers' store (the same variable the router reads); a PostgreSQL database is created "
+        "when missing and reset with the demo's state.",
+    )
+    router_replicas: int = Field(
+        1, ge=1, description="Router processes; above 1 they listen on the next ports behind nginx on router_port."
+    )
+    nginx_binary: str = Field("nginx", description="nginx to run in front of several replicas (path or name).")
     worker_poll_seconds: float = Field(
         1.0, description="How often the worker asks for runs (Prefect's default is 10 s)."
     )

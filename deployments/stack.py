@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 
 from contracts.api import ROUTE_HEALTH
 from contracts.auth import SECRETS_FILE_ENV, TOKEN_ENV
+from deployments import databases, proxy
 from deployments.settings import StackSettings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -66,6 +67,8 @@ class Service:
     log_path: Path
     accept_status: tuple[int, ...] = (200,)
     kill_grace_seconds: float = 10.0
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables of this process alone (a replica's port), over the stack's environment."""
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def log_tail(self, lines: int = 25) -> str:
@@ -144,6 +147,10 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if s.prefect_database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = s.prefect_database_url
+        if s.router_store_url:
+            env["DRIFTLOOP_ROUTER_STORE_URL"] = s.router_store_url
         return env
 
     def use_in_this_process(self) -> None:
@@ -176,7 +183,7 @@ class Stack:
         service.process = subprocess.Popen(
             service.command,
             cwd=PROJECT_DIR,
-            env=self.env(),
+            env={**self.env(), **service.env},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -231,24 +238,22 @@ class Stack:
             s.prefect_port,
             f"{s.prefect_api_url}/health",
         )
+        created = databases.ensure([s.prefect_database_url, s.mlflow_backend_store_uri, s.router_store_url])
+        for line in created:
+            self.log(line)
+        backend = s.mlflow_backend_store_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+        artifacts = s.mlflow_artifacts_destination or (self.home / "mlflow" / "artifacts").as_uri()
         mlflow = self._service(
             "mlflow",
             [
                 str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}",
-                "--artifacts-destination", (self.home / "mlflow" / "artifacts").as_uri(), "--serve-artifacts",
+                "--backend-store-uri", backend, "--artifacts-destination", artifacts, "--serve-artifacts",
             ],
             s.mlflow_port,
             f"{s.mlflow_url}/health",
         )  # fmt: skip
         # The router answers 503 until a champion exists: any answer means it is up.
-        router = self._service(
-            "router",
-            [sys.executable, "-m", "serving"],
-            s.router_port,
-            f"{s.router_url}{ROUTE_HEALTH}",
-            accept_status=(200, 503),
-        )
+        routers = self._routers()
         worker = self._service(
             "worker",
             [str(BIN / "prefect"), "worker", "start", "--pool", s.work_pool, "--type", "process"],
@@ -256,11 +261,12 @@ class Stack:
             None,
             kill_grace_seconds=3.0,
         )
-        for service in (prefect, mlflow, router):
+        for service in (prefect, mlflow, *routers):
             self._spawn(service)
         self._wait_healthy(prefect)
         self.log("prefect is up")
         self._recover_interrupted_runs()
+        self._ensure_registry_lock()
         self._run(
             str(BIN / "prefect"), "work-pool", "create", s.work_pool, "--type", "process", "--overwrite",
             what="creating the work pool",
@@ -270,11 +276,41 @@ class Stack:
         self.log("deployed every deployment of prefect.yaml")
         applied = self._run(sys.executable, "-m", "automations.apply", what="applying automations/")
         self.log(applied.strip())
-        for service in (mlflow, router):
+        for service in (mlflow, *routers):
             self._wait_healthy(service)
             self.log(f"{service.name} is up")
         self._wait_worker()
         self.log("worker is polling")
+
+    def _routers(self) -> list[Service]:
+        """One router on router_port; or several replicas on the next ports with nginx on router_port."""
+        s = self.settings
+        command = [sys.executable, "-m", "serving"]
+        if s.router_replicas == 1:
+            health = f"{s.router_url}{ROUTE_HEALTH}"
+            return [self._service("router", command, s.router_port, health, accept_status=(200, 503))]
+        try:
+            nginx = proxy.find_nginx(s.nginx_binary)
+        except proxy.ProxyNotFound as exc:
+            raise StackError(str(exc)) from None
+        replicas = []
+        for i in range(1, s.router_replicas + 1):
+            port = s.router_port + i
+            replicas.append(
+                self._service(
+                    f"router-{i}", command, port, f"http://127.0.0.1:{port}{ROUTE_HEALTH}", accept_status=(200, 503),
+                    env={"DRIFTLOOP_ROUTER_PORT": str(port)},
+                )
+            )  # fmt: skip
+        prefix = self.home / "nginx"
+        config = proxy.write_config(
+            listen_port=s.router_port, upstream_ports=[r.port for r in replicas if r.port], prefix=prefix
+        )
+        front = self._service(
+            "proxy", proxy.nginx_command(nginx, config, prefix), s.router_port, f"{s.router_url}{ROUTE_HEALTH}",
+            accept_status=(200, 503),
+        )  # fmt: skip
+        return [*replicas, front]
 
     def _recover_interrupted_runs(self) -> None:
         """Crash the runs a previous session's stop cut short and free the deployment slots they held.
@@ -306,6 +342,21 @@ class Stack:
         crashed = asyncio.run(recover())
         if crashed:
             self.log(f"marked {crashed} run(s) interrupted by the last stop as Crashed and freed their slots")
+
+    def _ensure_registry_lock(self) -> None:
+        """Create the model's registry lock (a Prefect global concurrency limit of 1) unless it exists."""
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectAlreadyExists
+
+        from contracts.registry import registry_lock_name
+
+        name = registry_lock_name(self.settings.model_name)
+        with get_client(sync_client=True) as client:
+            try:
+                client.upsert_global_concurrency_limit_by_name(name, 1)
+            except ObjectAlreadyExists:
+                pass
+        self.log(f"registry lock {name} ready")
 
     def _wait_worker(self) -> None:
         from prefect.client.orchestration import get_client

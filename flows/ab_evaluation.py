@@ -21,10 +21,12 @@ from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
     IO_RETRIES,
     connect_mlflow,
+    current_aliases,
     emit,
     find_version,
     mlflow_run_url,
     new_id,
+    registry_lock,
     report_startup,
     router,
     run_name,
@@ -140,7 +142,15 @@ def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) 
     )  # fmt: skip
     if result.verdict == "REGRESSION":
         decision_id = new_id()
-        before, after = watch_rollback(model_name, result, decision_id, promise.loop_id)
+        with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
+            from flows.lib.registry import moved_since
+
+            # Under the lock, just before the move: the watched version must still be the champion.
+            stale = moved_since({CHAMPION: version}, current_aliases(model_name))
+            if stale is not None:
+                print(f"rollback after the watch not carried out: {stale}")
+                return {"decision": "WATCH", "watch": result.to_dict(), "superseded": stale}
+            before, after = watch_rollback(model_name, result, decision_id, promise.loop_id)
         end_watch(model_name, version, "regressed")
         with router(settings) as client:
             client.reload_models()
@@ -305,28 +315,40 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         challenger_correct=challenger_arm["correct"],
         report_url=where["run_url"],
     ).model_dump(mode="json")
-    emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
     moved = {"reason": decision.reason, "decision_id": decision_id, "loop_id": plan.loop_id, "evidence": ev}
-    if decision.decision == PROMOTE:
-        from flows.lib import ab_policy
+    if decision.decision not in (PROMOTE, ROLLBACK):
+        emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
+        if decision.decision == INVALID and decision.rule != "paused":
+            # Newly invalid: pause (the champion serves everyone, the challenger keeps its alias) until an operator
+            # resumes or ends it; a paused experiment at its maximum duration is rolled back by `decide`.
+            pause_at_router(settings, version, f"INVALID: {decision.reason}")
+            emit(events.EXPERIMENT_INVALID, model_name, payload, version=version)
+            emit(events.EXPERIMENT_PAUSED, model_name, payload, version=version)
+    else:
+        with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
+            # Re-read both aliases under the lock: another look (or a control) may have acted since this one read.
+            from flows.lib.registry import moved_since
 
-        promote(model_name, version, **moved)
-        if plan.watch_hours > 0:
-            keep_promise(model_name, ab_policy.promise_of(decision, plan.watch_hours, datetime.now(UTC)))
-        end_at_router(settings, ExperimentEnd(challenger_version=version, decision=PROMOTE, reason=decision.reason),
-                      split=None)  # fmt: skip
-        emit(events.MODEL_PROMOTED, model_name, payload, version=version)
-    elif decision.decision == ROLLBACK:
-        roll_back(model_name, **moved)
-        end_at_router(settings, ExperimentEnd(challenger_version=version, decision=ROLLBACK, reason=decision.reason),
-                      split=0.0)  # fmt: skip
-        emit(events.MODEL_ROLLED_BACK, model_name, payload, version=version)
-    elif decision.decision == INVALID and decision.rule != "paused":
-        # Newly invalid: pause (the champion serves everyone, the challenger keeps its alias) until an operator
-        # resumes or ends it; a paused experiment at its maximum duration is rolled back by `decide`.
-        pause_at_router(settings, version, f"INVALID: {decision.reason}")
-        emit(events.EXPERIMENT_INVALID, model_name, payload, version=version)
-        emit(events.EXPERIMENT_PAUSED, model_name, payload, version=version)
+            seen = {CHAMPION: outcomes.champion_version, CHALLENGER: version}
+            stale = moved_since(seen, current_aliases(model_name))
+            if stale is not None:
+                print(f"{decision.decision} not carried out: {stale}")
+                return as_dict | {"decision_id": decision_id, "superseded": stale} | where
+            emit(events.EXPERIMENT_DECIDED, model_name, payload, version=version)
+            if decision.decision == PROMOTE:
+                from flows.lib import ab_policy
+
+                promote(model_name, version, **moved)
+                if plan.watch_hours > 0:
+                    keep_promise(model_name, ab_policy.promise_of(decision, plan.watch_hours, datetime.now(UTC)))
+                end = ExperimentEnd(challenger_version=version, decision=PROMOTE, reason=decision.reason)
+                end_at_router(settings, end, split=None)
+                emit(events.MODEL_PROMOTED, model_name, payload, version=version)
+            else:
+                roll_back(model_name, **moved)
+                end = ExperimentEnd(challenger_version=version, decision=ROLLBACK, reason=decision.reason)
+                end_at_router(settings, end, split=0.0)
+                emit(events.MODEL_ROLLED_BACK, model_name, payload, version=version)
     if plan.loop_id:
         record_lineage(model_name, plan.loop_id, settings.mlflow_tracking_uri)
     from prefect.runtime import flow_run

@@ -10,9 +10,11 @@ from flows.lib.drift_policy import reference_sample
 from flows.settings import get_settings
 from flows.tasks import (
     connect_mlflow,
+    current_aliases,
     emit,
     find_version,
     register_candidate,
+    registry_lock,
     report_startup,
     run_name,
     set_alias,
@@ -61,7 +63,13 @@ def bootstrap(model_name: str | None = None, force: bool = False) -> dict:
         tags={TAG_TRIGGER: TRIGGER_BOOTSTRAP},
     )
     tag_version(model_name, registered["version"], {TAG_GATE: GATE_BOOTSTRAP})
-    set_alias(model_name, CHAMPION, registered["version"], reason="bootstrap: no champion existed")
+    with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
+        # Re-read under the lock: another bootstrap may have crowned its own model while this one trained.
+        crowned = current_aliases(model_name)[CHAMPION]
+        if crowned is not None and crowned != (existing or {}).get("version") and not force:
+            print(f"v{crowned} became {CHAMPION} while this run trained: v{registered['version']} stays uncrowned")
+            return {"version": crowned, "created": False}
+        set_alias(model_name, CHAMPION, registered["version"], reason="bootstrap: no champion existed")
     print(f"v{registered['version']} ({result.model_id}) is {CHAMPION}; holdout {result.holdout_metrics}")
     emit(
         events.MODEL_REGISTERED,

@@ -26,7 +26,7 @@ from contracts import events
 from contracts.api import PROMOTE, ROLLBACK, ExperimentEnd, ExperimentPause
 from contracts.registry import CHALLENGER, CHAMPION
 from flows.settings import get_settings
-from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, new_id, router, run_name
+from flows.tasks import IO_RETRIES, connect_mlflow, emit, find_version, new_id, registry_lock, router, run_name
 
 
 @task(**IO_RETRIES)
@@ -107,11 +107,13 @@ def rollback(reason: str, requested_by: str, model_name: str | None = None, to_v
     settings = get_settings()
     model_name = model_name or settings.model_name
     connect_mlflow(settings)
-    challenger = find_version(model_name, CHALLENGER)
     decision_id = new_id()
-    before, after = move_champion_back(
-        model_name, to_version=to_version, reason=reason, requested_by=requested_by, decision_id=decision_id
-    )
+    with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
+        # Read under the lock, just before the move: what the rollback ends is what is served now.
+        challenger = find_version(model_name, CHALLENGER)
+        before, after = move_champion_back(
+            model_name, to_version=to_version, reason=reason, requested_by=requested_by, decision_id=decision_id
+        )
     tell_router(challenger["version"] if challenger else None, ROLLBACK, f"{CHAMPION} rolled back: {reason}")
     return _announce("rollback", model_name, requested_by=requested_by, reason=reason, version=after,
                      previous=before, decision_id=decision_id)  # fmt: skip
@@ -134,9 +136,10 @@ def promote(version: str, reason: str, requested_by: str, model_name: str | None
     settings = get_settings()
     model_name = model_name or settings.model_name
     connect_mlflow(settings)
-    challenger = find_version(model_name, CHALLENGER)
     decision_id = new_id()
-    before = promote_by_hand(model_name, version, reason=reason, requested_by=requested_by, decision_id=decision_id)
+    with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
+        challenger = find_version(model_name, CHALLENGER)  # under the lock, just before the move
+        before = promote_by_hand(model_name, version, reason=reason, requested_by=requested_by, decision_id=decision_id)
     if challenger is not None:
         decision = PROMOTE if challenger["version"] == version else ROLLBACK
         tell_router(challenger["version"], decision, f"promoted v{version} by hand: {reason}")
@@ -163,7 +166,8 @@ def end_experiment(reason: str, requested_by: str, model_name: str | None = None
     model_name = model_name or settings.model_name
     connect_mlflow(settings)
     decision_id = new_id()
-    challenger = retire_by_hand(model_name, reason=reason, requested_by=requested_by, decision_id=decision_id)
+    with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
+        challenger = retire_by_hand(model_name, reason=reason, requested_by=requested_by, decision_id=decision_id)
     if challenger is None:
         print(f"{model_name} has no {CHALLENGER}: no experiment to end")
     tell_router(challenger, ROLLBACK, f"ended by hand: {reason}")

@@ -49,11 +49,13 @@ from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
     IO_RETRIES,
     connect_mlflow,
+    current_aliases,
     emit,
     fetch_traffic,
     find_version,
     new_id,
     register_candidate,
+    registry_lock,
     report_startup,
     retrain_slot,
     router,
@@ -367,9 +369,20 @@ def retrain(
             tags |= plan_tags(plan)
         tag_version(model_name, version, tags)
         if plan is not None:
-            # The plan reaches the router before the alias, so the experiment has it from its first request.
-            send_plan(settings, plan)
-            set_alias(model_name, CHALLENGER, version, reason=f"passed the quality gate: {why}", loop_id=loop_id)
+            with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
+                # Both aliases as this run saw them when it started: a move meanwhile (a promotion, a rollback, a
+                # manual control) makes the comparison stale, so the candidate stays registered but untested.
+                from flows.lib.registry import moved_since
+
+                seen = {CHAMPION: champion["version"], CHALLENGER: challenger["version"] if challenger else None}
+                stale = moved_since(seen, current_aliases(model_name))
+                if stale is not None:
+                    return skip(
+                        model_name, trigger, f"v{version} passed the gate but is not made {CHALLENGER}: {stale}"
+                    )
+                # The plan reaches the router before the alias, so the experiment has it from its first request.
+                send_plan(settings, plan)
+                set_alias(model_name, CHALLENGER, version, reason=f"passed the quality gate: {why}", loop_id=loop_id)
             print(
                 f"experiment planned: baseline accuracy {plan.baseline:.3f}, MDE {plan.mde}, alpha {plan.alpha}, "
                 f"power {plan.power}: {plan.min_samples_per_arm} labelled outcomes per arm "

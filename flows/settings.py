@@ -30,6 +30,9 @@ class FlowSettings(RouterTokens):
     target: str = Field("species", description="Name of the target column in the dataset.")
     router_url: str = Field("http://127.0.0.1:8000", description="Base URL of the prediction router.")
     http_timeout_seconds: float = Field(10.0, description="Timeout of each HTTP call to the router.")
+    router_page_size: int = Field(
+        1000, ge=1, le=10_000, description="Records per request when drift and retrain walk the router's inference log."
+    )
 
     drift_window_rows: int = Field(300, description="At most this many of the newest logged requests form the window.")
     drift_window_minutes: float = Field(60.0, description="Only requests newer than this many minutes count.")
@@ -112,7 +115,7 @@ class FlowSettings(RouterTokens):
         10_000,
         ge=1,
         le=10_000,
-        description="At most this many of the window's newest labelled requests are read (one router page).",
+        description="At most this many of the window's newest labelled requests are read (a page at a time).",
     )
     retrain_window_days: float = Field(
         7.0, gt=0, description="Labelled traffic of the last this many days is training and holdout material."
@@ -150,6 +153,10 @@ class FlowSettings(RouterTokens):
         description="Models whose cost grows badly with rows: at scale they train on the seeded sample.",
     )
     retrain_scale_dropped_models: list[str] = Field(["rbfsvm", "gpc", "mlp"], description="Models left out at scale.")
+    registry_lock_wait_seconds: float = Field(
+        300.0,
+        description="How long a run waits for the registry lock (held by whoever moves an alias) before it fails.",
+    )
     retrain_slot_wait_seconds: float = Field(
         30.0, gt=0, description="How long taking the model's free retrain slot may take (a held one is not waited for)."
     )

@@ -81,6 +81,18 @@ def retrain_slot_name(model_name: str) -> str:
     return f"driftloop-retrain:{model_name}"
 
 
+def ensure_limit(name: str) -> None:
+    """Create the Prefect global concurrency limit `name` with one slot unless it exists (idempotent, race-safe)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+        except ObjectAlreadyExists:  # created by a run that started at the same moment
+            pass
+
+
 @contextmanager
 def retrain_slot(model_name: str, *, wait_seconds: float) -> Iterator[bool]:
     """Hold the model's retrain slot for the block: True when held, False when another retrain holds it.
@@ -97,14 +109,10 @@ def retrain_slot(model_name: str, *, wait_seconds: float) -> Iterator[bool]:
     """
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists
 
     name = retrain_slot_name(model_name)
+    ensure_limit(name)
     with get_client(sync_client=True) as client:
-        try:
-            client.upsert_global_concurrency_limit_by_name(name, 1)
-        except ObjectAlreadyExists:  # created by a run that started at the same moment
-            pass
         limit = client.read_global_concurrency_limit_by_name(name)
     with ExitStack() as stack:
         # A held slot means a retrain is training now: skip at once rather than wait minutes for it.
@@ -115,6 +123,50 @@ def retrain_slot(model_name: str, *, wait_seconds: float) -> Iterator[bool]:
             except TimeoutError:  # another run took it between the read and the acquisition
                 held = False
         yield held
+
+
+def ensure_registry_lock(model_name: str) -> None:
+    """Create the registry lock of `model_name` unless it exists (the stack does it at start; the lock, lazily)."""
+    from contracts.registry import registry_lock_name
+
+    ensure_limit(registry_lock_name(model_name))
+
+
+@contextmanager
+def registry_lock(model_name: str, *, wait_seconds: float) -> Iterator[None]:
+    """Hold the model's registry lock for the block: no other run moves an alias of the model meanwhile.
+
+    Bootstrap, retrain, A/B evaluation and every manual control take it around their moves (and re-read both aliases
+    inside it before moving), so two runs on any workers never move aliases at once nor act on a stale view. It is a
+    Prefect global concurrency limit of 1 held through a lease: a run that dies frees it when its lease runs out.
+
+    Args:
+        model_name: The model whose aliases the block moves.
+        wait_seconds: How long to wait for a run that holds it.
+
+    Raises:
+        TimeoutError: The lock was not free within `wait_seconds`.
+    """
+    from prefect.concurrency.sync import concurrency
+
+    from contracts.registry import registry_lock_name
+
+    name = registry_lock_name(model_name)
+    ensure_limit(name)
+    started = time.monotonic()
+    with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True, lease_duration=120):
+        waited = time.monotonic() - started
+        if waited > 5:  # a busy API takes a second or two even when the lock is free
+            print(f"registry lock of {model_name} taken after {waited:.1f} s (another run held it)")
+        yield
+
+
+@task(**IO_RETRIES)
+def current_aliases(model_name: str) -> dict[str, str | None]:
+    """Where `champion` and `challenger` point now (read under the registry lock, just before a move)."""
+    from flows.lib import registry
+
+    return registry.aliases_now(model_name)
 
 
 @task(**IO_RETRIES)
@@ -146,10 +198,10 @@ def load_reference(model_name: str, alias: str) -> pd.DataFrame:
 def fetch_traffic(
     settings: FlowSettings, *, limit: int, minutes: float | None, labelled: bool | None
 ) -> list[InferenceRecord]:
-    """The newest logged requests from the router's inference log."""
+    """The newest logged requests from the router's inference log, read in pages of `router_page_size`."""
     since = datetime.now(UTC) - timedelta(minutes=minutes) if minutes else None
     with router(settings) as client:
-        return client.inferences(limit=limit, since=since, labelled=labelled)
+        return client.inferences(limit=limit, since=since, labelled=labelled, page_size=settings.router_page_size)
 
 
 @task

@@ -162,6 +162,7 @@ def create_app(
     store = store if store is not None else Store(settings.store_url())
     store.db.busy_timeout = settings.store_busy_timeout_seconds
     store.db.retry_after = settings.store_retry_after_seconds
+    store.db.pool_size = settings.worker_threads
     source = model_source or ModelSource(settings.mlflow_tracking_uri, settings.model_name, lean=settings.lean_pipeline)
     metrics = RouterMetrics()
     store.db.on_write = metrics.observe_store_write
@@ -235,6 +236,8 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if not authorizer.enabled:
             logger.warning("no admin token set: every endpoint is open (bind to loopback only; see the README)")
+        # Every blocking call (handlers, store, models) takes one of these threads and at most one connection.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         async with contextlib.AsyncExitStack() as stack:
             await anyio.to_thread.run_sync(store.open)
             stack.push_async_callback(anyio.to_thread.run_sync, store.close)

@@ -54,8 +54,10 @@ from contracts.api import (
     PredictResponse,
     Readiness,
     RouterConfig,
+    page_cursor,
+    parse_cursor,
 )
-from serving.errors import PayloadTooLarge, RouterError
+from serving.errors import InvalidCursor, PayloadTooLarge, RouterError
 from serving.metrics import ARRIVED, RouterMetrics
 from serving.services import views
 from serving.services.batching import MicroBatcher
@@ -218,7 +220,7 @@ class InferenceController(Controller):
         sync_to_thread=True,
         opt=READ,
         security=_SECURITY,
-        responses={**_AUTH, **_STORE},
+        responses={**_BAD, **_AUTH, **_STORE},
     )
     def inferences(
         self,
@@ -230,10 +232,19 @@ class InferenceController(Controller):
         labelled: Annotated[
             bool | None, Parameter(description="true: only labelled records; false: only unlabelled.")
         ] = None,
+        before: Annotated[
+            str | None, Parameter(description="Cursor: the `next_cursor` of the previous page (older records).")
+        ] = None,
     ) -> InferencePage:
-        """The inference log, newest first (the drift and retrain flows read their windows here)."""
-        rows = store.log.recent(limit=limit, since=since, labelled=labelled)
-        return InferencePage(records=[views.inference_record(r) for r in rows])
+        """The inference log, newest first, a page at a time (the drift and retrain flows walk their windows here)."""
+        try:
+            after = parse_cursor(before) if before is not None else None
+        except ValueError as exc:
+            raise InvalidCursor(str(exc), extra={"before": before[:80]}) from None
+        rows = store.log.recent(limit=limit, since=since, labelled=labelled, before=after)
+        records = [views.inference_record(r) for r in rows]
+        full = len(records) == limit
+        return InferencePage(records=records, next_cursor=page_cursor(records[-1]) if full else None)
 
 
 class ConfigController(Controller):

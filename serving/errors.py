@@ -30,6 +30,10 @@ class RouterError(Exception):
         self.headers = headers or {}
 
 
+class InvalidCursor(RouterError):
+    """A page cursor (`before`) that no page handed out."""
+
+
 class Unauthenticated(RouterError):
     """The endpoint needs a token and the request carries none."""
 

@@ -51,6 +51,12 @@ class RouterSettings(RouterTokens):
     store_busy_timeout_seconds: float = Field(
         2.0, description="How long a store write waits for a lock before the request gets 503."
     )
+    worker_threads: int = Field(
+        40,
+        ge=1,
+        description="Worker threads for blocking work (model calls, store reads and writes); a server database's "
+        "connection pool keeps this many connections, so replicas x threads must fit its max_connections.",
+    )
     store_retry_after_seconds: int = Field(1, description="Retry-After of a 503 caused by the store.")
     outbox_interval_seconds: float = Field(1.0, description="How often pending router events are sent to Prefect.")
     outbox_max_backoff_seconds: float = Field(60.0, description="Longest wait between two tries of one event.")

@@ -565,6 +565,28 @@ def rollback_champion(
     return current_version, target
 
 
+def aliases_now(model_name: str) -> dict[str, str | None]:
+    """Where `champion` and `challenger` point right now (version strings, None when unset)."""
+    found = {alias: get_version(model_name, alias) for alias in (CHAMPION, CHALLENGER)}
+    return {alias: None if v is None else str(v.version) for alias, v in found.items()}
+
+
+def moved_since(seen: dict[str, str | None], now: dict[str, str | None]) -> str | None:
+    """Why a move planned on `seen` aliases must not go ahead on `now`, or None when neither alias moved.
+
+    Args:
+        seen: Alias to version (None: unset) when the run decided; aliases it does not name are not checked.
+        now: Alias to version as read under the registry lock, just before the move.
+
+    Returns:
+        None, or which alias another run moved meanwhile.
+    """
+    changed = [
+        f"{alias} {seen[alias] or '-'} -> {now.get(alias) or '-'}" for alias in seen if seen[alias] != now.get(alias)
+    ]
+    return None if not changed else f"another run moved the aliases since this one decided ({', '.join(changed)})"
+
+
 def plan_of(model_name: str, version: str | int) -> ExperimentPlan | None:
     """The experiment plan kept as `driftloop.plan.*` tags on a version, or None when it has none."""
     return plan_from_tags(_client().get_model_version(model_name, str(version)).tags)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 import msgspec
 
 from contracts.api import (
+    PAGE_MAX,
     ROUTE_CONFIG,
     ROUTE_EXPERIMENT,
     ROUTE_EXPERIMENT_END,
@@ -65,16 +67,46 @@ class RouterClient:
         return response.content
 
     def inferences(
-        self, *, limit: int, since: datetime | None = None, labelled: bool | None = None
+        self, *, limit: int, since: datetime | None = None, labelled: bool | None = None, page_size: int = 1000
     ) -> list[InferenceRecord]:
-        """The newest logged requests, newest first."""
-        content = self._get(
-            ROUTE_INFERENCES,
-            limit=limit,
-            since=since.isoformat() if since else None,
-            labelled=None if labelled is None else str(labelled).lower(),
-        )
-        return msgspec.json.decode(content, type=InferencePage).records
+        """The newest logged requests, newest first, read a page at a time (see `pages`)."""
+        return [record for page in self.pages(limit=limit, since=since, labelled=labelled, page_size=page_size)
+                for record in page]  # fmt: skip
+
+    def pages(
+        self, *, limit: int, since: datetime | None = None, labelled: bool | None = None, page_size: int = 1000
+    ) -> Iterator[list[InferenceRecord]]:
+        """Walk the inference log newest first, one page (one request) at a time, following the router's cursor.
+
+        The router reads one page of rows per request (keyset pagination: a deep page costs what the first does),
+        and the caller holds only the pages it keeps: a window of millions of rows never sits in one response.
+
+        Args:
+            limit: At most this many records in all.
+            since: Only records at or after this time.
+            labelled: True: only labelled; False: only unlabelled; None: both.
+            page_size: Records per request (at most `contracts.api.PAGE_MAX`).
+
+        Yields:
+            Pages of records, newest first; the last one may be short.
+        """
+        cursor: str | None = None
+        left = limit
+        while left > 0:
+            content = self._get(
+                ROUTE_INFERENCES,
+                limit=min(page_size, left, PAGE_MAX),
+                since=since.isoformat() if since else None,
+                labelled=None if labelled is None else str(labelled).lower(),
+                before=cursor,
+            )
+            page = msgspec.json.decode(content, type=InferencePage)
+            if page.records:
+                yield page.records
+            left -= len(page.records)
+            cursor = page.next_cursor
+            if cursor is None:
+                return
 
     def outcomes(self, *, bucket_seconds: int | None = None) -> Outcomes:
         """Outcome counts per arm of the current experiment, with latency in time buckets of this width."""

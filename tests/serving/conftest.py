@@ -171,6 +171,16 @@ class LiveRouter:
 
 
 @pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A SQLAlchemy URL (psycopg 3) of a PostgreSQL database created for this test and dropped after it."""
+    from tests.postgres import require_server, temporary_database, with_driver
+
+    require_server()
+    with temporary_database() as url:
+        yield with_driver(url, "psycopg")
+
+
+@pytest.fixture
 def live_router(tmp_path: Path) -> Iterator[Callable[..., LiveRouter]]:
     """Start routers as processes of their own (stub models, SQLite store under tmp_path, the `TOKENS`)."""
     started: list[LiveRouter] = []

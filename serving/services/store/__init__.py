@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from serving.services.store.config import SharedConfig
-from serving.services.store.database import Database
+from serving.services.store.database import DEFAULT_POOL_SIZE, Database
 from serving.services.store.experiments import ExperimentRecords
 from serving.services.store.inferences import InferenceLog
 from serving.services.store.outbox import NewEvent, Outbox
@@ -43,16 +43,19 @@ class Store:
         shadow: The challenger's shadow predictions (shadow mode).
     """
 
-    def __init__(self, url: str, *, busy_timeout: float = 2.0, retry_after: int = 1) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout: float = 2.0, retry_after: int = 1, pool_size: int = DEFAULT_POOL_SIZE
+    ) -> None:
         """Describe the store; nothing is opened until `open`.
 
         Args:
             url: SQLAlchemy URL (`sqlite:////abs/router.db`, `postgresql+psycopg://...`).
             busy_timeout: Seconds a statement waits for a lock before the request gets a 503.
             retry_after: Seconds a client is told to wait after a store failure.
+            pool_size: Connections kept by a server database's pool (one per worker thread); SQLite ignores it.
         """
         self.url = url
-        self.db = Database(url, busy_timeout=busy_timeout, retry_after=retry_after)
+        self.db = Database(url, busy_timeout=busy_timeout, retry_after=retry_after, pool_size=pool_size)
         self.log = InferenceLog(self.db)
         self.experiments = ExperimentRecords(self.db)
         self.config = SharedConfig(self.db)

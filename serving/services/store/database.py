@@ -19,6 +19,9 @@ from serving.services.store.tables import heartbeats, metadata
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_POOL_SIZE = 40
+"""anyio's default worker-thread count: the connections a server database's pool keeps unless told otherwise."""
+
 WriteObserver = Callable[[str, float], None]
 """Told the name and duration (seconds) of every committed write, for the store-latency metric."""
 
@@ -39,17 +42,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """Opens the engine and hands out transactions whose store failures become `StoreUnavailable` (503)."""
 
-    def __init__(self, url: str, *, busy_timeout: float = 2.0, retry_after: int = 1) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout: float = 2.0, retry_after: int = 1, pool_size: int = DEFAULT_POOL_SIZE
+    ) -> None:
         """Describe the database; nothing is opened until `open`.
 
         Args:
             url: SQLAlchemy URL (`sqlite:////abs/router.db`, `postgresql+psycopg://...`).
             busy_timeout: Seconds a statement waits for a lock (SQLite) or a connection before it gives up.
             retry_after: Seconds a client is told to wait after a store failure.
+            pool_size: Connections kept by a server database's pool (one per worker thread); SQLite ignores it.
         """
         self.url = url
         self.busy_timeout = busy_timeout
         self.retry_after = retry_after
+        self.pool_size = pool_size
         self.on_write: WriteObserver | None = None
         self._engine: Engine | None = None
 
@@ -83,6 +90,10 @@ class Database:
             engine = sa.create_engine(
                 url,
                 pool_pre_ping=True,
+                # Every store call runs in a worker thread and holds one connection: with one connection per
+                # thread no request waits for the pool, and the connections a replica opens are bounded.
+                pool_size=self.pool_size,
+                max_overflow=0,
                 pool_timeout=self.busy_timeout,
                 connect_args={"connect_timeout": max(1, round(self.busy_timeout))},
             )

@@ -126,7 +126,12 @@ class InferenceLog:
         return row, updated == 1
 
     def recent(
-        self, *, limit: int = 500, since: datetime | None = None, labelled: bool | None = None
+        self,
+        *,
+        limit: int = 500,
+        since: datetime | None = None,
+        labelled: bool | None = None,
+        before: tuple[datetime, str] | None = None,
     ) -> list[InferenceRow]:
         """The newest logged predictions, newest first.
 
@@ -134,6 +139,8 @@ class InferenceLog:
             limit: At most this many rows.
             since: Only rows with `ts >= since` (naive means UTC).
             labelled: True: only labelled rows; False: only unlabelled; None: both.
+            before: Only rows after this (ts, request_id) in the log's order: the next page of a walk (keyset
+                pagination on the `ts` index, so a deep page costs what the first does).
 
         Returns:
             The rows, newest first.
@@ -142,6 +149,9 @@ class InferenceLog:
         stmt = sa.select(inferences).order_by(c.ts.desc(), c.request_id.desc()).limit(limit)
         if since is not None:
             stmt = stmt.where(c.ts >= since)
+        if before is not None:
+            ts, request_id = before
+            stmt = stmt.where(sa.or_(c.ts < ts, sa.and_(c.ts == ts, c.request_id < request_id)))
         if labelled is not None:
             stmt = stmt.where(c.label.is_not(None) if labelled else c.label.is_(None))
         with self.db.connect() as conn:
