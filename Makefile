@@ -7,7 +7,7 @@ ARGS ?=
 # (every flow run is one), which doubles the CPU a run costs before its first task.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: demo demo-postgres test install uv lint format deploy clean bench
+.PHONY: demo demo-postgres test install uv lint format deploy clean bench system-packages
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv 2>/dev/null \
@@ -20,19 +20,28 @@ install: uv
 demo: install ## Bring up Prefect, MLflow, the router and a worker; run the loop once; print the summary.
 	$(UV) run --frozen python -m deployments.demo $(ARGS)
 
-demo-postgres: install ## The same loop on PostgreSQL (Prefect, MLflow, router store), two routers behind nginx.
+# Debian packages some parts run for real: nginx (the Postgres profile's proxy, its tests) and wrk (the benches).
+# Installed when missing and apt-get can (as root); otherwise each test or bench that needs one says so and skips.
+SYSTEM_PACKAGES := nginx wrk
+system-packages:
+	@for pkg in $(SYSTEM_PACKAGES); do \
+		command -v $$pkg >/dev/null 2>&1 || [ -x /usr/sbin/$$pkg ] || { command -v apt-get >/dev/null 2>&1 \
+			&& { apt-get install -y -qq $$pkg >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 \
+				&& apt-get install -y -qq $$pkg >/dev/null 2>&1; }; } && echo "installed $$pkg"; } \
+		|| echo "$$pkg is not installed and apt-get could not install it: what needs it skips"; \
+	done
+
+demo-postgres: install system-packages ## The same loop on PostgreSQL (Prefect, MLflow, router store), two routers behind nginx.
 	$(UV) run --frozen --env-file deployments/profiles/postgres.env python -m deployments.demo $(ARGS)
 
-test: install ## Unit tests, then the end-to-end loop on real services.
+test: install system-packages ## Unit tests, then the end-to-end loop on real services.
 	$(UV) run --frozen pytest
 
 # `make bench`: the quick benchmarks (router under wrk, A/B decision simulations, flow start-up); results in
 # bench/results/*.json and the README's performance table. `make bench BENCH=all` adds the slow one (training at
 # scale). bench.fresh_clone (a fresh clone's `make demo`) is run by hand only.
 BENCH ?= quick
-bench: install ## Run the benchmarks in bench/ (BENCH=all for the slow ones too).
-	@command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1; } \
-		|| echo "wrk is not installed and apt-get could not install it: the router bench uses its Python load generator"
+bench: install system-packages ## Run the benchmarks in bench/ (BENCH=all for the slow ones too).
 	$(UV) run --frozen --group bench python -m bench.router $(ARGS)
 	$(UV) run --frozen python -m bench.ab_simulation
 	$(UV) run --frozen python -m bench.flow_startup
