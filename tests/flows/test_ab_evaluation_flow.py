@@ -206,7 +206,9 @@ def test_a_better_challenger_is_promoted_everywhere(experiment, model_name):
 
     # The router ended the experiment with the decision and reloaded: v2 alone serves.
     assert ended(router) == ("PROMOTE", result["reason"])
-    assert health(router) == {
+    served = health(router)
+    assert list(served.pop("execution")) == ["champion"]  # how each arm runs: the champion alone now
+    assert served == {
         "status": "ok",
         "model_name": model_name,
         "champion_version": "2",
@@ -270,7 +272,9 @@ def test_a_challenger_breaching_a_guardrail_is_rolled_back(experiment, model_nam
 
     assert router.http.get("/config").json() == {"ab_split_b": 0.0}
     assert ended(router) == ("ROLLBACK", result["reason"])
-    assert health(router) == {
+    served = health(router)
+    assert list(served.pop("execution")) == ["champion"]  # how each arm runs: the champion alone now
+    assert served == {
         "status": "ok",
         "model_name": model_name,
         "champion_version": "1",

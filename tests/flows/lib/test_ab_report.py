@@ -60,10 +60,9 @@ def test_one_look_is_readable_minutes_on_the_axis_and_intervals_drawn(tmp_path, 
 
 
 def test_the_summary_says_what_would_change_the_decision():
-    from tests.flows.test_ab_policy import accuracies
-
     from flows.lib.ab_policy import decide
     from flows.lib.ab_report import summary_markdown
+    from tests.flows.lib.test_ab_policy import accuracies
 
     decision = decide(accuracies(400, 415, n=500))
     text = summary_markdown(decision, model_name="m", experiment_id="v1-vs-v2", decision_id="d1", run_url="u")

@@ -29,12 +29,14 @@ def iris() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def experiment(iris):
-    from pycaret.classification import ClassificationExperiment
-
-    exp = ClassificationExperiment()
-    with warnings.catch_warnings():
+def experiment(iris, tmp_path_factory):
+    # PyCaret opens `logs.log` in the working directory when it is first imported: keep it out of the repository.
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        mp.chdir(tmp_path_factory.mktemp("pycaret"))
         warnings.simplefilter("ignore")
+        from pycaret.classification import ClassificationExperiment
+
+        exp = ClassificationExperiment()
         exp.setup(iris, target="species", session_id=7, fold=2, n_jobs=1, verbose=False, html=False, system_log=False)
     return exp
 
