@@ -159,6 +159,7 @@ def temporary_mlflow(folder: Path, mp: pytest.MonkeyPatch, empty_db: Path) -> It
     mp.chdir(folder)  # anything MLflow writes relative to the cwd lands here, not in the repo
     mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # whatever an earlier test left as the process's registry
     client = MlflowClient()
     for name in (TRAINING_EXPERIMENT, AB_EXPERIMENT, ALIAS_HISTORY_EXPERIMENT):
         client.create_experiment(name, artifact_location=(root / "artifacts" / name).as_uri())
@@ -168,6 +169,7 @@ def temporary_mlflow(folder: Path, mp: pytest.MonkeyPatch, empty_db: Path) -> It
         if mlflow.active_run() is not None:
             mlflow.end_run()
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
         for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
             del os.environ[key]
         os.environ.update(saved_env)
