@@ -118,23 +118,9 @@ def window_frames(records: list, champion_version: str) -> dict[str, Any]:
 @task
 def check_window(reference, frames: dict[str, Any], calibrated, settings: FlowSettings):
     """Data quality, the calibrated per-column tests (Evidently), prediction and label drift, accuracy."""
-    from flows.lib.data_quality import QualityRules
-    from flows.lib.drift_check import CheckConfig, run_check
+    from flows.lib.drift_check import check_config, run_check
 
-    config = CheckConfig(
-        quality=QualityRules(
-            missing_tolerance=settings.drift_missing_tolerance,
-            range_tolerance=settings.drift_range_tolerance,
-            unseen_tolerance=settings.drift_unseen_tolerance,
-            alpha=settings.drift_quality_alpha,
-        ),
-        max_window_rows=settings.drift_max_window_rows,
-        sample_seed=settings.session_id,
-        report_drift_share=settings.drift_share_threshold,
-        outcome_alpha=settings.drift_outcome_alpha,
-        max_accuracy_drop=settings.drift_max_accuracy_drop,
-        min_labelled=settings.drift_min_labelled,
-    )
+    config = check_config(settings)
     return run_check(
         reference,
         frames["current"],

@@ -21,9 +21,8 @@ def read(path: Path) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     from flows.lib import drift_report
-    from flows.lib.data_quality import QualityRules
     from flows.lib.drift_calibration import calibrate_version
-    from flows.lib.drift_check import CheckConfig, run_check
+    from flows.lib.drift_check import check_config, run_check
     from flows.settings import get_settings
 
     settings = get_settings()
@@ -53,17 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=settings.session_id,
         per_column_method=json.loads(args.methods) if args.methods else settings.drift_methods,
     )
-    config = CheckConfig(
-        quality=QualityRules(
-            missing_tolerance=settings.drift_missing_tolerance,
-            range_tolerance=settings.drift_range_tolerance,
-            unseen_tolerance=settings.drift_unseen_tolerance,
-            alpha=settings.drift_quality_alpha,
-        ),
-        max_window_rows=settings.drift_max_window_rows,
-        sample_seed=settings.session_id,
-        report_drift_share=settings.drift_share_threshold,
-    )
+    config = check_config(settings)
     result = run_check(
         features, current.drop(columns=[target], errors="ignore") if target else current, calibrated, config=config
     )

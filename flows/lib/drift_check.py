@@ -8,6 +8,7 @@ flow, the replay command (`python -m flows.drift_replay`) and the simulations in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -15,6 +16,9 @@ from flows.lib import drift_policy
 from flows.lib.data_quality import QualityReport, QualityRules, check_quality
 from flows.lib.drift import DriftResult, column_roles, compute_drift
 from flows.lib.drift_calibration import Calibration, VersionCalibration
+
+if TYPE_CHECKING:
+    from flows.settings import FlowSettings
 
 
 @dataclass
@@ -34,6 +38,24 @@ class CheckConfig:
     """A performance drop: the interval's upper end lies more than this below the holdout accuracy."""
     min_labelled: int = 30
     """Fewer labelled rows than this: no accuracy or label verdict."""
+
+
+def check_config(settings: FlowSettings) -> CheckConfig:
+    """How a check runs, as the flows' settings (`DRIFTLOOP_DRIFT_*`) say."""
+    return CheckConfig(
+        quality=QualityRules(
+            missing_tolerance=settings.drift_missing_tolerance,
+            range_tolerance=settings.drift_range_tolerance,
+            unseen_tolerance=settings.drift_unseen_tolerance,
+            alpha=settings.drift_quality_alpha,
+        ),
+        max_window_rows=settings.drift_max_window_rows,
+        sample_seed=settings.session_id,
+        report_drift_share=settings.drift_share_threshold,
+        outcome_alpha=settings.drift_outcome_alpha,
+        max_accuracy_drop=settings.drift_max_accuracy_drop,
+        min_labelled=settings.drift_min_labelled,
+    )
 
 
 @dataclass
