@@ -10,7 +10,6 @@ import msgspec
 from contracts.api import (
     Arm,
     ArmOutcome,
-    ConfusionCell,
     Experiment,
     ExperimentPlan,
     FeedbackResponse,
@@ -20,17 +19,15 @@ from contracts.api import (
     Outcomes,
     PredictBatchItem,
     PredictResponse,
-    UserSums,
 )
 from contracts.registry import CHALLENGER, CHAMPION
 from serving.errors import RouterError, redact
 from serving.services.models import ModelSet
-from serving.services.store import ArmCounts, ExperimentRow, InferenceRow, LatencyBucketRow
+from serving.services.store import ExperimentRow, InferenceRow, LatencyBucketRow
 
 logger = logging.getLogger(__name__)
 
 ARMS: tuple[Arm, ...] = (CHAMPION, CHALLENGER)
-_NO_COUNTS = ArmCounts(requests=0, labelled=0, correct=0, incorrect=0)
 
 
 def predict_response(row: InferenceRow, prediction: object | None = None) -> PredictResponse:
@@ -115,13 +112,10 @@ def experiment(row: ExperimentRow) -> Experiment:
     )
 
 
-_SUMS = ("users", "sum_n", "sum_x", "sum_nn", "sum_xx", "sum_nx")
-
-
 def outcomes(
     current: ModelSet,
     exp: Experiment,
-    counts: Mapping[str, ArmCounts],
+    counts: Mapping[str, ArmOutcome],
     split: float,
     buckets: Sequence[LatencyBucketRow] = (),
     bucket_seconds: int = 60,
@@ -131,7 +125,7 @@ def outcomes(
     Args:
         current: The set serving (gives the arms and their versions).
         exp: The experiment (id, versions, start, plan).
-        counts: Stored counts by arm.
+        counts: Stored outcomes by arm (an arm that served nothing yet gets zeros).
         split: The split in force.
         buckets: Latency and compute time per (bucket, arm), oldest first.
         bucket_seconds: Width of the buckets.
@@ -141,25 +135,11 @@ def outcomes(
         served = current.for_arm(arm)
         if served is None:
             continue
-        c = counts.get(arm, _NO_COUNTS)
+        stored = counts.get(arm)
         arms.append(
-            ArmOutcome(
-                arm=arm,
-                model_version=served.version,
-                requests=c.requests,
-                labelled=c.labelled,
-                correct=c.correct,
-                incorrect=c.incorrect,
-                errors=c.errors,
-                users=c.users,
-                labelled_users=c.labelled_users,
-                latency_p50_ms=c.latency_p50_ms,
-                latency_p95_ms=c.latency_p95_ms,
-                confusion=[ConfusionCell(label=lb, prediction=pr, count=n) for lb, pr, n in c.confusion],
-                user_sums=None if c.user_sums is None else UserSums(**dict(zip(_SUMS, c.user_sums, strict=True))),
-                first_request_at=c.first_ts,
-                last_request_at=c.last_ts,
-            )
+            stored
+            if stored is not None
+            else ArmOutcome(arm=arm, model_version=served.version, requests=0, labelled=0, correct=0, incorrect=0)
         )
     return Outcomes(
         model_name=current.model_name,

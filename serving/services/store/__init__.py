@@ -9,7 +9,6 @@ from serving.services.store.inferences import InferenceLog
 from serving.services.store.outbox import NewEvent, Outbox
 from serving.services.store.shadow import ShadowLog
 from serving.services.store.tables import (
-    ArmCounts,
     ExperimentRow,
     InferenceRow,
     LatencyBucketRow,
@@ -19,7 +18,6 @@ from serving.services.store.tables import (
 )
 
 __all__ = [
-    "ArmCounts",
     "ExperimentRow",
     "InferenceRow",
     "LatencyBucketRow",

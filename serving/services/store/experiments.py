@@ -18,6 +18,12 @@ def _when(moment: datetime | None) -> str:
     return "?" if moment is None else f"{moment:%Y-%m-%dT%H:%M:%SZ}"
 
 
+def _set_once(conn: sa.Connection, experiment_id: str, unset: sa.Column[Any], **values: Any) -> bool:
+    """Set `values` only while `unset` is NULL, so the first writer of any replica wins; whether this call did."""
+    stmt = sa.update(experiments).where(experiments.c.experiment_id == experiment_id, unset.is_(None))
+    return conn.execute(stmt.values(**values)).rowcount == 1
+
+
 class ExperimentRecords:
     """Blocking reads and conditional writes of the experiments table: call from a worker thread."""
 
@@ -49,13 +55,17 @@ class ExperimentRecords:
             found = conn.execute(stmt).first()
         return row_of(ExperimentRow, experiments, found._mapping) if found else None
 
-    def _insert(self, **values: Any) -> bool:
-        """Insert an experiment row unless it exists, with a fresh secret salt; returns whether this call did."""
+    def _ensure(self, experiment_id: str, **values: Any) -> bool:
+        """Insert the experiment with a fresh secret salt unless it exists; returns whether this call inserted it."""
+        if self.get(experiment_id) is not None:
+            return False
         try:
             with self.db.begin("experiment_insert") as conn:
-                conn.execute(sa.insert(experiments).values(salt=secrets.token_hex(16), **values))
+                conn.execute(
+                    sa.insert(experiments).values(experiment_id=experiment_id, salt=secrets.token_hex(16), **values)
+                )
         except sa.exc.IntegrityError:
-            return False  # it exists, or another replica inserted it first
+            return False  # another replica inserted it first
         return True
 
     def mark_started(
@@ -85,8 +95,8 @@ class ExperimentRecords:
         row = self.get(experiment_id)
         if row is not None and row.started_at is not None and (row.plan is not None or plan is None):
             return row
-        inserted = row is None and self._insert(
-            experiment_id=experiment_id,
+        inserted = row is None and self._ensure(
+            experiment_id,
             model_name=model_name,
             champion_version=champion_version,
             challenger_version=challenger_version,
@@ -96,17 +106,9 @@ class ExperimentRecords:
         if not inserted:
             # A plan came first (or another replica raced us): set the start and the plan only where none is set.
             with self.db.begin("experiment_start") as conn:
-                conn.execute(
-                    sa.update(experiments)
-                    .where(x.experiment_id == experiment_id, x.started_at.is_(None))
-                    .values(started_at=at)
-                )
+                _set_once(conn, experiment_id, x.started_at, started_at=at)
                 if plan is not None:
-                    conn.execute(
-                        sa.update(experiments)
-                        .where(x.experiment_id == experiment_id, x.plan.is_(None))
-                        .values(plan=plan)
-                    )
+                    _set_once(conn, experiment_id, x.plan, plan=plan)
         return self._must_get(experiment_id)
 
     def save_plan(
@@ -135,8 +137,8 @@ class ExperimentRecords:
                 assigned under it), or the experiment has ended.
         """
         x = experiments.c
-        if self.get(experiment_id) is None and self._insert(
-            experiment_id=experiment_id,
+        if self._ensure(
+            experiment_id,
             model_name=model_name,
             champion_version=champion_version,
             challenger_version=challenger_version,
@@ -180,10 +182,8 @@ class ExperimentRecords:
         Returns:
             True only for the one call (of any replica) that set it; that call's event is in the outbox.
         """
-        x = experiments.c
-        update = sa.update(experiments).where(x.experiment_id == experiment_id, x.sample_reached_at.is_(None))
         with self.db.begin("sample_reached") as conn:
-            if conn.execute(update.values(sample_reached_at=at)).rowcount != 1:
+            if not _set_once(conn, experiment_id, experiments.c.sample_reached_at, sample_reached_at=at):
                 return False
             enqueue(conn, event, at)
         return True
@@ -216,17 +216,15 @@ class ExperimentRecords:
         Raises:
             ExperimentConflict: It already ended with another decision.
         """
-        x = experiments.c
-        if self.get(experiment_id) is None:
-            self._insert(
-                experiment_id=experiment_id,
-                model_name=model_name,
-                champion_version=champion_version,
-                challenger_version=challenger_version,
-            )
-        update = sa.update(experiments).where(x.experiment_id == experiment_id, x.ended_at.is_(None))
+        self._ensure(
+            experiment_id,
+            model_name=model_name,
+            champion_version=champion_version,
+            challenger_version=challenger_version,
+        )
         with self.db.begin("experiment_end") as conn:
-            conn.execute(update.values(ended_at=at, end_decision=decision, end_reason=reason))
+            ending = {"ended_at": at, "end_decision": decision, "end_reason": reason}
+            _set_once(conn, experiment_id, experiments.c.ended_at, **ending)
         row = self._must_get(experiment_id)
         if row.end_decision != decision:
             raise ExperimentConflict(
@@ -244,15 +242,15 @@ class ExperimentRecords:
         router has none and keeps the settings' salt its users were assigned under.
         """
         row = self.get(experiment_id)
-        if row is None:
-            self._insert(
-                experiment_id=experiment_id,
-                model_name=model_name,
-                champion_version=champion_version,
-                challenger_version=challenger_version,
-            )
-            row = self._must_get(experiment_id)
-        return row
+        if row is not None:
+            return row
+        self._ensure(
+            experiment_id,
+            model_name=model_name,
+            champion_version=champion_version,
+            challenger_version=challenger_version,
+        )
+        return self._must_get(experiment_id)
 
     def pause(self, experiment_id: str, *, reason: str, at: datetime) -> ExperimentRow:
         """Pause a running experiment (the champion serves everyone); pausing a paused one keeps the first pause.

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import numpy as np
 import sqlalchemy as sa
 
+from contracts.api import ArmOutcome, ConfusionCell, UserSums
 from serving.errors import AlreadyLabelled, UnknownRequest
 from serving.services.store.database import Database
 from serving.services.store.tables import (
-    ArmCounts,
     InferenceRow,
     LatencyBucketRow,
     PredictionErrorRow,
@@ -171,7 +171,7 @@ class InferenceLog:
             if row.idempotency_key is None:
                 raise
 
-    def outcomes(self, experiment_id: str) -> dict[str, ArmCounts]:
+    def outcomes(self, experiment_id: str) -> dict[str, ArmOutcome]:
         """Per-arm counts, errors, distinct users, latency percentiles and confusion cells of one experiment.
 
         Counts and confusion cells are aggregated in SQL; the percentiles are numpy's (linear interpolation)
@@ -181,7 +181,8 @@ class InferenceLog:
             experiment_id: e.g. `v3` or `v3-vs-v4`.
 
         Returns:
-            Arm name to counts, for the arms that answered or failed at least one request.
+            Arm name to its outcome (the version that served it, read from its records), for the arms that
+            answered or failed at least one request.
         """
         c, e = inferences.c, prediction_errors.c
         labelled = c.label.is_not(None)
@@ -192,6 +193,7 @@ class InferenceLog:
         counts = (
             sa.select(
                 c.arm,
+                sa.func.max(c.model_version).label("model_version"),
                 sa.func.count().label("requests"),
                 sa.func.count(c.label).label("labelled"),
                 count_if(sa.and_(labelled, c.label == c.prediction)).label("correct"),
@@ -203,7 +205,9 @@ class InferenceLog:
             .group_by(c.arm)
         )
         errors = (
-            sa.select(e.arm, sa.func.count().label("errors")).where(e.experiment_id == experiment_id).group_by(e.arm)
+            sa.select(e.arm, sa.func.max(e.model_version).label("model_version"), sa.func.count().label("errors"))
+            .where(e.experiment_id == experiment_id)
+            .group_by(e.arm)
         )
         # A user counts for an arm whether their requests were answered or only failed: users are the unit
         # of randomisation, so the SRM check needs them all.
@@ -256,36 +260,46 @@ class InferenceLog:
         )
         with self.db.connect() as conn:
             count_rows = {r.arm: r for r in conn.execute(counts)}
-            error_counts = {r.arm: int(r.errors) for r in conn.execute(errors)}
+            error_rows = {r.arm: r for r in conn.execute(errors)}
             user_counts = {r.arm: int(r.users) for r in conn.execute(users)}
             sums = {
-                r.arm: (int(r.users), int(r.sn), int(r.sx), int(r.snn), int(r.sxx), int(r.snx))
+                r.arm: UserSums(
+                    users=int(r.users),
+                    sum_n=int(r.sn),
+                    sum_x=int(r.sx),
+                    sum_nn=int(r.snn),
+                    sum_xx=int(r.sxx),
+                    sum_nx=int(r.snx),
+                )
                 for r in conn.execute(user_sums)
             }
             times = {r.arm: (_aware(r.first), _aware(r.last)) for r in conn.execute(span)}
             by_arm: dict[str, list[float]] = {}
             for r in conn.execute(latencies):
                 by_arm.setdefault(r.arm, []).append(float(r.latency_ms))
-            cells: dict[str, list[tuple[str, str, int]]] = {}
+            cells: dict[str, list[ConfusionCell]] = {}
             for r in conn.execute(confusion):
-                cells.setdefault(r.arm, []).append((r.label, r.prediction, int(r.n)))
-        result: dict[str, ArmCounts] = {}
-        for arm in sorted(count_rows.keys() | error_counts.keys()):
-            r = count_rows.get(arm)
-            result[arm] = ArmCounts(
+                cell = ConfusionCell(label=r.label, prediction=r.prediction, count=int(r.n))
+                cells.setdefault(r.arm, []).append(cell)
+        result: dict[str, ArmOutcome] = {}
+        for arm in sorted(count_rows.keys() | error_rows.keys()):
+            r, failed = count_rows.get(arm), error_rows.get(arm)
+            result[arm] = ArmOutcome(
+                arm=arm,
+                model_version=(r or failed).model_version,
                 requests=int(r.requests) if r else 0,
                 labelled=int(r.labelled) if r else 0,
                 correct=int(r.correct) if r else 0,
                 incorrect=int(r.incorrect) if r else 0,
-                errors=error_counts.get(arm, 0),
+                errors=int(failed.errors) if failed else 0,
                 users=user_counts.get(arm, 0),
                 labelled_users=int(r.labelled_users) if r else 0,
                 latency_p50_ms=_percentile(by_arm.get(arm, []), 50),
                 latency_p95_ms=_percentile(by_arm.get(arm, []), 95),
-                confusion=tuple(cells.get(arm, ())),
+                confusion=cells.get(arm, []),
                 user_sums=sums.get(arm),
-                first_ts=times.get(arm, (None, None))[0],
-                last_ts=times.get(arm, (None, None))[1],
+                first_request_at=times.get(arm, (None, None))[0],
+                last_request_at=times.get(arm, (None, None))[1],
             )
         return result
 

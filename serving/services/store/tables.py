@@ -210,29 +210,6 @@ class PredictionErrorRow:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ArmCounts:
-    """Aggregate outcome of one arm."""
-
-    requests: int
-    labelled: int
-    correct: int
-    incorrect: int
-    errors: int = 0
-    users: int = 0
-    """Distinct users with at least one answered or failed request."""
-    labelled_users: int = 0
-    """Distinct users with at least one labelled request."""
-    latency_p50_ms: float | None = None
-    latency_p95_ms: float | None = None
-    confusion: tuple[tuple[str, str, int], ...] = ()
-    """(label, prediction, count) over the labelled requests, sorted by label then prediction."""
-    user_sums: tuple[int, int, int, int, int, int] | None = None
-    """(users, sum n, sum x, sum n^2, sum x^2, sum n x) over users with a scored request (see `UserSums`)."""
-    first_ts: datetime | None = None
-    last_ts: datetime | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
 class ExperimentRow:
     """One stored experiment (a champion/challenger pair)."""
 

@@ -8,7 +8,8 @@ import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 
-from serving.services.store import ArmCounts, InferenceRow, PredictionErrorRow, Store
+from contracts.api import ArmOutcome, ConfusionCell, UserSums
+from serving.services.store import InferenceRow, PredictionErrorRow, Store
 from serving.services.store.tables import prediction_errors
 
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -145,6 +146,10 @@ def store(db_path):
     store.close()
 
 
+def sums(users: int, n: int, x: int, nn: int, xx: int, nx: int) -> UserSums:
+    return UserSums(users=users, sum_n=n, sum_x=x, sum_nn=nn, sum_xx=xx, sum_nx=nx)
+
+
 def test_store_aggregates_one_experiment_per_arm(store):
     now = datetime.now(UTC)
 
@@ -192,7 +197,9 @@ def test_store_aggregates_one_experiment_per_arm(store):
     labelled_pairs = Counter((["b", "a", None][i % 3], "a" if i % 4 < 2 else "b") for i in range(100) if i % 3 != 2)
     correct = labelled_pairs[("a", "a")] + labelled_pairs[("b", "b")]
     assert store.log.outcomes("v1-vs-v2") == {
-        "champion": ArmCounts(
+        "champion": ArmOutcome(
+            arm="champion",
+            model_version="1",
             requests=100,
             labelled=67,
             correct=labelled_pairs[("a", "a")] + labelled_pairs[("b", "b")],
@@ -202,26 +209,26 @@ def test_store_aggregates_one_experiment_per_arm(store):
             labelled_users=67,
             latency_p50_ms=50.5,
             latency_p95_ms=pytest.approx(95.05),
-            confusion=(
-                ("a", "a", labelled_pairs[("a", "a")]),
-                ("a", "b", labelled_pairs[("a", "b")]),
-                ("b", "a", labelled_pairs[("b", "a")]),
-                ("b", "b", labelled_pairs[("b", "b")]),
-            ),
-            user_sums=(67, 67, correct, 67, correct, correct),  # one request per user
-            first_ts=now,
-            last_ts=now,
+            confusion=[
+                ConfusionCell(label=label, prediction=prediction, count=labelled_pairs[(label, prediction)])
+                for label, prediction in (("a", "a"), ("a", "b"), ("b", "a"), ("b", "b"))
+            ],
+            user_sums=sums(67, 67, correct, 67, correct, correct),  # one request per user
+            first_request_at=now,
+            last_request_at=now,
         ),
-        "challenger": ArmCounts(
+        "challenger": ArmOutcome(
+            arm="challenger",
+            model_version="2",
             requests=0,
             labelled=0,
             correct=0,
             incorrect=0,
             errors=3,
             users=3,
-            user_sums=(3, 3, 0, 3, 0, 0),
-            first_ts=now,
-            last_ts=now,
+            user_sums=sums(3, 3, 0, 3, 0, 0),
+            first_request_at=now,
+            last_request_at=now,
         ),  # fmt: skip
     }
     assert labelled_pairs == {("b", "a"): 17, ("a", "a"): 17, ("b", "b"): 17, ("a", "b"): 16}
@@ -252,5 +259,5 @@ def test_user_sums_count_users_with_several_requests_and_failures_as_misses(stor
         )  # fmt: skip
     # n: u1 4 (3 labelled + 1 failure), u2 1, u3 1; x: u1 2, u2 1, u3 0.
     counts = store.log.outcomes("v1-vs-v2")["challenger"]
-    assert counts.user_sums == (3, 6, 3, 16 + 1 + 1, 4 + 1 + 0, 8 + 1 + 0)
+    assert counts.user_sums == sums(3, 6, 3, 16 + 1 + 1, 4 + 1 + 0, 8 + 1 + 0)
     assert (counts.users, counts.labelled_users, counts.errors) == (3, 2, 2)
