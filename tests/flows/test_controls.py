@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
@@ -109,26 +110,30 @@ def test_end_experiment_by_hand_keeps_the_champion(serving, model_name):
     assert event.payload == result and result["previous_version"] == "2"
 
 
-def test_a_control_through_its_deployment(serving, model_name):
-    """What the Prefect UI's "Run" does: a flow run of the deployment, executed as a worker executes it."""
-    registry.promote(model_name, "2", reason="won")
+def run_through_deployment(control: Flow, function: str, *, requested_by: str, model_name: str) -> dict:
+    """What the Prefect UI's "Run" does: a flow run of the control's deployment, executed as a worker executes it."""
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(WorkPoolCreate(name="driftloop", type="process"))
         except ObjectAlreadyExists:
             pass
         deployment_id = client.create_deployment(
-            flow_id=client.create_flow_from_name(controls.rollback.name),
-            name="rollback",
-            entrypoint="flows/controls.py:rollback",
+            flow_id=client.create_flow_from_name(control.name),
+            name=control.name,
+            entrypoint=f"flows/controls.py:{function}",
             work_pool_name="driftloop",
-            parameter_openapi_schema=controls.rollback.parameters.model_dump_for_openapi(),
+            parameter_openapi_schema=control.parameters.model_dump_for_openapi(),
             enforce_parameter_schema=True,
         )
-        flow_run = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"reason": "from the UI", "requested_by": "dana", "model_name": model_name}
-        )
-    result = run_flow(controls.rollback, flow_run=flow_run, parameters=flow_run.parameters)
+        parameters = {"reason": "from the UI", "requested_by": requested_by, "model_name": model_name}
+        flow_run = client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+    return run_flow(control, flow_run=flow_run, parameters=flow_run.parameters)
+
+
+def test_a_control_through_its_deployment(serving, model_name):
+    """What the Prefect UI's "Run" does: a flow run of the deployment, executed as a worker executes it."""
+    registry.promote(model_name, "2", reason="won")
+    result = run_through_deployment(controls.rollback, "rollback", requested_by="dana", model_name=model_name)
     assert aliases(model_name) == {CHAMPION: "1", CHALLENGER: None}
     assert last_moves(model_name, 1) == [("champion", "2", "1", "dana")]
     assert result["requested_by"] == "dana"
@@ -207,23 +212,8 @@ def test_pause_and_resume_by_hand_keep_the_challenger_audited_with_their_events(
 
 
 def test_pause_through_its_deployment_and_from_the_command_line(serving, model_name, prefect_harness):
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_work_pool(WorkPoolCreate(name="driftloop", type="process"))
-        except ObjectAlreadyExists:
-            pass
-        deployment_id = client.create_deployment(
-            flow_id=client.create_flow_from_name(controls.pause_experiment.name),
-            name="pause-experiment",
-            entrypoint="flows/controls.py:pause_experiment",
-            work_pool_name="driftloop",
-            parameter_openapi_schema=controls.pause_experiment.parameters.model_dump_for_openapi(),
-            enforce_parameter_schema=True,
-        )
-        flow_run = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"reason": "from the UI", "requested_by": "hal", "model_name": model_name}
-        )
-    result = run_flow(controls.pause_experiment, flow_run=flow_run, parameters=flow_run.parameters)
+    result = run_through_deployment(controls.pause_experiment, "pause_experiment", requested_by="hal",
+                                    model_name=model_name)  # fmt: skip
     assert result["requested_by"] == "hal" and serving.http.get("/experiment").json()["status"] == "paused"
 
     env = os.environ | {"PREFECT_API_URL": prefect_harness, "DRIFTLOOP_MODEL_NAME": model_name}

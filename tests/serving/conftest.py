@@ -26,12 +26,27 @@ from tests.serving.stubs import FEATURES, BrokenModel, EventRecorder, StubModel,
 __all__ = ["FEATURES", "BrokenModel", "EventRecorder", "StubModel", "StubSource"]
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = {"admin": "admin-secret-token", "label": "label-secret-token", "read": "read-secret-token"}
+IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+"""Features of one setosa flower (the `iris_row` fixture gives a copy)."""
+PLAN = {
+    "champion_version": "1",
+    "challenger_version": "2",
+    "alpha": 0.05,
+    "power": 0.8,
+    "mde": 0.1,
+    "baseline": 0.8,
+    "min_samples_per_arm": 5,
+    "fixed_horizon_samples_per_arm": 4,
+    "ab_split_b": 0.4,
+    "max_duration_hours": 24.0,
+}
+"""An experiment plan for versions 1 and 2, as a client sends it."""
 
 
 @pytest.fixture
 def iris_row() -> dict[str, float]:
     """Features of one setosa flower."""
-    return {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    return dict(IRIS_ROW)
 
 
 @pytest.fixture

@@ -5,21 +5,8 @@ from litestar.testing import AsyncTestClient
 
 import serving.__main__ as entry
 from serving.security import check_bind, is_json, is_loopback
-from tests.serving.conftest import TOKENS, auth
+from tests.serving.conftest import IRIS_ROW, PLAN, TOKENS, auth
 
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
-PLAN = {
-    "champion_version": "1",
-    "challenger_version": "2",
-    "alpha": 0.05,
-    "power": 0.8,
-    "mde": 0.1,
-    "baseline": 0.8,
-    "min_samples_per_arm": 5,
-    "fixed_horizon_samples_per_arm": 4,
-    "ab_split_b": 0.4,
-    "max_duration_hours": 24.0,
-}
 WRITES = [
     ("POST", "/config", {"ab_split_b": 0.3}),
     ("PUT", "/experiment/plan", PLAN),
@@ -31,7 +18,7 @@ WRITES = [
 READS = [("GET", "/inferences", None), ("GET", "/experiment/outcomes", None)]
 LABELS = [
     ("POST", "/feedback", {"request_id": "0" * 32, "label": "setosa"}),
-    ("POST", "/predict", {"user_id": "u", "features": IRIS, "label": "setosa"}),
+    ("POST", "/predict", {"user_id": "u", "features": IRIS_ROW, "label": "setosa"}),
 ]
 # Which token each group needs, and which tokens it also accepts.
 MATRIX = [(route, "admin", {"admin"}) for route in WRITES]
@@ -80,8 +67,8 @@ async def test_open_endpoints_need_no_token(guarded, method, path):
 
 
 async def test_predictions_are_open_but_inline_labels_are_not(guarded):
-    assert (await guarded.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
-    labelled = {"user_id": "u", "features": IRIS, "label": "setosa"}
+    assert (await guarded.post("/predict", json={"user_id": "u", "features": IRIS_ROW})).status_code == 200
+    labelled = {"user_id": "u", "features": IRIS_ROW, "label": "setosa"}
     assert (await guarded.post("/predict", json=labelled)).status_code == 401
     assert (await guarded.post("/predict", json=labelled, headers=auth("read"))).status_code == 403
     assert (await guarded.post("/predict", json=labelled, headers=auth("label"))).status_code == 200
@@ -93,7 +80,7 @@ async def test_predictions_are_open_but_inline_labels_are_not(guarded):
 async def test_a_client_token_closes_predictions(make_app, secured):
     settings = secured.model_copy(update={"router_client_token": "client-secret"})
     async with AsyncTestClient(app=make_app(settings=settings)) as client:
-        body = {"user_id": "u", "features": IRIS}
+        body = {"user_id": "u", "features": IRIS_ROW}
         assert (await client.post("/predict", json=body)).status_code == 401
         assert (await client.post("/predict", json=body, headers=auth("read"))).status_code == 403
         ok = {"Authorization": "Bearer client-secret"}
@@ -104,7 +91,7 @@ async def test_a_client_token_closes_predictions(make_app, secured):
 
 
 @pytest.mark.parametrize(
-    "method,path,body", [*WRITES, *LABELS, ("POST", "/predict", {"user_id": "u", "features": IRIS})]
+    "method,path,body", [*WRITES, *LABELS, ("POST", "/predict", {"user_id": "u", "features": IRIS_ROW})]
 )
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
 async def test_bodies_that_are_not_json_are_415(guarded, method, path, body, content_type):

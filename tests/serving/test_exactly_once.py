@@ -3,7 +3,7 @@
 import pytest
 from litestar.testing import AsyncTestClient
 
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+from tests.serving.conftest import IRIS_ROW
 
 
 async def counts(client) -> list[tuple[str, int, int]]:
@@ -13,7 +13,7 @@ async def counts(client) -> list[tuple[str, int, int]]:
 
 @pytest.mark.parametrize("where", ["header", "body"])
 async def test_a_retry_returns_the_first_answer_and_counts_once(client, where):
-    body = {"user_id": "u1", "features": IRIS, "label": "setosa"}
+    body = {"user_id": "u1", "features": IRIS_ROW, "label": "setosa"}
     kwargs = (
         {"headers": {"Idempotency-Key": "k-1"}} if where == "header" else {"json": {**body, "idempotency_key": "k-1"}}
     )
@@ -27,8 +27,12 @@ async def test_a_retry_returns_the_first_answer_and_counts_once(client, where):
 
 
 async def test_a_key_reused_for_another_request_is_409(client):
-    first = await client.post("/predict", json={"user_id": "u1", "features": IRIS}, headers={"Idempotency-Key": "k"})
-    other = await client.post("/predict", json={"user_id": "u2", "features": IRIS}, headers={"Idempotency-Key": "k"})
+    first = await client.post(
+        "/predict", json={"user_id": "u1", "features": IRIS_ROW}, headers={"Idempotency-Key": "k"}
+    )
+    other = await client.post(
+        "/predict", json={"user_id": "u2", "features": IRIS_ROW}, headers={"Idempotency-Key": "k"}
+    )
     assert other.status_code == 409
     assert other.json()["extra"] == {"request_id": first.json()["request_id"]}
     assert len((await client.get("/inferences")).json()["records"]) == 1
@@ -36,7 +40,9 @@ async def test_a_key_reused_for_another_request_is_409(client):
 
 async def test_header_and_body_keys_must_agree(client):
     response = await client.post(
-        "/predict", json={"user_id": "u", "features": IRIS, "idempotency_key": "a"}, headers={"Idempotency-Key": "b"}
+        "/predict",
+        json={"user_id": "u", "features": IRIS_ROW, "idempotency_key": "a"},
+        headers={"Idempotency-Key": "b"},
     )
     assert response.status_code == 400
     assert "differ" in response.json()["detail"]
@@ -48,7 +54,7 @@ async def test_a_failing_model_retried_with_its_key_is_one_error(make_app, make_
     async with AsyncTestClient(app=make_app(source=source)) as client:
         for _ in range(3):
             response = await client.post(
-                "/predict", json={"user_id": "u", "features": IRIS}, headers={"Idempotency-Key": "k"}
+                "/predict", json={"user_id": "u", "features": IRIS_ROW}, headers={"Idempotency-Key": "k"}
             )
             assert response.status_code == 500
         arms = (await client.get("/experiment/outcomes")).json()["arms"]

@@ -9,8 +9,7 @@ import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 
 from serving.app import refresh_once
-
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+from tests.serving.conftest import IRIS_ROW
 
 
 async def test_a_challenger_that_does_not_load_leaves_the_champion_serving_everyone(make_app, make_source):
@@ -31,7 +30,7 @@ async def test_a_challenger_that_does_not_load_leaves_the_champion_serving_every
             "execution": {"champion": "model predict"},
         }
         served = [
-            (await client.post("/predict", json={"user_id": f"u{i}", "features": IRIS})).json() for i in range(20)
+            (await client.post("/predict", json={"user_id": f"u{i}", "features": IRIS_ROW})).json() for i in range(20)
         ]
         assert {(s["arm"], s["model_version"], s["experiment_id"]) for s in served} == {("champion", "1", "v1")}
         assert (await client.get("/experiment")).json()["status"] == "none"
@@ -52,7 +51,7 @@ async def test_a_new_champion_that_does_not_load_keeps_the_previous_set(make_app
         health = (await client.get("/health")).json()
         assert (health["status"], health["champion_version"], health["challenger_version"]) == ("degraded", "1", "2")
         assert health["reasons"][0].startswith("champion v3 failed to load")
-        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
+        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})).status_code == 200
 
 
 async def test_registry_down_at_start_then_back(make_app, make_source):
@@ -66,7 +65,7 @@ async def test_registry_down_at_start_then_back(make_app, make_source):
         assert health.json()["reasons"] == [
             "the registry could not be read: ConnectionError (details in the router log)"
         ]
-        predict = await client.post("/predict", json={"user_id": "u", "features": IRIS})
+        predict = await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})
         assert predict.status_code == 503
         assert "the registry could not be read" in predict.json()["detail"]
         ready = await client.get("/ready")
@@ -92,7 +91,7 @@ async def test_registry_down_while_serving_keeps_the_models(make_app, source):
         assert reload.json()["detail"].endswith("ConnectionError (details in the router log)")
         health = (await client.get("/health")).json()
         assert (health["status"], health["champion_version"], health["challenger_version"]) == ("degraded", "1", "2")
-        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
+        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})).status_code == 200
 
 
 async def test_ready_fails_when_the_aliases_are_stale(make_app):
@@ -119,7 +118,7 @@ async def test_a_read_only_store_answers_503_with_retry_after(make_app):
 
         sa.event.listen(engine, "connect", on_connect)
         engine.dispose()
-        response = await client.post("/predict", json={"user_id": "u", "features": IRIS})
+        response = await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "2"
         assert response.json()["detail"] == (
@@ -133,7 +132,7 @@ async def test_a_read_only_store_answers_503_with_retry_after(make_app):
 
         read_only = False
         engine.dispose()
-        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
+        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})).status_code == 200
 
 
 async def test_a_locked_store_answers_503_within_the_busy_timeout(make_app, db_path):
@@ -154,7 +153,7 @@ async def test_a_locked_store_answers_503_within_the_busy_timeout(make_app, db_p
         locked.wait(5)
         try:
             started = time.monotonic()
-            response = await client.post("/predict", json={"user_id": "u", "features": IRIS})
+            response = await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})
             waited = time.monotonic() - started
         finally:
             release.set()
@@ -162,4 +161,4 @@ async def test_a_locked_store_answers_503_within_the_busy_timeout(make_app, db_p
         assert response.status_code == 503
         assert "retry-after" in response.headers
         assert waited < 2.0  # not the old 30 s
-        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
+        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})).status_code == 200

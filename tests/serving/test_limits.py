@@ -3,8 +3,7 @@
 import pytest
 
 from contracts.api import MAX_FEATURES, MAX_TEXT, PAGE_MAX
-
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+from tests.serving.conftest import IRIS_ROW
 
 
 async def nothing_recorded(client) -> None:
@@ -17,7 +16,7 @@ async def test_a_body_above_the_limit_is_413(make_app, settings):
     from litestar.testing import AsyncTestClient
 
     async with AsyncTestClient(app=make_app(max_body_bytes=1024)) as client:
-        big = {"user_id": "u", "features": {**IRIS, "note": "x" * 2000}}
+        big = {"user_id": "u", "features": {**IRIS_ROW, "note": "x" * 2000}}
         response = await client.post("/predict", json=big)
         assert response.status_code == 413, response.text
         assert response.json()["status_code"] == 413
@@ -27,13 +26,13 @@ async def test_a_body_above_the_limit_is_413(make_app, settings):
 @pytest.mark.parametrize(
     "body,field",
     [
-        ({"user_id": "u" * 257, "features": IRIS}, "user_id"),
-        ({"user_id": "u", "features": {**IRIS, "k" * 129: 1.0}}, "features"),
-        ({"user_id": "u", "features": {**IRIS, "note": "x" * (MAX_TEXT + 1)}}, "features"),
+        ({"user_id": "u" * 257, "features": IRIS_ROW}, "user_id"),
+        ({"user_id": "u", "features": {**IRIS_ROW, "k" * 129: 1.0}}, "features"),
+        ({"user_id": "u", "features": {**IRIS_ROW, "note": "x" * (MAX_TEXT + 1)}}, "features"),
         ({"user_id": "u", "features": {f"f{i}": 1.0 for i in range(MAX_FEATURES + 1)}}, "features"),
-        ({"user_id": "u", "features": IRIS, "label": "x" * (MAX_TEXT + 1)}, "label"),
-        ({"user_id": "u", "features": IRIS, "idempotency_key": "k" * 129}, "idempotency_key"),
-        ({"user_id": True, "features": IRIS}, "user_id"),
+        ({"user_id": "u", "features": IRIS_ROW, "label": "x" * (MAX_TEXT + 1)}, "label"),
+        ({"user_id": "u", "features": IRIS_ROW, "idempotency_key": "k" * 129}, "idempotency_key"),
+        ({"user_id": True, "features": IRIS_ROW}, "user_id"),
     ],
     ids=["long user", "long feature name", "long string value", "too many features", "long label", "long key", "bool"],
 )
@@ -47,7 +46,7 @@ async def test_strings_and_maps_have_limits(client, body, field):
 @pytest.mark.parametrize("value", [1e300, -1e39, 10**40])
 async def test_numbers_the_model_cannot_take_are_422_and_not_counted_against_the_arm(client, value):
     """1e300 is a valid double, but trees cast to float32: it would make the model raise and trip the guardrail."""
-    response = await client.post("/predict", json={"user_id": "u", "features": {**IRIS, "petal_width": value}})
+    response = await client.post("/predict", json={"user_id": "u", "features": {**IRIS_ROW, "petal_width": value}})
     assert response.status_code == 422, response.text
     assert response.json()["extra"]["wrong_type"] == {
         "petal_width": f"expected double, got {'integer' if isinstance(value, int) else 'number'} out of range "
@@ -57,8 +56,8 @@ async def test_numbers_the_model_cannot_take_are_422_and_not_counted_against_the
 
 
 async def test_integer_user_ids_are_stored_as_strings(client):
-    served = (await client.post("/predict", json={"user_id": 42, "features": IRIS})).json()
-    again = (await client.post("/predict", json={"user_id": "42", "features": IRIS})).json()
+    served = (await client.post("/predict", json={"user_id": 42, "features": IRIS_ROW})).json()
+    again = (await client.post("/predict", json={"user_id": "42", "features": IRIS_ROW})).json()
     assert served["arm"] == again["arm"]  # one user, however it is spelled
     records = (await client.get("/inferences")).json()["records"]
     assert [r["user_id"] for r in records] == ["42", "42"]

@@ -17,12 +17,10 @@ from serving.services.assignment import assign_arm
 from serving.services.events import emit_prefect_event
 from serving.services.store import Store
 from tests.conftest import read_events
-from tests.serving.conftest import free_port
+from tests.serving.conftest import IRIS_ROW, free_port
 from tests.serving.stubs import StubSource
 
 pytestmark = pytest.mark.slow
-
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
 def plan(**changes: object) -> ExperimentPlan:
@@ -54,7 +52,7 @@ async def test_sample_reached_waits_for_the_prefect_api_and_arrives_once(prefect
         for i in range(40):
             user = f"user-{i}"
             arm = assign_arm(user, salt=settings.assignment_salt, split_b=0.5, has_challenger=True)
-            body = {"user_id": user, "features": IRIS, "label": "setosa"}
+            body = {"user_id": user, "features": IRIS_ROW, "label": "setosa"}
             assert (await client.post("/predict", json=body)).json()["arm"] == arm
 
         down = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there: connection refused

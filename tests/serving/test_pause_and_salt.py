@@ -7,9 +7,8 @@ from litestar.testing import AsyncTestClient
 from serving.services.assignment import assign_arm
 from serving.services.store import Store
 from serving.services.store.tables import experiments
-from tests.serving.conftest import auth
+from tests.serving.conftest import IRIS_ROW, auth
 
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 USERS = [f"user-{i}" for i in range(200)]
 
 
@@ -17,7 +16,7 @@ async def arms_of(client) -> dict[str, str]:
     """The arm each of `USERS` is served by."""
     served = {}
     for user in USERS:
-        response = await client.post("/predict", json={"user_id": user, "features": IRIS})
+        response = await client.post("/predict", json={"user_id": user, "features": IRIS_ROW})
         assert response.status_code == 200, response.text
         served[user] = response.json()["arm"]
     return served
@@ -84,7 +83,9 @@ async def test_pause_sends_everyone_to_the_champion_apart_from_the_experiment_an
         assert again.json()["pause_reason"] == "SRM at look 3"  # the first pause stands
         app = client.app
         app.state.predictor.arm_states.ttl = 0  # no wait for the cache in the test
-        responses = [(await client.post("/predict", json={"user_id": u, "features": IRIS})).json() for u in USERS[:50]]
+        responses = [
+            (await client.post("/predict", json={"user_id": u, "features": IRIS_ROW})).json() for u in USERS[:50]
+        ]
         assert {(r["arm"], r["model_version"], r["experiment_id"]) for r in responses} == {("champion", "1", "v1")}
         health = (await client.get("/health")).json()
         assert health["challenger_version"] == "2"  # the challenger keeps its alias and stays loaded

@@ -4,12 +4,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from serving.services.models import FeatureSpec, ServedModel
-
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+from tests.serving.conftest import IRIS_ROW
 
 
 def without(name):
-    return {k: v for k, v in IRIS.items() if k != name}
+    return {k: v for k, v in IRIS_ROW.items() if k != name}
 
 
 CASES = {
@@ -19,22 +18,22 @@ CASES = {
         422,
         ["petal_length, petal_width"],
     ),
-    "unknown feature": ({"user_id": "u", "features": {**IRIS, "colour": 1.0}}, 422, ["unknown", "colour"]),
+    "unknown feature": ({"user_id": "u", "features": {**IRIS_ROW, "colour": 1.0}}, 422, ["unknown", "colour"]),
     "string for double": (
-        {"user_id": "u", "features": {**IRIS, "sepal_length": "5.1"}},
+        {"user_id": "u", "features": {**IRIS_ROW, "sepal_length": "5.1"}},
         422,
         ["sepal_length", "double", "string"],
     ),
     "bool for double": (
-        {"user_id": "u", "features": {**IRIS, "sepal_width": True}},
+        {"user_id": "u", "features": {**IRIS_ROW, "sepal_width": True}},
         422,
         ["sepal_width", "double", "boolean"],
     ),
-    "list as feature": ({"user_id": "u", "features": {**IRIS, "sepal_length": [1]}}, 400, ["features", "array"]),
-    "extra top-level field": ({"user_id": "u", "features": IRIS, "debug": True}, 400, ["unknown field", "debug"]),
-    "missing user_id": ({"features": IRIS}, 400, ["user_id"]),
-    "empty user_id": ({"user_id": "", "features": IRIS}, 400, ["user_id"]),
-    "float label": ({"user_id": "u", "features": IRIS, "label": 1.5}, 400, ["label"]),
+    "list as feature": ({"user_id": "u", "features": {**IRIS_ROW, "sepal_length": [1]}}, 400, ["features", "array"]),
+    "extra top-level field": ({"user_id": "u", "features": IRIS_ROW, "debug": True}, 400, ["unknown field", "debug"]),
+    "missing user_id": ({"features": IRIS_ROW}, 400, ["user_id"]),
+    "empty user_id": ({"user_id": "", "features": IRIS_ROW}, 400, ["user_id"]),
+    "float label": ({"user_id": "u", "features": IRIS_ROW, "label": 1.5}, 400, ["label"]),
     "features not an object": ({"user_id": "u", "features": [1, 2]}, 400, ["features", "object"]),
 }
 
@@ -61,7 +60,7 @@ async def test_invalid_features_extra_names_every_problem(client):
         "missing": ["petal_width"],
         "unknown": ["colour"],
         "wrong_type": {"sepal_length": "expected double, got string"},
-        "expected": {name: "double" for name in IRIS},
+        "expected": {name: "double" for name in IRIS_ROW},
     }
 
 
@@ -119,7 +118,7 @@ async def test_unknown_route_and_method_use_the_error_body(client):
 
 async def test_no_model_is_503_with_a_clear_detail(make_app, make_source):
     async with AsyncTestClient(app=make_app(source=make_source())) as client:
-        response = await client.post("/predict", json={"user_id": "u", "features": IRIS})
+        response = await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})
         assert_error_body(response, 503, ["no model loaded", "champion"])
         assert_error_body(await client.get("/experiment/outcomes"), 503, ["no model loaded"])
         health = await client.get("/health")
@@ -150,7 +149,7 @@ async def assert_nothing_recorded(client):
 
 async def test_integer_too_big_for_a_double_is_a_wrong_type(client):
     # JSON integers have no size limit: 10**400 decodes, but no float holds it.
-    response = await client.post("/predict", json={"user_id": "u", "features": {**IRIS, "petal_width": 10**400}})
+    response = await client.post("/predict", json={"user_id": "u", "features": {**IRIS_ROW, "petal_width": 10**400}})
     assert_error_body(response, 422, ["petal_width expected double, got integer out of range"])
     assert response.json()["extra"]["wrong_type"] == {"petal_width": "expected double, got integer out of range"}
     await assert_nothing_recorded(client)

@@ -14,22 +14,11 @@ from contracts.api import ExperimentPlan
 from serving.app import refresh_once, relay_once
 from serving.services.assignment import assign_arm
 from serving.services.events import emit_prefect_event
+from tests.serving.conftest import IRIS_ROW
+from tests.serving.conftest import PLAN as CLIENT_PLAN
 from tests.serving.stubs import BrokenModel
 
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
-PLAN = {
-    "champion_version": "1",
-    "challenger_version": "2",
-    "alpha": 0.05,
-    "power": 0.8,
-    "mde": 0.1,
-    "baseline": 0.8,
-    "min_samples_per_arm": 5,
-    "fixed_horizon_samples_per_arm": 4,
-    "ab_split_b": 0.4,
-    "max_duration_hours": 24.0,
-    "loop_id": "loop-7",
-}
+PLAN = {**CLIENT_PLAN, "loop_id": "loop-7"}
 FULL_PLAN = {
     **{f.name: f.default for f in msgspec.structs.fields(ExperimentPlan) if f.default is not msgspec.NODEFAULT},
     **PLAN,
@@ -87,7 +76,7 @@ def users_of(arm: str, n: int, prefix: str, split: float = 0.4) -> list[str]:
 
 async def post_labelled(client, arm: str, n: int, prefix: str, split: float = 0.4) -> None:
     for user in users_of(arm, n, prefix, split):
-        served = (await client.post("/predict", json={"user_id": user, "features": IRIS, "label": "setosa"})).json()
+        served = (await client.post("/predict", json={"user_id": user, "features": IRIS_ROW, "label": "setosa"})).json()
         assert served["arm"] == arm
 
 
@@ -349,7 +338,7 @@ async def test_sample_reached_is_emitted_once_when_both_arms_have_enough_labels(
         await post_labelled(client, "champion", 7, "a")
         await post_labelled(client, "challenger", 4, "b")
         for user in users_of("challenger", 3, "c"):  # unlabelled: do not count
-            await client.post("/predict", json={"user_id": user, "features": IRIS})
+            await client.post("/predict", json={"user_id": user, "features": IRIS_ROW})
         await refresh_once(experiments)
         await relay_once(app.state.relay)
         assert emitted.events == []
@@ -481,7 +470,7 @@ async def test_promotion_half_done_serves_only_the_new_version(make_app, source,
         await refresh_once(app.state.experiments)
 
         served = [
-            (await client.post("/predict", json={"user_id": f"u{i}", "features": IRIS, "label": "setosa"})).json()
+            (await client.post("/predict", json={"user_id": f"u{i}", "features": IRIS_ROW, "label": "setosa"})).json()
             for i in range(30)
         ]
         assert {(s["arm"], s["model_version"], s["experiment_id"]) for s in served} == {("champion", "2", "v2")}
@@ -544,7 +533,7 @@ async def test_a_breached_error_guardrail_is_reported_once(make_app, source, emi
     async with AsyncTestClient(app=app) as client:
         await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1000))
         for user in users_of("champion", 30, "a") + users_of("challenger", 30, "b"):
-            await client.post("/predict", json={"user_id": user, "features": IRIS})
+            await client.post("/predict", json={"user_id": user, "features": IRIS_ROW})
         for _ in range(3):
             await refresh_once(app.state.experiments)
             await relay_once(app.state.relay)
@@ -579,10 +568,12 @@ async def test_a_few_errors_within_the_margin_are_no_breach(make_app, source, em
     async with AsyncTestClient(app=app) as client:
         await client.put("/experiment/plan", json=tag(source, min_samples_per_arm=1000))
         for user in users_of("champion", 20, "a") + users_of("challenger", 20, "b"):
-            await client.post("/predict", json={"user_id": user, "features": IRIS})
+            await client.post("/predict", json={"user_id": user, "features": IRIS_ROW})
         # One failure among many answers is no proof of a worse challenger.
         app.state.models.current.challenger.estimator.predict = BrokenModel().predict
-        failed = await client.post("/predict", json={"user_id": users_of("challenger", 1, "c")[0], "features": IRIS})
+        failed = await client.post(
+            "/predict", json={"user_id": users_of("challenger", 1, "c")[0], "features": IRIS_ROW}
+        )
         assert failed.status_code == 500
         await refresh_once(app.state.experiments)
         await relay_once(app.state.relay)

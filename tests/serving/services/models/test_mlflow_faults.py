@@ -19,12 +19,10 @@ from contracts.registry import CHALLENGER, CHAMPION
 from serving.app import create_app
 from serving.services.models import ModelSource
 from serving.services.store import Store
-from tests.serving.conftest import free_port
+from tests.serving.conftest import IRIS_ROW, free_port
 from tests.serving.services.models.test_mlflow_source import iris_like, register
 
 pytestmark = pytest.mark.slow
-
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
 @pytest.fixture
@@ -49,7 +47,7 @@ async def test_mlflow_down_at_start(settings, fail_fast):
         assert health.json()["status"] == "no_model"
         [reason] = health.json()["reasons"]
         assert reason == "the registry could not be read: MlflowException (details in the router log)"
-        predict = await client.post("/predict", json={"user_id": "u", "features": IRIS})
+        predict = await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})
         assert predict.status_code == 503
         reload = await client.post("/models/reload")
         assert reload.status_code == 503
@@ -135,7 +133,7 @@ async def test_a_challenger_that_cannot_load_and_mlflow_down_while_serving(mlflo
             "the champion serves every user"
         )
         served = [
-            (await router.post("/predict", json={"user_id": f"u{i}", "features": IRIS})).json() for i in range(10)
+            (await router.post("/predict", json={"user_id": f"u{i}", "features": IRIS_ROW})).json() for i in range(10)
         ]
         assert {(s["arm"], s["model_version"]) for s in served} == {("champion", v1)}
 
@@ -146,7 +144,7 @@ async def test_a_challenger_that_cannot_load_and_mlflow_down_while_serving(mlflo
         health = (await router.get("/health")).json()
         assert (health["status"], health["champion_version"]) == ("degraded", v1)
         assert health["reasons"][0].startswith("the registry could not be read")
-        predict = await router.post("/predict", json={"user_id": "u", "features": IRIS})
+        predict = await router.post("/predict", json={"user_id": "u", "features": IRIS_ROW})
         assert (predict.status_code, predict.json()["model_version"]) == (200, v1)
         metrics = (await router.get("/metrics")).text
     assert 'driftloop_router_model_load_failures_total{alias="challenger"} 1.0' in metrics

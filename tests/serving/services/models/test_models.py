@@ -8,9 +8,7 @@ from litestar.testing import AsyncTestClient
 
 from serving.errors import InvalidFeatures
 from serving.services.models import WARM_UP_PREDICTIONS, FeatureSpec, ServedModel, warm_up
-from tests.serving.conftest import StubModel
-
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+from tests.serving.conftest import IRIS_ROW, StubModel
 
 
 async def health(client):
@@ -48,7 +46,7 @@ async def test_reload_picks_up_alias_moves_without_restart(make_app, source):
                 "execution": {"champion": "model predict"},
             },
         )
-        served = (await client.post("/predict", json={"user_id": "u", "features": IRIS})).json()
+        served = (await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})).json()
         assert (served["arm"], served["model_version"], served["experiment_id"]) == ("champion", "2", "v2")
     # v2 was loaded once (as challenger) and reused as champion.
     assert source.loads == {"1": 1, "2": 1}
@@ -74,7 +72,7 @@ async def test_registry_failure_keeps_serving_current_models(make_app, source):
         assert response.status_code == 503
         assert response.json()["detail"].endswith("ConnectionError (details in the router log)")
         assert (await health(client))["champion_version"] == "1"
-        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
+        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})).status_code == 200
 
 
 async def test_router_starts_without_a_champion_and_picks_one_up(make_app, make_source):
@@ -83,7 +81,7 @@ async def test_router_starts_without_a_champion_and_picks_one_up(make_app, make_
         assert (await client.get("/health")).status_code == 503
         source.aliases["champion"] = "5"
         assert (await client.post("/models/reload")).json()["status"] == "ok"
-        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS})).status_code == 200
+        assert (await client.post("/predict", json={"user_id": "u", "features": IRIS_ROW})).status_code == 200
 
 
 async def test_challenger_on_the_champion_version_is_no_experiment(make_app, make_source):
@@ -128,7 +126,7 @@ async def test_openapi_lists_every_path(client):
 
 
 def stub_served(types=None) -> ServedModel:
-    types = types or dict.fromkeys(IRIS, "double")
+    types = types or dict.fromkeys(IRIS_ROW, "double")
     return ServedModel(
         name="Iris", version="1", features=tuple(FeatureSpec(n, t) for n, t in types.items()), estimator=StubModel()
     )
@@ -137,10 +135,10 @@ def stub_served(types=None) -> ServedModel:
 @pytest.mark.parametrize(
     "example",
     [
-        pd.DataFrame([IRIS, {**IRIS, "petal_length": 5.0}]),
-        {name: [value, 9.9] for name, value in IRIS.items()},
-        IRIS,
-        np.array([list(IRIS.values()), [9.9] * 4]),
+        pd.DataFrame([IRIS_ROW, {**IRIS_ROW, "petal_length": 5.0}]),
+        {name: [value, 9.9] for name, value in IRIS_ROW.items()},
+        IRIS_ROW,
+        np.array([list(IRIS_ROW.values()), [9.9] * 4]),
     ],
     ids=["dataframe", "dict of lists", "dict", "ndarray"],
 )
@@ -149,25 +147,25 @@ def test_warm_up_predicts_the_first_example_row(example):
     assert warm_up(served, example) == WARM_UP_PREDICTIONS
     frames = served.estimator.frames
     assert len(frames) == WARM_UP_PREDICTIONS
-    assert all(f.to_dict("records") == [IRIS] for f in frames)
+    assert all(f.to_dict("records") == [IRIS_ROW] for f in frames)
 
 
 def test_warm_up_skips_examples_it_cannot_read():
     served = stub_served()
     assert warm_up(served, "free text") == 0
-    assert warm_up(served, pd.DataFrame(columns=list(IRIS))) == 0
+    assert warm_up(served, pd.DataFrame(columns=list(IRIS_ROW))) == 0
     assert warm_up(served, np.array([1.0, 2.0])) == 0  # no column names and the wrong width
     assert served.estimator.frames == []
 
 
 def test_warm_up_checks_the_example_against_the_signature():
     with pytest.raises(InvalidFeatures, match="petal_width"):
-        warm_up(stub_served(), {k: v for k, v in IRIS.items() if k != "petal_width"})
+        warm_up(stub_served(), {k: v for k, v in IRIS_ROW.items() if k != "petal_width"})
 
 
 def test_float32_columns_reject_numbers_a_float32_cannot_hold():
-    served = stub_served({**dict.fromkeys(IRIS, "double"), "sepal_length": "float"})
-    assert served.check({**IRIS, "sepal_length": 3.0e38})["sepal_length"] == 3.0e38
+    served = stub_served({**dict.fromkeys(IRIS_ROW, "double"), "sepal_length": "float"})
+    assert served.check({**IRIS_ROW, "sepal_length": 3.0e38})["sepal_length"] == 3.0e38
     with pytest.raises(InvalidFeatures) as err:
-        served.check({**IRIS, "sepal_length": 1e39})
+        served.check({**IRIS_ROW, "sepal_length": 1e39})
     assert err.value.extra["wrong_type"] == {"sepal_length": "expected float, got number out of range (|x| <= 3.4e+38)"}
