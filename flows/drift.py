@@ -212,7 +212,7 @@ def drift(
     calibrated = load_calibration(champion["run_id"], reference, settings)
     # Read a page at a time: quality over every row, the drift tests' seeded sample, counts of what was served.
     read = read_window(settings, reference, calibrated, version, limit=window_rows, minutes=window_minutes)
-    if read.rows < settings.drift_min_rows:  # rows left the window between the two reads
+    if read.rows < enough:  # rows left the window between the two reads
         print(f"skipped: only {read.rows} requests in the window (need {settings.drift_min_rows})")
         return {"skipped": f"{read.rows} rows in window"}
     newest = read.last_ts

@@ -105,7 +105,7 @@ def test_the_sample_is_the_same_for_a_seed_and_page_order_and_uniform_over_the_w
 
 def test_a_chunk_equals_its_rows_one_at_a_time() -> None:
     """Drawing for a whole chunk at once keeps the later of two rows drawn into one slot, as Algorithm R would."""
-    chunked, single = Reservoir(size=50, seed=5), Reservoir(size=50, seed=5)
+    chunked = Reservoir(size=50, seed=5)
     chunked.add(pd.DataFrame({"i": np.arange(2000)}))
     # Algorithm R by hand with the same draws: the first 50 rows, then row i takes slot j = draw in [0, i].
     rng = np.random.default_rng(5)
@@ -115,7 +115,6 @@ def test_a_chunk_equals_its_rows_one_at_a_time() -> None:
         if j < 50:
             slots[j] = i
     assert chunked.sample["i"].tolist() == slots
-    del single
 
 
 def test_quality_added_up_page_by_page_is_the_quality_of_the_whole_frame(reference: pd.DataFrame) -> None:
