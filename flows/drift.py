@@ -245,7 +245,7 @@ def drift(
             window_rows=read.rows,
             report_url="",
         )
-        _, url = save_run(result, summary, loop_id="", metrics={"valid": 0.0}, **save)
+        _, url = save_run(result, summary, loop_id="", metrics={"valid": 0.0, "window_rows": read.rows}, **save)
         create_markdown_artifact(key="drift-summary", markdown=summary + f"\n\n[MLflow run]({url})")
         wrong = [c.column for c in result.quality.columns if "wrong_type" in c.issues]
         payload = events.DataInvalidPayload(
@@ -289,6 +289,8 @@ def drift(
         "drifted_columns": len(verdict.drifted_columns),
         "alarmed_columns": len(alarmed),
         "severity": float(events.SEVERITIES.index(verdict.severity)),
+        "window_rows": read.rows,
+        "window_sample_rows": result.sample_rows,
     }
     if result.accuracy is not None:
         metrics |= {"accuracy": result.accuracy.accuracy, "accuracy_low": result.accuracy.low}
