@@ -9,14 +9,17 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
+import httpx
+import msgspec
 import numpy as np
 import pandas as pd
 import pytest
 
-from contracts.api import InferenceRecord
+from contracts.api import ROUTE_INFERENCES, InferencePage, InferenceRecord
 from flows.lib.data_quality import QualityTally, check_quality
 from flows.lib.drift_calibration import calibrate_version
 from flows.lib.drift_check import CheckConfig, class_counts, quality_tally, run_check, run_window_check
+from flows.lib.router import RouterClient
 from flows.lib.window import original_rows, traffic_rows
 from flows.lib.window_reader import Reservoir, features_frame, read_drift_window, read_traffic_rows
 
@@ -262,7 +265,7 @@ def router_pages(pages: int, size: int, seed: int = 0) -> Iterator[list[Inferenc
         yield LivePage(
             record(
                 p * size + i,
-                {"x": values[i, 0], "y": values[i, 1], "kind": str(kinds[i])},
+                {"x": float(values[i, 0]), "y": float(values[i, 1]), "kind": str(kinds[i])},
                 prediction="a" if values[i, 2] > 0 else "b",
                 label=("a" if values[i, 3] > 0 else "b") if i % 4 == 0 else None,
             )
@@ -317,3 +320,46 @@ def test_the_retrains_rows_built_page_by_page_are_the_rows_of_all_records(iris: 
     expected = traffic_rows(records, like, "species")
     pd.testing.assert_frame_equal(read_traffic_rows(pages_of(records, 10), like, "species"), expected)
     pd.testing.assert_frame_equal(read_traffic_rows([], like, "species"), traffic_rows([], like, "species"))
+
+
+def fake_router(pages: int, size: int) -> httpx.MockTransport:
+    """A router whose inference log is `pages` pages of `size` records, each page made (and encoded) on request."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == ROUTE_INFERENCES
+        number = int(request.url.params.get("before", "0"))
+        records = list(next(router_pages(1, size, seed=number)))
+        body = InferencePage(records=records, next_cursor=str(number + 1) if number + 1 < pages else None)
+        return httpx.Response(200, content=msgspec.json.encode(body))
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.slow
+def test_through_the_router_client_the_reader_holds_about_one_page(reference: pd.DataFrame, calibrated) -> None:
+    """The same bound through `RouterClient.pages` over HTTP (a fake transport): the client keeps no page behind."""
+    pages, size, sample = 100, 1000, 5000
+    config = CheckConfig(max_window_rows=sample)
+    with RouterClient("http://router", transport=fake_router(pages, size)) as client:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            one = next(client.pages(limit=size, page_size=size))
+            page_bytes = tracemalloc.get_traced_memory()[0]
+            del one
+            gc.collect()
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            window = read_drift_window(
+                client.pages(limit=pages * size, page_size=size),
+                quality=quality_tally(reference, calibrated, config),
+                champion_version="1",
+                sample_size=sample,
+                seed=config.sample_seed,
+            )
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    assert (window.rows, window.pages, len(window.sample)) == (pages * size, pages, sample)
+    assert peak < 8 * page_bytes, (peak, page_bytes)  # all pages at once: about 100 x page_bytes
+    print(f"peak traced {peak / 1e6:.1f} MB reading {pages * size} rows over HTTP; one page {page_bytes / 1e6:.2f} MB")
