@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -34,7 +33,6 @@ from flows.tasks import (
     calibrate_drift,
     connect_mlflow,
     emit,
-    fetch_traffic,
     find_version,
     load_reference,
     mlflow_run_url,
@@ -42,6 +40,7 @@ from flows.tasks import (
     report_startup,
     run_lineage,
     run_name,
+    traffic_pages,
 )
 
 
@@ -99,37 +98,42 @@ def load_calibration(run_id: str, reference, settings: FlowSettings):
         return calibrate_drift(None, reference, None, settings)
 
 
-@task
-def window_frames(records: list, champion_version: str) -> dict[str, Any]:
-    """The window's features (every key its records had), what the champion served, and the labelled rows."""
-    import pandas as pd
-
-    current = pd.DataFrame.from_records([r.features for r in records])  # absent and extra keys stay visible
-    served = [r for r in records if r.model_version == champion_version]
-    labelled = [r for r in served if r.label is not None]
-    return {
-        "current": current.reset_index(drop=True),
-        "predictions": pd.Series([r.prediction for r in served], dtype=object),
-        "labels": pd.Series([r.label for r in labelled], dtype=object),
-        "labelled_predictions": pd.Series([r.prediction for r in labelled], dtype=object),
-    }
+@task(**IO_RETRIES)
+def peek_traffic(settings: FlowSettings, *, limit: int, minutes: float, enough: int) -> tuple[int, datetime | None]:
+    """How many requests the window holds, counted up to `enough`, and the newest one's time (a page at a time)."""
+    rows, newest = 0, None
+    with traffic_pages(settings, limit=limit, minutes=minutes, labelled=None) as pages:
+        for page in pages:
+            rows += len(page)
+            newest = max([*(r.ts for r in page), *([newest] if newest else [])])
+            if rows >= enough:
+                break
+    return rows, newest
 
 
-@task
-def check_window(reference, frames: dict[str, Any], calibrated, settings: FlowSettings):
-    """Data quality, the calibrated per-column tests (Evidently), prediction and label drift, accuracy."""
-    from flows.lib.drift_check import check_config, run_check
+@task(**IO_RETRIES)
+def read_window(settings: FlowSettings, reference, calibrated, champion_version: str, *, limit: int, minutes: float):
+    """Read the window a page at a time: quality over every row, a seeded sample of its features, served counts."""
+    from flows.lib.drift_check import check_config, quality_tally
+    from flows.lib.window_reader import read_drift_window
 
     config = check_config(settings)
-    return run_check(
-        reference,
-        frames["current"],
-        calibrated,
-        config=config,
-        current_predictions=frames["predictions"],
-        current_labels=frames["labels"],
-        labelled_predictions=frames["labelled_predictions"],
-    )
+    with traffic_pages(settings, limit=limit, minutes=minutes, labelled=None) as pages:
+        return read_drift_window(
+            pages,
+            quality=quality_tally(reference, calibrated, config),
+            champion_version=champion_version,
+            sample_size=config.max_window_rows,
+            seed=config.sample_seed,
+        )
+
+
+@task
+def check_window(reference, window, calibrated, settings: FlowSettings):
+    """Data quality, the calibrated per-column tests (Evidently), prediction and label drift, accuracy."""
+    from flows.lib.drift_check import check_config, run_window_check
+
+    return run_window_check(reference, window, calibrated, config=check_config(settings))
 
 
 @task(**IO_RETRIES)
@@ -187,11 +191,12 @@ def drift(
     share_threshold = settings.drift_share_threshold if share_threshold is None else share_threshold
     settings = settings.model_copy(update={"drift_share_threshold": share_threshold})
 
-    records = fetch_traffic(settings, limit=window_rows, minutes=window_minutes, labelled=None)
-    if len(records) < settings.drift_min_rows:
-        print(f"skipped: only {len(records)} requests in the window (need {settings.drift_min_rows})")
-        return {"skipped": f"{len(records)} rows in window"}
-    newest = max(r.ts for r in records)
+    # Asked first, a page at a time: a window too thin or with nothing new skips before MLflow is imported.
+    enough = max(settings.drift_min_rows, 1)
+    rows, newest = peek_traffic(settings, limit=min(window_rows, enough), minutes=window_minutes, enough=enough)
+    if rows < settings.drift_min_rows or newest is None:
+        print(f"skipped: only {rows} requests in the window (need {settings.drift_min_rows})")
+        return {"skipped": f"{rows} rows in window"}
     previous = last_checked(model_name)
     if previous is not None and newest <= previous:
         print(f"skipped: no request since the last check (newest {newest.isoformat()})")
@@ -205,12 +210,22 @@ def drift(
     version = champion["version"]
     reference = load_reference(model_name, CHAMPION)
     calibrated = load_calibration(champion["run_id"], reference, settings)
-    frames = window_frames(records, version)
-    result = check_window(reference, frames, calibrated, settings)
+    # Read a page at a time: quality over every row, the drift tests' seeded sample, counts of what was served.
+    read = read_window(settings, reference, calibrated, version, limit=window_rows, minutes=window_minutes)
+    if read.rows < enough:  # rows left the window between the two reads
+        print(f"skipped: only {read.rows} requests in the window (need {settings.drift_min_rows})")
+        return {"skipped": f"{read.rows} rows in window"}
+    newest = read.last_ts
+    result = check_window(reference, read, calibrated, settings)
+    print(
+        f"read {read.rows} requests in {read.pages} pages; the drift tests run on "
+        f"{'a seeded sample of ' if read.sampled else ''}{len(read.sample)} of them (seed {read.sample_seed}); "
+        f"at most {read.peak_rows} rows held at once"
+    )
     window = {
-        "window_start": min(r.ts for r in records).isoformat(),
+        "window_start": read.first_ts.isoformat(),
         "window_end": newest.isoformat(),
-        "window_rows": len(records),
+        "window_rows": read.rows,
     }
     title = f"Drift check: {model_name} v{version}"
     save = {
@@ -227,10 +242,10 @@ def drift(
             verdict=None,
             persistent=None,
             consecutive=settings.drift_consecutive,
-            window_rows=len(records),
+            window_rows=read.rows,
             report_url="",
         )
-        _, url = save_run(result, summary, loop_id="", metrics={"valid": 0.0}, **save)
+        _, url = save_run(result, summary, loop_id="", metrics={"valid": 0.0, "window_rows": read.rows}, **save)
         create_markdown_artifact(key="drift-summary", markdown=summary + f"\n\n[MLflow run]({url})")
         wrong = [c.column for c in result.quality.columns if "wrong_type" in c.issues]
         payload = events.DataInvalidPayload(
@@ -266,7 +281,7 @@ def drift(
         verdict=verdict,
         persistent=set(verdict.drifted_columns),
         consecutive=settings.drift_consecutive,
-        window_rows=len(records),
+        window_rows=read.rows,
         report_url="",
     )
     metrics = {
@@ -274,6 +289,8 @@ def drift(
         "drifted_columns": len(verdict.drifted_columns),
         "alarmed_columns": len(alarmed),
         "severity": float(events.SEVERITIES.index(verdict.severity)),
+        "window_rows": read.rows,
+        "window_sample_rows": result.sample_rows,
     }
     if result.accuracy is not None:
         metrics |= {"accuracy": result.accuracy.accuracy, "accuracy_low": result.accuracy.low}
@@ -296,7 +313,7 @@ def drift(
         consecutive=settings.drift_consecutive,
         prediction_drift=verdict.prediction_drift,
         label_drift=verdict.label_drift,
-        labelled_rows=len(frames["labels"]),
+        labelled_rows=read.served.labelled,
         accuracy=accuracy.accuracy if accuracy else None,
         accuracy_low=accuracy.low if accuracy else None,
         accuracy_high=accuracy.high if accuracy else None,
@@ -319,6 +336,6 @@ def drift(
     print(
         f"{'DRIFT DETECTED' if detected else 'checked'}: severity {verdict.severity} ({verdict.reason}); "
         f"{'; '.join(verdict.reasons) or 'no persistent finding'}; alarms this check: "
-        f"{', '.join(sorted(result.alarms())) or 'none'} over {len(records)} requests; report {path or url}"
+        f"{', '.join(sorted(result.alarms())) or 'none'} over {read.rows} requests; report {path or url}"
     )
     return payload | {"detected": detected}

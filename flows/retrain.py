@@ -51,7 +51,6 @@ from flows.tasks import (
     connect_mlflow,
     current_aliases,
     emit,
-    fetch_traffic,
     find_version,
     new_id,
     register_candidate,
@@ -63,13 +62,13 @@ from flows.tasks import (
     run_name,
     set_alias,
     tag_version,
+    traffic_pages,
     train_candidate,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from contracts.api import InferenceRecord
     from flows.lib.comparison import HoldoutComparison
     from flows.lib.window import History, TrainingWindow
 
@@ -98,8 +97,20 @@ def load_history(model_name: str) -> History:
     return registry.load_history(model_name, CHAMPION)
 
 
+@task(**IO_RETRIES)
+def read_labelled_traffic(history: History, settings: FlowSettings) -> pd.DataFrame:
+    """The window's newest labelled requests as training rows, each page turned into rows as it arrives."""
+    from flows.lib.window_reader import read_traffic_rows
+
+    minutes = settings.retrain_window_days * 1440
+    with traffic_pages(settings, limit=settings.retrain_max_labelled, minutes=minutes, labelled=True) as pages:
+        rows = read_traffic_rows(pages, history.rows, settings.target)
+    print(f"read {len(rows)} labelled requests of the last {settings.retrain_window_days:g} days, a page at a time")
+    return rows
+
+
 @task
-def cut_window(history: History, records: list[InferenceRecord], settings: FlowSettings, now: datetime):
+def cut_window(history: History, traffic: pd.DataFrame, settings: FlowSettings, now: datetime):
     """Cut the training rows and the gate's holdout from the original data and the window's labelled traffic."""
     from flows.lib import window
 
@@ -111,7 +122,6 @@ def cut_window(history: History, records: list[InferenceRecord], settings: FlowS
         min_holdout_rows=settings.gate_min_holdout_rows,
         seed=settings.session_id,
     )
-    traffic = window.traffic_rows(records, history.rows, settings.target)
     return window.select_window(history, traffic, policy=policy, now=now, target=settings.target)
 
 
@@ -280,10 +290,8 @@ def retrain(
 
         history = load_history(model_name)
         now = datetime.now(UTC)
-        records = fetch_traffic(
-            settings, limit=settings.retrain_max_labelled, minutes=settings.retrain_window_days * 1440, labelled=True
-        )
-        window = cut_window(history, records, settings, now)
+        traffic = read_labelled_traffic(history, settings)
+        window = cut_window(history, traffic, settings, now)
         thin = window_shortfall(window, settings)
         if thin is not None:
             return skip(model_name, trigger, thin)

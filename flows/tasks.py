@@ -194,14 +194,14 @@ def load_reference(model_name: str, alias: str) -> pd.DataFrame:
     return registry.load_reference(model_name, alias)
 
 
-@task(**IO_RETRIES)
-def fetch_traffic(
+@contextmanager
+def traffic_pages(
     settings: FlowSettings, *, limit: int, minutes: float | None, labelled: bool | None
-) -> list[InferenceRecord]:
-    """The newest logged requests from the router's inference log, read in pages of `router_page_size`."""
+) -> Iterator[Iterator[list[InferenceRecord]]]:
+    """The newest logged requests a page at a time (newest first), for a reader that keeps only what it needs."""
     since = datetime.now(UTC) - timedelta(minutes=minutes) if minutes else None
     with router(settings) as client:
-        return client.inferences(limit=limit, since=since, labelled=labelled, page_size=settings.router_page_size)
+        yield client.pages(limit=limit, since=since, labelled=labelled, page_size=settings.router_page_size)
 
 
 @task

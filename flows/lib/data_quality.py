@@ -161,68 +161,155 @@ def check_quality(
     Returns:
         The findings; `valid` is False on a schema failure.
     """
-    rules = rules or QualityRules()
-    absent = [c for c in columns if c not in current.columns]
-    extra = [c for c in current.columns if c not in columns]
-    out = []
-    n = len(current)
-    for column in columns:
-        if column in absent:
-            continue
-        ref = reference[column]
-        cur = current[column]
-        ref_missing = float(ref.isna().mean()) if len(ref) else 0.0
-        issues: list[str] = []
-        wrong = 0.0
-        out_of_range = unseen = 0.0
-        unseen_values: list[str] = []
-        if kinds[column] == "numerical":
-            numbers = pd.to_numeric(cur, errors="coerce") if not ptypes.is_numeric_dtype(cur.dtype) else cur
-            if ptypes.is_bool_dtype(numbers.dtype):
-                numbers = numbers.astype(float)
-            not_number = numbers.isna() & cur.notna()
-            wrong = float(not_number.mean()) if n else 0.0
-            if wrong > 0:
-                issues.append(WRONG_TYPE)
-            cur_missing = float(numbers.isna().mean() - not_number.mean()) if n else 0.0
-            finite = numbers.astype(float)
-            present = finite.dropna()
-            ref_present = pd.to_numeric(ref, errors="coerce").dropna()
-            if len(present) and len(ref_present):
-                outside = int(((present < ref_present.min()) | (present > ref_present.max())).sum())
-                out_of_range = outside / len(present)
-                if (
-                    out_of_range > rules.range_tolerance
-                    and range_p_value(outside, len(present), len(ref_present)) < rules.alpha
-                ):
-                    issues.append(OUT_OF_RANGE)
-        else:
-            cur_missing = float(cur.isna().mean()) if n else 0.0
-            present = cur.dropna().astype(str)
-            ref_counts = ref.dropna().astype(str).value_counts()
-            if len(present) and len(ref_counts):
-                new = ~present.isin(ref_counts.index)
-                unseen = float(new.mean())
-                unseen_values = sorted(present[new].unique().tolist())[:10]
-                expected = float((ref_counts == 1).sum()) / float(ref_counts.sum())  # Good-Turing
-                if _exceeds(int(new.sum()), len(present), expected, unseen, rules.unseen_tolerance, rules.alpha):
-                    issues.append(UNSEEN)
-        missing_count = int(round(cur_missing * n))
-        if n and missing_count == n:
-            issues.append(ALL_MISSING)
-        elif _exceeds(missing_count, n, ref_missing, cur_missing - ref_missing, rules.missing_tolerance, rules.alpha):
-            issues.append(MISSING)
-        out.append(
-            ColumnQuality(
-                column=column,
-                kind=kinds[column],
-                reference_missing=ref_missing,
-                current_missing=cur_missing,
-                out_of_range=out_of_range,
-                unseen=unseen,
-                unseen_values=[str(v) for v in unseen_values],
-                wrong_type=wrong,
-                issues=issues,
+    tally = QualityTally(reference, columns, kinds, rules)
+    tally.add(current)
+    return tally.report()
+
+
+@dataclass
+class _Counts:
+    """What a window's values of one column added up to so far."""
+
+    missing: int = 0
+    """Values that are missing (NaN or absent from the record)."""
+    not_number: int = 0
+    """Values present but not numbers (numerical columns)."""
+    present: int = 0
+    """Values present (and numbers, for a numerical column)."""
+    outside: int = 0
+    """Present values outside the reference's range (numerical)."""
+    unseen: int = 0
+    """Present values with a category the reference lacks (categorical)."""
+    unseen_values: list[str] = field(default_factory=list)
+    """The smallest (sorted) distinct unseen categories, at most `_UNSEEN_SHOWN`."""
+
+
+_UNSEEN_SHOWN = 10
+
+
+class QualityTally:
+    """Data quality of a window added up one chunk of rows at a time: counts per column, never the rows.
+
+    `check_quality` is one tally over the whole window; the drift flow feeds it a page of the inference log at a time,
+    so the findings cover every row of a window however large, while only the page is held.
+    """
+
+    def __init__(
+        self, reference: pd.DataFrame, columns: list[str], kinds: dict[str, str], rules: QualityRules | None = None
+    ):
+        self.columns, self.kinds, self.rules = list(columns), dict(kinds), rules or QualityRules()
+        self.rows = 0
+        self.seen: dict[str, None] = {}
+        """Every column a chunk had, in order of first appearance (a set that keeps order)."""
+        self._counts = {c: _Counts() for c in self.columns}
+        self._reference: dict[str, tuple] = {}
+        for column in self.columns:
+            ref = reference[column]
+            ref_missing = float(ref.isna().mean()) if len(ref) else 0.0
+            if self.kinds[column] == "numerical":
+                present = pd.to_numeric(ref, errors="coerce").dropna()
+                bounds = (present.min(), present.max()) if len(present) else None
+                self._reference[column] = (ref_missing, bounds, len(present))
+            else:
+                counts = ref.dropna().astype(str).value_counts()
+                # Good-Turing: the share of categories seen once is the chance a fresh value is a new one.
+                expected = float((counts == 1).sum()) / float(counts.sum()) if len(counts) else 0.0
+                self._reference[column] = (ref_missing, counts.index, expected)
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        """Count a chunk of the window's rows (its columns as the records had them)."""
+        self.seen.update(dict.fromkeys(chunk.columns))
+        self.rows += len(chunk)
+        for column in self.columns:
+            counts = self._counts[column]
+            if column not in chunk.columns:  # no record of this chunk had it: all missing here
+                counts.missing += len(chunk)
+                continue
+            cur = chunk[column]
+            if self.kinds[column] == "numerical":
+                self._add_numbers(column, cur, counts)
+            else:
+                self._add_categories(column, cur, counts)
+
+    def _add_numbers(self, column: str, cur: pd.Series, counts: _Counts) -> None:
+        numbers = pd.to_numeric(cur, errors="coerce") if not ptypes.is_numeric_dtype(cur.dtype) else cur
+        if ptypes.is_bool_dtype(numbers.dtype):
+            numbers = numbers.astype(float)
+        missing = numbers.isna()
+        not_number = missing & cur.notna()
+        counts.not_number += int(not_number.sum())
+        counts.missing += int(missing.sum()) - int(not_number.sum())
+        present = numbers.astype(float).dropna()
+        counts.present += len(present)
+        bounds = self._reference[column][1]
+        if len(present) and bounds is not None:
+            counts.outside += int(((present < bounds[0]) | (present > bounds[1])).sum())
+
+    def _add_categories(self, column: str, cur: pd.Series, counts: _Counts) -> None:
+        counts.missing += int(cur.isna().sum())
+        present = cur.dropna().astype(str)
+        counts.present += len(present)
+        known = self._reference[column][1]
+        if len(present) and len(known):
+            new = ~present.isin(known)
+            counts.unseen += int(new.sum())
+            values = set(counts.unseen_values) | set(present[new].unique().tolist())
+            counts.unseen_values = sorted(values)[:_UNSEEN_SHOWN]
+
+    def report(self) -> QualityReport:
+        """The findings over every row added so far; `valid` is False on a schema failure."""
+        rules, n = self.rules, self.rows
+        absent = [c for c in self.columns if c not in self.seen]
+        extra = [c for c in self.seen if c not in self.columns]
+        out = []
+        for column in self.columns:
+            if column in absent:
+                continue
+            counts = self._counts[column]
+            ref_missing = self._reference[column][0]
+            issues: list[str] = []
+            wrong = out_of_range = unseen = 0.0
+            unseen_values: list[str] = []
+            if self.kinds[column] == "numerical":
+                # Shares as the frame's means compute them (sum / n), so a tally and a frame agree to the bit.
+                wrong = counts.not_number / n if n else 0.0
+                if wrong > 0:
+                    issues.append(WRONG_TYPE)
+                cur_missing = (counts.missing + counts.not_number) / n - counts.not_number / n if n else 0.0
+                reference_rows = self._reference[column][2]
+                if counts.present and reference_rows:
+                    out_of_range = counts.outside / counts.present
+                    if (
+                        out_of_range > rules.range_tolerance
+                        and range_p_value(counts.outside, counts.present, reference_rows) < rules.alpha
+                    ):
+                        issues.append(OUT_OF_RANGE)
+            else:
+                cur_missing = counts.missing / n if n else 0.0
+                known, expected = self._reference[column][1], self._reference[column][2]
+                if counts.present and len(known):
+                    unseen = counts.unseen / counts.present
+                    unseen_values = counts.unseen_values
+                    if _exceeds(counts.unseen, counts.present, expected, unseen, rules.unseen_tolerance, rules.alpha):
+                        issues.append(UNSEEN)
+            missing_count = int(round(cur_missing * n))
+            if n and missing_count == n:
+                issues.append(ALL_MISSING)
+            elif _exceeds(
+                missing_count, n, ref_missing, cur_missing - ref_missing, rules.missing_tolerance, rules.alpha
+            ):
+                issues.append(MISSING)
+            out.append(
+                ColumnQuality(
+                    column=column,
+                    kind=self.kinds[column],
+                    reference_missing=ref_missing,
+                    current_missing=cur_missing,
+                    out_of_range=out_of_range,
+                    unseen=unseen,
+                    unseen_values=[str(v) for v in unseen_values],
+                    wrong_type=wrong,
+                    issues=issues,
+                )
             )
-        )
-    return QualityReport(columns=out, absent_columns=absent, extra_columns=extra)
+        return QualityReport(columns=out, absent_columns=absent, extra_columns=extra)

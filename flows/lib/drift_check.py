@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from flows.lib import drift_policy
-from flows.lib.data_quality import QualityReport, QualityRules, check_quality
+from flows.lib.data_quality import QualityReport, QualityRules, QualityTally
 from flows.lib.drift import DriftResult, column_roles, compute_drift
 from flows.lib.drift_calibration import Calibration, VersionCalibration
 
 if TYPE_CHECKING:
+    from flows.lib.window_reader import DriftWindow
     from flows.settings import FlowSettings
 
 
@@ -116,10 +117,20 @@ class CheckResult:
 
 def share_shift(reference: dict[str, int], current: pd.Series, alpha: float) -> ShareShift | None:
     """Chi-squared goodness of fit of the window's class counts to the reference's class counts (scipy)."""
+    return share_shift_counts(reference, current.dropna().astype(str).value_counts(), alpha)
+
+
+def class_counts(counts: dict[str, int]) -> pd.Series:
+    """Class counts added up page by page (classes in order of first appearance) as `value_counts` orders them."""
+    return pd.Series(counts, dtype="int64").sort_values(ascending=False)
+
+
+def share_shift_counts(reference: dict[str, int], current: pd.Series, alpha: float) -> ShareShift | None:
+    """`share_shift` on the window's class counts (a `value_counts` series)."""
     from scipy.stats import chisquare
 
     ref = pd.Series(reference, dtype=float)
-    cur = current.dropna().astype(str).value_counts()
+    cur = current
     if ref.empty or cur.empty:
         return None
     ref, cur = ref.align(cur, fill_value=0)
@@ -133,11 +144,21 @@ def accuracy_check(
     labels: pd.Series, predictions: pd.Series, holdout_accuracy: float | None, confidence: float, max_drop: float
 ) -> AccuracyCheck:
     """Accuracy with a Wilson interval (scipy); a drop when the interval lies `max_drop` below the holdout's."""
+    return accuracy_counts(correct_answers(labels, predictions), len(labels), holdout_accuracy, confidence, max_drop)
+
+
+def correct_answers(labels: pd.Series, predictions: pd.Series) -> int:
+    """How many predictions equal their label, compared as text."""
+    labels, predictions = labels.astype(str).reset_index(drop=True), predictions.astype(str).reset_index(drop=True)
+    return int((labels == predictions).sum())
+
+
+def accuracy_counts(
+    correct: int, n: int, holdout_accuracy: float | None, confidence: float, max_drop: float
+) -> AccuracyCheck:
+    """`accuracy_check` on counts: `correct` right answers among `n` labelled rows."""
     from scipy.stats import binomtest
 
-    labels, predictions = labels.astype(str).reset_index(drop=True), predictions.astype(str).reset_index(drop=True)
-    n = len(labels)
-    correct = int((labels == predictions).sum())
     interval = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
     dropped = holdout_accuracy is not None and interval.high < holdout_accuracy - max_drop
     return AccuracyCheck(n, correct, correct / n, float(interval.low), float(interval.high), holdout_accuracy, dropped)
@@ -166,27 +187,96 @@ def run_check(
         labelled_predictions: What was served for those labelled rows, aligned with `current_labels`.
     """
     config = config or CheckConfig()
-    calibration = calibrated.for_rows(len(current))
-    columns = [c.column for c in calibration.columns]
+    tally = quality_tally(reference, calibrated, config)
+    tally.add(current)
+    quality = tally.report()
+    window = current
+    if quality.valid and len(current) > config.max_window_rows:
+        window = current[quality.testable()].sample(config.max_window_rows, random_state=config.sample_seed)
+    predictions = labels = None
+    if current_predictions is not None and len(current_predictions):
+        predictions = current_predictions.dropna().astype(str).value_counts()
+    if current_labels is not None:
+        labels = current_labels.dropna().astype(str).value_counts()
+    correct = None
+    if current_labels is not None and labelled_predictions is not None:
+        correct = correct_answers(current_labels, labelled_predictions)
+    return _check(
+        reference,
+        calibrated,
+        config,
+        rows=len(current),
+        quality=quality,
+        window=window,
+        predictions=predictions,
+        labels=labels,
+        labelled=0 if current_labels is None else len(current_labels),
+        correct=correct,
+    )
+
+
+def quality_tally(reference: pd.DataFrame, calibrated: VersionCalibration, config: CheckConfig) -> QualityTally:
+    """A fresh data-quality tally of a window against the reference, on the calibrated columns."""
+    columns = [c.column for c in calibrated.calibrations[-1].columns]
     numerical, _ = column_roles(reference, columns)
     kinds = {c: "numerical" if c in numerical else "categorical" for c in columns}
-    quality = check_quality(reference, current, columns, kinds, config.quality)
-    sample_rows, seed = len(current), config.sample_seed
+    return QualityTally(reference, columns, kinds, config.quality)
+
+
+def run_window_check(
+    reference: pd.DataFrame, window: DriftWindow, calibrated: VersionCalibration, *, config: CheckConfig | None = None
+) -> CheckResult:
+    """Check a window read page by page (`flows.lib.window_reader.read_drift_window`): quality over every row,
+    the per-column tests on its seeded sample, prediction drift, label drift and accuracy from its counts.
+
+    The same findings as `run_check` on the window's whole frame for a window no larger than the sample; a larger one
+    is tested on the reservoir sample the reader kept (seeded by `config.sample_seed`) instead of `DataFrame.sample`.
+    """
+    config = config or CheckConfig()
+    served = window.served
+    return _check(
+        reference,
+        calibrated,
+        config,
+        rows=window.rows,
+        quality=window.quality,
+        window=window.sample,
+        predictions=class_counts(served.predictions) if served.predictions else None,
+        labels=class_counts(served.labels),
+        labelled=served.labelled,
+        correct=served.correct,
+    )
+
+
+def _check(
+    reference: pd.DataFrame,
+    calibrated: VersionCalibration,
+    config: CheckConfig,
+    *,
+    rows: int,
+    quality: QualityReport,
+    window: pd.DataFrame,
+    predictions: pd.Series | None,
+    labels: pd.Series | None,
+    labelled: int,
+    correct: int | None,
+) -> CheckResult:
+    """The check once the window's quality is known: `window` is the frame the drift tests run on (at most
+    `config.max_window_rows` rows), `rows` the window's size; outcomes come as class counts."""
+    calibration = calibrated.for_rows(rows)
     result = CheckResult(
         quality=quality,
         drift=None,
         tested_columns=[],
-        sample_rows=sample_rows,
-        sample_seed=seed,
+        sample_rows=len(window),
+        sample_seed=config.sample_seed,
         calibration=calibration,
     )
     if not quality.valid:
+        result.sample_rows = rows
         return result
     tested = quality.testable()
-    window = current[tested]
-    if len(window) > config.max_window_rows:
-        window = window.sample(config.max_window_rows, random_state=seed)
-        result.sample_rows = len(window)
+    window = window[tested]
     # Evidently drops missing values; a column whose window is entirely missing is a quality finding, not a test.
     tested = [c for c in tested if window[c].notna().any() and reference[c].notna().any()]
     result.tested_columns = tested
@@ -199,17 +289,13 @@ def run_check(
             per_column_threshold={c: calibration.thresholds()[c] for c in tested},
             drift_share=config.report_drift_share,
         )
-    if calibrated.prediction_counts and current_predictions is not None and len(current_predictions):
-        result.prediction = share_shift(calibrated.prediction_counts, current_predictions, config.outcome_alpha)
-    if current_labels is not None and len(current_labels) >= config.min_labelled:
+    if calibrated.prediction_counts and predictions is not None and int(predictions.sum()):
+        result.prediction = share_shift_counts(calibrated.prediction_counts, predictions, config.outcome_alpha)
+    if labels is not None and labelled >= config.min_labelled:
         if calibrated.label_counts:
-            result.label = share_shift(calibrated.label_counts, current_labels, config.outcome_alpha)
-        if labelled_predictions is not None:
-            result.accuracy = accuracy_check(
-                current_labels,
-                labelled_predictions,
-                calibrated.holdout_accuracy,
-                config.accuracy_confidence,
-                config.max_accuracy_drop,
+            result.label = share_shift_counts(calibrated.label_counts, labels, config.outcome_alpha)
+        if correct is not None:
+            result.accuracy = accuracy_counts(
+                correct, labelled, calibrated.holdout_accuracy, config.accuracy_confidence, config.max_accuracy_drop
             )
     return result

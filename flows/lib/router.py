@@ -101,10 +101,12 @@ class RouterClient:
                 before=cursor,
             )
             page = msgspec.json.decode(content, type=InferencePage)
-            if page.records:
-                yield page.records
-            left -= len(page.records)
-            cursor = page.next_cursor
+            records, cursor = page.records, page.next_cursor
+            del content, page  # while suspended, the generator holds this page's records and nothing else
+            left -= len(records)
+            if records:
+                yield records
+            del records  # the next request starts without this page: the caller keeps it only if it wants to
             if cursor is None:
                 return
 

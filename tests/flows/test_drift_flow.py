@@ -134,6 +134,8 @@ def test_no_drift_is_quiet_and_a_shift_needs_two_checks_in_a_row(world, iris: pd
         output_format="list",
     )
     assert sorted(r.data.tags[TAG_LOOP_ID] for r in runs) == sorted(["", "", second["loop_id"]])
+    # What was read and what the drift tests ran on: the whole 150-row window, below the sample size.
+    assert {(r.data.metrics["window_rows"], r.data.metrics["window_sample_rows"]) for r in runs} == {(150, 150)}
 
 
 def test_an_absent_column_is_invalid_data_and_gives_no_verdict(world, iris: pd.DataFrame, model_name: str) -> None:
