@@ -29,6 +29,33 @@ from flows.lib.data import IRIS_TARGET, load_dataset
 TRAINING_EXPERIMENT = "driftloop"
 """The flows' default `mlflow_experiment`."""
 
+# --- the end-to-end demos -------------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The end-to-end tests run last: their demos start when collection ends and run while the other tests do."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start, in the background, each demo whose e2e tests the session selected (`tests/e2e/launch.py`)."""
+    if session.config.option.collectonly:
+        return
+    from tests.e2e import launch
+
+    for kind in sorted({launch.MODULES.get(item.path.name) for item in session.items} - {None}):
+        launch.demo_for(kind)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop whatever demo still runs and drop its databases."""
+    import sys
+
+    launch = sys.modules.get("tests.e2e.launch")
+    if launch is not None:
+        launch.stop_all()
+
+
 # --- Prefect ---------------------------------------------------------------------------------------------------
 
 _HARNESS: dict[str, str] = {}

@@ -1,11 +1,7 @@
 """The whole loop on real services: Prefect server, deployments, automation trigger, worker, MLflow server, router."""
 
 import json
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,46 +16,25 @@ from contracts.registry import (
     TAG_LOOP_ID,
     TAG_PREVIOUS_CHAMPION,
 )
+from tests.e2e import launch
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """Run the README's demo command once with its own schedules, on free ports and a private home.
+def demo():
+    """The README's demo command with 30 s schedules, on free ports and a private home, started in the background
+    when the session collected this module (see `tests/e2e/launch.py`).
 
     The demo waits on the loop's progress (each stage's event), not on one wall-clock budget: it gives up only when no
     stage happened for DRIFTLOOP_DEMO_STALL_SECONDS, and then prints the flow runs and the end of every service log.
     """
-    home = tmp_path_factory.mktemp("driftloop")
-    env = os.environ | {
-        "DRIFTLOOP_HOME": str(home),
-        "DRIFTLOOP_PREFECT_PORT": str(free_port()),
-        "DRIFTLOOP_MLFLOW_PORT": str(free_port()),
-        "DRIFTLOOP_ROUTER_PORT": str(free_port()),
-        "DRIFTLOOP_DEMO_SCHEDULE_SECONDS": "30",
-        "DRIFTLOOP_DEMO_STALL_SECONDS": "300",
-        "DRIFTLOOP_DEMO_TIMEOUT_SECONDS": "1500",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "deployments.demo"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    running = launch.demo_for(launch.EMBEDDED)
+    result = running.result()
     print(result.stdout[-20000:], result.stderr[-5000:])
-    summary_path = home / "demo-summary.json"
+    summary_path = running.home / "demo-summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return result, summary, home
+    return result, summary, running.home
 
 
 def test_the_demo_closes_the_loop(demo):
