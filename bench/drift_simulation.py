@@ -1,9 +1,10 @@
 """Simulated months of hourly drift checks: spurious episodes per month, and how fast a 0.5 SD shift is caught.
 
 Two datasets: iris-like (4 correlated, rounded columns from a 3-class Gaussian mixture fitted to iris; reference 150
-rows as the demo has) and a 20-column one (correlated Gaussian, reference 100,000 rows). Each
-reference is drawn fresh from the generator, calibrated exactly as a registered version is
-(`flows.lib.drift_calibration.calibrate_version`, settings' defaults: 5% per 720 checks, 2 alarms in a row), then:
+rows as the demo has) and a 20-column one (correlated Gaussian, reference 100,000 rows, and 10,000 rows: the default
+`DRIFTLOOP_DRIFT_REFERENCE_ROWS`). Each reference is drawn fresh from the generator, calibrated exactly as a registered
+version is (`flows.lib.drift_calibration.calibrate_version`, settings' defaults: 5% per 720 checks, 2 alarms in a row,
+2,000 resamples, 95% confidence), then:
 
 - no drift: `months` x 720 hourly checks of fresh 300-row windows; a month is spurious when any column reaches 2
   alarms in a row (the default retrain severity, `warning`, starts a retrain then);
@@ -12,14 +13,15 @@ reference is drawn fresh from the generator, calibrated exactly as a registered 
 
 Besides the spurious months, every no-drift check is counted: the share that alarmed on any column, against the
 calibrated per-check rate, and the spurious-month probability that share implies (a much tighter figure than the
-months themselves, of which a 2-core machine can simulate only tens).
+months themselves, of which a 2-core machine can simulate only hundreds).
 
 Each check applies the calibrated per-column thresholds to the same statistic Evidently computes in the flow (K-S D,
 `flows.lib.drift_stats`; here evaluated against the presorted reference for speed, checked equal to scipy's on the first
 windows) and the data-quality out-of-range rule (`flows.lib.data_quality`, same binomial test). The Evidently path
 itself is covered by the scenario tests; it costs about 0.3 s a check, too slow for tens of thousands of checks.
 
-Run: `uv run python -m bench.drift_simulation` (full size) or with `--quick` (the CI-sized run the tests use).
+Run: `uv run python -m bench.drift_simulation` (full size; `--jobs 2` runs the scenarios in two processes, `--scale`
+multiplies the simulated months) or with `--quick` (a small run, not written to the results).
 """
 
 from __future__ import annotations
