@@ -55,7 +55,10 @@ class FlowSettings(RouterTokens):
         2, ge=1, description="Alarms in a row a finding needs before it counts (persistence across checks)."
     )
     drift_calibration_resamples: int = Field(
-        2000, ge=100, description="No-drift windows resampled from the reference per window size when calibrating."
+        2000,
+        ge=100,
+        description="No-drift windows resampled from the reference per window size when calibrating (the thresholds "
+        "are a 95% upper bound of the budget's quantile: more resamples bring them closer to it; at least 352).",
     )
     drift_reference_rows: int = Field(
         10_000, ge=10, description="A version's reference: a seeded random sample of this many of its training rows."

@@ -93,8 +93,9 @@ def markdown(
         f"Thresholds calibrated for windows of {cal.window_rows} rows against {cal.reference_rows} reference rows: "
         f"at most {cal.budget:.0%} chance of a spurious episode per {cal.period_checks} checks with "
         f"{cal.consecutive} alarms in a row, so a no-drift check may alarm with probability "
-        f"{cal.check_alarm_rate:.3g} (resampled: {cal.resampled_alarm_rate:.3g} over {cal.resamples} resamples, "
-        f"seed {cal.seed}{', reference fixed' if cal.fixed_reference else ', reference bootstrapped'}).",
+        f"{cal.check_alarm_rate:.3g}; the thresholds keep below it with {cal.confidence:.0%} confidence "
+        f"(resampled: {cal.resampled_alarm_rate:.3g} over {cal.resamples} resamples, seed {cal.seed}"
+        f"{', reference split' if cal.fixed_reference else ', reference bootstrapped'}).",
         "",
         "## Per-column tests",
         "",

@@ -12,10 +12,14 @@ from flows.settings import FlowSettings
 
 
 @pytest.mark.parametrize(
-    ("gen", "reference_rows", "references"), [(IrisLike(), 150, 4), (Wide(), 10_000, 2)], ids=["iris-like", "wide"]
+    ("gen", "reference_rows", "references", "checks"),
+    [(IrisLike(), 150, 12, 100), (Wide(), 10_000, 2, 600)],
+    ids=["iris-like", "wide"],
 )
-def test_no_drift_checks_alarm_within_the_calibrated_rate(gen, reference_rows: int, references: int) -> None:
-    alarmed, checks, target = alarm_rate(gen, reference_rows, references=references, checks=300, seed=7)
+def test_no_drift_checks_alarm_within_the_calibrated_rate(gen, reference_rows: int, references: int, checks: int):
+    # A 150-row reference is itself a noisy sample: one reference alarms far more than another, so the rate is
+    # averaged over many references (the calibration bounds the average, not every reference's own rate).
+    alarmed, checks, target = alarm_rate(gen, reference_rows, references=references, checks=checks, seed=7)
     # Not significantly above the target per-check rate (a one-sided exact test at 0.1%): the budget holds.
     assert binomtest(alarmed, checks, target, alternative="greater").pvalue > 1e-3, (alarmed, checks, target)
 
