@@ -24,14 +24,14 @@ from contracts.registry import CHALLENGER, CHAMPION
 from serving.controllers import ConfigController, ExperimentController, InferenceController, ModelController
 from serving.errors import Overloaded, RouterError, StoreUnavailable, redact
 from serving.metrics import MetricsMiddleware, RouterMetrics
-from serving.security import Authorizer, guard
+from serving.security import AccessMiddleware, Authorizer
 from serving.services.batching import MicroBatcher
 from serving.services.events import EventEmitter, emit_prefect_event
 from serving.services.experiments import ExperimentService
 from serving.services.heartbeat import TrafficHeartbeat
 from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager, ModelSource, SupportsModelSource
-from serving.services.predict import PendingPrediction, PredictService
+from serving.services.predict import PendingPrediction, PredictQueue, PredictService
 from serving.services.relay import EventRelay
 from serving.services.shadow import ShadowScorer
 from serving.services.split import SplitCache
@@ -41,8 +41,10 @@ from serving.settings import RouterSettings, get_settings
 logger = logging.getLogger(__name__)
 
 
-def _from_state(name: str) -> Provide:
-    def provide(state: State) -> Any:
+def _from_state(state: State, name: str) -> Provide:
+    # No parameters: Litestar validates a provider's arguments on every request, and the app's state needs no
+    # validating (this reads the state the app was given, so a service swapped in it is seen).
+    def provide() -> Any:
         return state[name]
 
     provide.__doc__ = f"The app's {name}."
@@ -215,6 +217,7 @@ def create_app(
         "experiments": experiments,
         "predictor": predictor,
         "batcher": batcher,
+        "predict_queue": PredictQueue(predictor, batcher),
         "split": split,
         "labels": FeedbackService(store=store, models=models, metrics=metrics),
         "relay": relay,
@@ -231,6 +234,8 @@ def create_app(
             logger.warning("split refresh failed, keeping the cached split: %s", exc.detail)
         current = models.current
         metrics.set_serving({CHAMPION: current.champion_version, CHALLENGER: current.challenger_version})
+
+    app_state = State(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -287,11 +292,14 @@ def create_app(
     return Litestar(
         route_handlers=[InferenceController, ConfigController, ExperimentController, ModelController],
         lifespan=[lifespan],
-        state=State(state),
-        guards=[guard],
-        middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics)],
+        state=app_state,
+        # Outermost first: every request is counted and timed, refused ones too.
+        middleware=[
+            DefineMiddleware(MetricsMiddleware, metrics=metrics),
+            DefineMiddleware(AccessMiddleware, authorizer=authorizer),
+        ],
         request_max_body_size=settings.max_body_bytes,
-        dependencies={name: _from_state(name) for name in state},
+        dependencies={name: _from_state(app_state, name) for name in state},
         exception_handlers={
             RouterError: router_error_handler,
             HTTPException: http_error_handler,
