@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -24,14 +26,14 @@ from contracts.registry import CHALLENGER, CHAMPION
 from serving.controllers import ConfigController, ExperimentController, InferenceController, ModelController
 from serving.errors import Overloaded, RouterError, StoreUnavailable, redact
 from serving.metrics import MetricsMiddleware, RouterMetrics
-from serving.security import Authorizer, guard
+from serving.security import AccessMiddleware, Authorizer
 from serving.services.batching import MicroBatcher
 from serving.services.events import EventEmitter, emit_prefect_event
 from serving.services.experiments import ExperimentService
 from serving.services.heartbeat import TrafficHeartbeat
 from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager, ModelSource, SupportsModelSource
-from serving.services.predict import PendingPrediction, PredictService
+from serving.services.predict import PendingPrediction, PredictQueue, PredictService
 from serving.services.relay import EventRelay
 from serving.services.shadow import ShadowScorer
 from serving.services.split import SplitCache
@@ -40,9 +42,17 @@ from serving.settings import RouterSettings, get_settings
 
 logger = logging.getLogger(__name__)
 
+YOUNG_GC_THRESHOLD = 20_000
+"""Allocations between two collections of the youngest generation while serving (Python's default: 700)."""
 
-def _from_state(name: str) -> Provide:
-    def provide(state: State) -> Any:
+BATCHING_THREADS = 3
+"""Threads of the micro-batchers (the predict stage, the group commit, the shadow scorer), besides the workers."""
+
+
+def _from_state(state: State, name: str) -> Provide:
+    # No parameters: Litestar validates a provider's arguments on every request, and the app's state needs no
+    # validating (this reads the state the app was given, so a service swapped in it is seen).
+    def provide() -> Any:
         return state[name]
 
     provide.__doc__ = f"The app's {name}."
@@ -126,6 +136,36 @@ async def relay_once(relay: EventRelay, metrics: RouterMetrics | None = None) ->
         logger.exception("outbox relay crashed; next turn retries")
 
 
+_gc_lock = threading.Lock()
+_gc_users: list[tuple[int, int, int]] = []
+"""The thresholds found by each app serving in this process (several in tests); the last one out restores them."""
+
+
+@contextlib.contextmanager
+def _steady_gc(young_threshold: int) -> Iterator[None]:
+    """Keep the garbage collector off the request path while the app serves, and put it back as it was after.
+
+    Everything alive once the app has started (the libraries behind a loaded model make hundreds of thousands of
+    objects) moves to the collector's permanent generation: a full collection then no longer walks them (one took
+    0.5 to 0.7 s on the 2-core machine, holding the GIL: every request waited). The youngest generation is
+    collected less often: each request allocates hundreds of objects, most of them freed before a collection.
+    """
+    with _gc_lock:
+        _gc_users.append(gc.get_threshold())
+        gc.freeze()
+        young, *older = _gc_users[0]
+        gc.set_threshold(max(young_threshold, young), *older)
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            first = _gc_users[0]
+            _gc_users.pop()
+            if not _gc_users:
+                gc.set_threshold(*first)
+                gc.unfreeze()
+
+
 async def _every(interval: float, turn: Callable[[], Awaitable[None]]) -> None:
     """Run `turn` every `interval` seconds until cancelled."""
     while True:
@@ -162,7 +202,8 @@ def create_app(
     store = store if store is not None else Store(settings.store_url())
     store.db.busy_timeout = settings.store_busy_timeout_seconds
     store.db.retry_after = settings.store_retry_after_seconds
-    store.db.pool_size = settings.worker_threads
+    # One pooled connection per thread that may use the store: the batching threads and the workers.
+    store.db.pool_size = max(settings.worker_threads, BATCHING_THREADS + 1)
     source = model_source or ModelSource(settings.mlflow_tracking_uri, settings.model_name, lean=settings.lean_pipeline)
     metrics = RouterMetrics()
     store.db.on_write = metrics.observe_store_write
@@ -215,6 +256,7 @@ def create_app(
         "experiments": experiments,
         "predictor": predictor,
         "batcher": batcher,
+        "predict_queue": PredictQueue(predictor, batcher),
         "split": split,
         "labels": FeedbackService(store=store, models=models, metrics=metrics),
         "relay": relay,
@@ -232,12 +274,16 @@ def create_app(
         current = models.current
         metrics.set_serving({CHAMPION: current.champion_version, CHALLENGER: current.challenger_version})
 
+    app_state = State(state)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if not authorizer.enabled:
             logger.warning("no admin token set: every endpoint is open (bind to loopback only; see the README)")
-        # Every blocking call (handlers, store, models) takes one of these threads and at most one connection.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        # Every other blocking call (handlers, store, models) takes one of these threads and at most one connection;
+        # the batching threads hold one connection each at most.
+        workers = store.db.pool_size - BATCHING_THREADS
+        anyio.to_thread.current_default_thread_limiter().total_tokens = workers
         async with contextlib.AsyncExitStack() as stack:
             await anyio.to_thread.run_sync(store.open)
             stack.push_async_callback(anyio.to_thread.run_sync, store.close)
@@ -249,6 +295,7 @@ def create_app(
             # Start anyway when the registry fails: /health says why and the refresh loop keeps trying.
             await refresh()
             logger.info("router up: %s, ab_split_b=%s", models.current.describe(), split)
+            stack.enter_context(_steady_gc(YOUNG_GC_THRESHOLD))
             loops = []
             if settings.model_refresh_seconds > 0:
                 loops.append(("driftloop-model-refresh", settings.model_refresh_seconds, refresh))
@@ -287,11 +334,14 @@ def create_app(
     return Litestar(
         route_handlers=[InferenceController, ConfigController, ExperimentController, ModelController],
         lifespan=[lifespan],
-        state=State(state),
-        guards=[guard],
-        middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics)],
+        state=app_state,
+        # Outermost first: every request is counted and timed, refused ones too.
+        middleware=[
+            DefineMiddleware(MetricsMiddleware, metrics=metrics),
+            DefineMiddleware(AccessMiddleware, authorizer=authorizer),
+        ],
         request_max_body_size=settings.max_body_bytes,
-        dependencies={name: _from_state(name) for name in state},
+        dependencies={name: _from_state(app_state, name) for name in state},
         exception_handlers={
             RouterError: router_error_handler,
             HTTPException: http_error_handler,

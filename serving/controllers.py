@@ -60,11 +60,10 @@ from contracts.api import (
 from serving.errors import InvalidCursor, PayloadTooLarge, RouterError
 from serving.metrics import ARRIVED, RouterMetrics
 from serving.services import views
-from serving.services.batching import MicroBatcher
 from serving.services.experiments import ExperimentService
 from serving.services.labels import FeedbackService
 from serving.services.models import ModelManager
-from serving.services.predict import PendingPrediction, PredictService
+from serving.services.predict import PendingPrediction, PredictQueue
 from serving.services.readiness import check_ready
 from serving.services.shadow import ShadowScorer
 from serving.services.split import SplitCache
@@ -88,7 +87,7 @@ _AUTH = {
 _STORE = {503: _error("The store is busy, read-only or unreachable (see Retry-After), or no champion is loaded")}
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
-# What each route needs (see `serving.security.guard`).
+# What each route needs (see `serving.security.check_access`).
 ADMIN: dict[str, Any] = {"scope": "admin"}
 LABEL: dict[str, Any] = {"scope": "label"}
 READ: dict[str, Any] = {"scope": "read"}
@@ -125,8 +124,7 @@ class InferenceController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: PredictRequest,
-        predictor: PredictService,
-        batcher: MicroBatcher[PendingPrediction, PredictResponse],
+        predict_queue: PredictQueue,
         idempotency_key: Annotated[
             str | None,
             Parameter(
@@ -142,13 +140,12 @@ class InferenceController(Controller):
         An inline `label` needs the label (or admin) token. Concurrent requests are answered in micro-batches
         (one predict per arm, one commit); a full queue answers 503 with Retry-After.
         """
-        pending = predictor.prepare(
+        return await predict_queue.run(
             data,
             idempotency_key=idempotency_key,
             authorization=_authorization(request),
             arrived=request.scope.get(ARRIVED),  # type: ignore[call-overload]
         )
-        return await batcher.run(pending)
 
     @post(
         ROUTE_PREDICT_BATCH,
@@ -166,8 +163,7 @@ class InferenceController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: PredictBatchRequest,
-        predictor: PredictService,
-        batcher: MicroBatcher[PendingPrediction, PredictResponse],
+        predict_queue: PredictQueue,
         settings: RouterSettings,
     ) -> PredictBatchResponse:
         """Many predictions in one call: each row is assigned, checked, logged and answered like a `/predict`.
@@ -185,10 +181,10 @@ class InferenceController(Controller):
         pending: list[tuple[int, PendingPrediction]] = []
         for i, row in enumerate(data.requests):
             try:
-                pending.append((i, predictor.prepare(row, authorization=authorization, arrived=arrived)))
+                pending.append((i, predict_queue.predictor.prepare(row, authorization=authorization, arrived=arrived)))
             except RouterError as exc:
                 outcomes[i] = exc
-        futures = batcher.submit([p for _, p in pending])
+        futures = predict_queue.batcher.submit([p for _, p in pending])
         answers = await asyncio.gather(*futures, return_exceptions=True)
         for (i, _), answer in zip(pending, answers, strict=True):
             outcomes[i] = answer

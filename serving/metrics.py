@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from serving.errors import RouterError
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -18,6 +21,7 @@ class RouterMetrics:
     def __init__(self) -> None:
         """Create the metrics in a fresh registry."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.http_requests = Counter(
             "driftloop_router_http_requests", "HTTP requests by route, method and status.",
@@ -80,13 +84,22 @@ class RouterMetrics:
             ["outcome"], registry=r,
         )  # fmt: skip
 
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, bound once: `labels` checks, converts and takes a lock on every call, and the
+        request path counts every request. Not for `serving`, whose children are cleared."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def observe_batch(self, size: int) -> None:
         """Note the size of one micro-batch."""
         self.batch_size.observe(size)
 
     def observe_store_write(self, operation: str, seconds: float) -> None:
         """Record one committed store write."""
-        self.store_writes.labels(operation).observe(seconds)
+        self.child(self.store_writes, operation).observe(seconds)
 
     def model_load_failed(self, alias: str) -> None:
         """Count one failed model load."""
@@ -119,19 +132,27 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         scope[ARRIVED] = started  # type: ignore[literal-required]
-        status = {"code": 500}
+        status: int | None = None
 
         async def noting(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
             await self.app(scope, receive, noting)
+        except Exception as exc:
+            # Raised before any response (by a middleware inside this one, e.g. a refused token): the exception
+            # handlers answer it outside, with the error's own status.
+            if status is None and isinstance(exc, RouterError | HTTPException):
+                status = exc.status_code
+            raise
         finally:
             route = _route(scope)
-            self.metrics.http_requests.labels(route, scope.get("method", ""), str(status["code"])).inc()
-            self.metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+            metrics = self.metrics
+            metrics.child(metrics.http_requests, route, scope.get("method", ""), str(status or 500)).inc()
+            metrics.child(metrics.http_latency, route).observe(time.perf_counter() - started)
 
 
 def _route(scope: Any) -> str:

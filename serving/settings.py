@@ -54,8 +54,9 @@ class RouterSettings(RouterTokens):
     worker_threads: int = Field(
         40,
         ge=1,
-        description="Worker threads for blocking work (model calls, store reads and writes); a server database's "
-        "connection pool keeps this many connections, so replicas x threads must fit its max_connections.",
+        description="Threads that do blocking work (model calls, store reads and writes): 3 of them run the "
+        "micro-batches of /predict and its shadow scoring, the rest everything else; a server database's connection "
+        "pool keeps this many connections (at least 4), so replicas x threads must fit its max_connections.",
     )
     store_retry_after_seconds: int = Field(1, description="Retry-After of a 503 caused by the store.")
     outbox_interval_seconds: float = Field(1.0, description="How often pending router events are sent to Prefect.")

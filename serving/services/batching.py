@@ -1,9 +1,12 @@
 """Micro-batching: concurrent requests gathered into one blocking call (one predict per arm, one group commit).
 
-The event loop only queues requests and hands out answers; a single collector task takes what is queued (waiting a
-short window when it was idle, so that a burst arriving together travels together), runs the batch in a worker
-thread and resolves each request's future with its own answer or its own error. The queue is bounded: a request
-that finds it full is refused at once with a 503 and `Retry-After`, never left waiting without bound.
+The event loop only queues requests and hands out answers. A thread of the batcher's own takes what is queued
+(waiting a short window when it was idle, so that a burst arriving together travels together) and runs the batch
+function; with a second stage (`commit`), a second thread commits each batch while the first one already works on
+the next, and hands the outcomes back to the loop, which resolves each request's future with its own answer or its
+own error. The threads pass batches to each other directly: no batch waits for the event loop between its stages,
+and a batch costs one wake-up of each thread and one of the loop, whatever its size. The queue is bounded: a
+request that finds it full is refused at once with a 503 and `Retry-After`, never left waiting without bound.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +45,7 @@ class Job(Generic[T, R]):
 
 
 class MicroBatcher(Generic[T, R]):
-    """Gathers queued items into batches for a blocking batch function run in a worker thread.
+    """Gathers queued items into batches for a blocking batch function run in a thread of its own.
 
     The batch function gets a list of items and returns one outcome per item, in order: a result, or an exception
     for that item alone. An exception raised by the function itself fails every item of the batch.
@@ -62,16 +66,16 @@ class MicroBatcher(Generic[T, R]):
         """Describe the batcher; nothing runs until `start`.
 
         Args:
-            process: The blocking batch function (called in a worker thread, one batch at a time).
+            process: The blocking batch function (called in the batcher's thread, one batch at a time).
             commit: A second blocking stage: `process` returns what it takes, and it returns the outcomes. The
                 next batch's `process` then runs while the previous batch's `commit` does (one of each at a time,
                 commits in batch order): a batch's predictions overlap the previous batch's commit.
-            window_seconds: How long an idle collector waits for more items after the first one arrives.
+            window_seconds: How long an idle batcher waits for more items after the first one arrives.
             max_batch: Most items in one batch.
             max_queue: Most items waiting; `submit` refuses more with `Overloaded` (503).
             retry_after: Seconds a refused client is told to wait.
             on_batch: Told the size of every batch (for the metric).
-            name: For the log and the collector task.
+            name: For the log and the threads' names.
         """
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
@@ -84,9 +88,18 @@ class MicroBatcher(Generic[T, R]):
         self.on_batch = on_batch
         self.name = name
         self._queue: collections.deque[Job[T, R]] = collections.deque()
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)
+        """Signalled when items are queued (or the batcher closes) while the first stage waits for them."""
+        self._handover = threading.Condition(self._lock)
+        """Signalled when a processed batch is handed to the commit stage, or taken by it."""
+        self._staged: tuple[list[Job[T, R]], Any] | None = None
+        """The processed batch waiting for its commit (at most one)."""
+        self._processing_done = False
+        self._waiting = False
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def depth(self) -> int:
@@ -94,19 +107,29 @@ class MicroBatcher(Generic[T, R]):
         return len(self._queue)
 
     def start(self) -> None:
-        """Start the collector task on the running loop."""
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._task = asyncio.create_task(self._collect(), name=f"driftloop-{self.name}-batcher")
+        """Start the batcher's threads; outcomes are handed to the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._closing = self._processing_done = False
+        self._staged = None
+        stages = [("batcher", self._process_loop)]
+        if self.commit is not None:
+            stages.append(("commit", self._commit_loop))
+        self._threads = [
+            threading.Thread(target=run, name=f"driftloop-{self.name}-{what}", daemon=True) for what, run in stages
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def close(self) -> None:
-        """Stop taking items, answer every item already queued, then stop the collector."""
-        self._closing = True
-        if self._wake is not None:
-            self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        """Stop taking items, answer every item already queued, then stop the threads."""
+        with self._lock:
+            self._closing = True
+            self._queued.notify_all()
+        threads, self._threads = self._threads, []
+        for thread in threads:
+            await anyio.to_thread.run_sync(thread.join)
+        # The threads' last answers were handed to the loop before they ended: let them arrive.
+        await asyncio.sleep(0)
 
     async def run(self, item: T) -> R:
         """Queue one item and wait for its outcome.
@@ -119,12 +142,12 @@ class MicroBatcher(Generic[T, R]):
         return await future
 
     def submit(self, items: Sequence[T]) -> list[asyncio.Future[R]]:
-        """Queue items together (all or none), returning one future per item.
+        """Queue items together (all or none), returning one future per item. Call on the event loop.
 
         Raises:
             Overloaded: There is no room for all of them, or the batcher is not running.
         """
-        if self._task is None or self._closing or self._wake is None:
+        if not self._threads or self._closing or self._loop is None:
             raise Overloaded(
                 f"the router is not taking {self.name} requests right now (starting or stopping); retry",
                 headers={"Retry-After": str(self.retry_after)},
@@ -135,65 +158,103 @@ class MicroBatcher(Generic[T, R]):
                 f"{self.max_queue}); retry in {self.retry_after} s",
                 headers={"Retry-After": str(self.retry_after)},
             )
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[R]] = []
-        for item in items:
-            future: asyncio.Future[R] = loop.create_future()
-            self._queue.append(Job(item, future))
-            futures.append(future)
-        self._wake.set()
-        return futures
+        create = self._loop.create_future
+        jobs = [Job(item, create()) for item in items]
+        with self._lock:
+            self._queue.extend(jobs)
+            if self._waiting:  # wake the first stage only when it sleeps: one wake-up per batch, not per item
+                self._queued.notify()
+        return [job.future for job in jobs]
 
-    async def _collect(self) -> None:
-        assert self._wake is not None
-        committing: asyncio.Task[None] | None = None
+    def _take(self) -> list[Job[T, R]] | None:
+        """The next batch (waiting for items, and the window after an idle spell); None once closed and drained."""
+        with self._lock:
+            if not self._queue:
+                if self._closing:
+                    return None
+                self._waiting = True
+                while not self._queue and not self._closing:
+                    self._queued.wait()
+                self._waiting = False
+                idle = True
+            else:
+                idle = False
+        # Idle until now: give the rest of a burst a short window to join this batch.
+        if idle and self.window_seconds and len(self._queue) < self.max_batch and not self._closing:
+            time.sleep(self.window_seconds)
+        with self._lock:
+            if not self._queue:
+                return None if self._closing else []
+            return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+
+    def _process_loop(self) -> None:
         try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._wake.clear()
-                    await self._wake.wait()
-                    # Idle until now: give the rest of a burst a short window to join this batch.
-                    if self.window_seconds and len(self._queue) < self.max_batch and not self._closing:
-                        await asyncio.sleep(self.window_seconds)
-                    continue
-                jobs = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
-                if self.commit is None:
-                    await self._run(jobs)
-                    continue
-                staged = await self._stage(jobs)
-                if committing is not None:
-                    await committing  # one commit at a time, in batch order
-                    committing = None
-                if staged is not None:
-                    committing = asyncio.create_task(self._commit(jobs, staged[0]))
+            self._process_all()
+        except BaseException:
+            # Never leave requests waiting on a dead thread: refuse new ones (503) and fail the queued ones.
+            logger.exception("%s batcher crashed; refusing new requests", self.name)
+            with self._lock:
+                self._closing = True
+                jobs, self._queue = list(self._queue), collections.deque()
+            self._hand_back(jobs, [RuntimeError(f"the {self.name} batcher stopped")] * len(jobs))
         finally:
-            if committing is not None:
-                await committing
+            with self._lock:
+                self._processing_done = True
+                self._handover.notify_all()
 
-    async def _stage(self, jobs: list[Job[T, R]]) -> tuple[Any] | None:
-        """The first stage in a worker thread; on failure every job gets the error and None is returned."""
-        try:
-            return (await anyio.to_thread.run_sync(self.process, [job.item for job in jobs]),)
-        except Exception as exc:
-            logger.exception("%s batch of %d failed as a whole", self.name, len(jobs))
-            self._resolve(jobs, [exc] * len(jobs))
-            return None
+    def _process_all(self) -> None:
+        while (jobs := self._take()) is not None:
+            if not jobs:
+                continue
+            try:
+                staged = self.process([job.item for job in jobs])
+            except Exception as exc:
+                logger.exception("%s batch of %d failed as a whole", self.name, len(jobs))
+                self._hand_back(jobs, [exc] * len(jobs))
+                continue
+            if self.commit is None:
+                self._finish(jobs, staged, "batch function")
+                continue
+            with self._lock:
+                while self._staged is not None:  # one commit at a time: wait until the last batch is taken
+                    self._handover.wait()
+                self._staged = (jobs, staged)
+                self._handover.notify_all()
 
-    async def _commit(self, jobs: list[Job[T, R]], staged: Any) -> None:
+    def _commit_loop(self) -> None:
         assert self.commit is not None
-        try:
-            outcomes: Sequence[Any] = await anyio.to_thread.run_sync(self.commit, staged)
-            if len(outcomes) != len(jobs):
-                raise RuntimeError(f"commit returned {len(outcomes)} outcomes for {len(jobs)} items")
-        except Exception as exc:
-            logger.exception("%s batch of %d failed as a whole", self.name, len(jobs))
-            outcomes = [exc] * len(jobs)
+        while True:
+            with self._lock:
+                while self._staged is None and not self._processing_done:
+                    self._handover.wait()
+                if self._staged is None:
+                    return
+                (jobs, staged), self._staged = self._staged, None
+                self._handover.notify_all()
+            try:
+                outcomes: Sequence[Any] = self.commit(staged)
+            except Exception as exc:
+                logger.exception("%s batch of %d failed as a whole", self.name, len(jobs))
+                outcomes = [exc] * len(jobs)
+            self._finish(jobs, outcomes, "commit")
+
+    def _finish(self, jobs: list[Job[T, R]], outcomes: Sequence[Any], what: str) -> None:
+        if len(outcomes) != len(jobs):
+            error = RuntimeError(f"{what} returned {len(outcomes)} outcomes for {len(jobs)} items")
+            logger.error("%s batch of %d failed as a whole: %s", self.name, len(jobs), error)
+            outcomes = [error] * len(jobs)
         if self.on_batch is not None:
             with contextlib.suppress(Exception):
                 self.on_batch(len(jobs))
-        self._resolve(jobs, outcomes)
+        self._hand_back(jobs, outcomes)
+
+    def _hand_back(self, jobs: list[Job[T, R]], outcomes: Sequence[Any]) -> None:
+        """Resolve the jobs' futures on the loop (one wake-up of the loop per batch)."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._resolve, jobs, outcomes)
+        except RuntimeError:  # the loop is closed: nobody waits for these answers any more
+            logger.warning("%s batch of %d answered after its event loop closed", self.name, len(jobs))
 
     @staticmethod
     def _resolve(jobs: list[Job[T, R]], outcomes: Sequence[Any]) -> None:
@@ -204,19 +265,3 @@ class MicroBatcher(Generic[T, R]):
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
-
-    async def _run(self, jobs: list[Job[T, R]]) -> None:
-        items = [job.item for job in jobs]
-        started = time.perf_counter()
-        try:
-            outcomes: Sequence[Any] = await anyio.to_thread.run_sync(self.process, items)
-            if len(outcomes) != len(jobs):
-                raise RuntimeError(f"batch function returned {len(outcomes)} outcomes for {len(jobs)} items")
-        except Exception as exc:
-            logger.exception("%s batch of %d failed as a whole", self.name, len(jobs))
-            outcomes = [exc] * len(jobs)
-        if self.on_batch is not None:
-            with contextlib.suppress(Exception):
-                self.on_batch(len(jobs))
-        logger.debug("%s batch of %d in %.2f ms", self.name, len(jobs), (time.perf_counter() - started) * 1000)
-        self._resolve(jobs, outcomes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from serving.security import Authorizer
 from serving.services import views
 from serving.services.arm_state import ArmStates
 from serving.services.assignment import assign_arm
+from serving.services.batching import MicroBatcher
 from serving.services.models import ModelManager, ServedModel
 from serving.services.split import SplitCache
 from serving.services.store import InferenceRow, PredictionErrorRow, Store
@@ -77,6 +79,40 @@ class PredictedBatch:
     """(item index, record to write, native prediction, checked features)."""
     duplicates: list[tuple[int, int]] = field(default_factory=list)
     """(item index, index of the earlier item with the same key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PredictQueue:
+    """The `/predict` path as the handlers see it: the event loop's checks, then the micro-batcher's answer.
+
+    One dependency rather than two: Litestar resolves a handler's independent dependencies in a task group of their
+    own on every request.
+
+    Attributes:
+        predictor: Checks requests (`prepare`) and answers batches of them.
+        batcher: Gathers checked requests into the predictor's batches.
+    """
+
+    predictor: PredictService
+    batcher: MicroBatcher[PendingPrediction, PredictResponse]
+
+    async def run(
+        self,
+        data: PredictRequest,
+        *,
+        idempotency_key: str | None = None,
+        authorization: str | None = None,
+        arrived: float | None = None,
+    ) -> PredictResponse:
+        """Check one request, queue it, and wait for its answer (see `PredictService.prepare`, `MicroBatcher.run`).
+
+        Raises:
+            RouterError: The request's own error (4xx, 500, 503 when the queue is full).
+        """
+        pending = self.predictor.prepare(
+            data, idempotency_key=idempotency_key, authorization=authorization, arrived=arrived
+        )
+        return await self.batcher.run(pending)
 
 
 class PredictService:
@@ -254,19 +290,24 @@ class PredictService:
                     out[i] = exc
                 stored_rows = []
             now = time.perf_counter()
+            metrics = self.metrics
+            # Counted per batch, one increment per distinct label set: the counts stay exact.
+            counts: collections.Counter[tuple[Any, ...]] = collections.Counter()
             for (i, record, prediction, _), stored in zip(records, stored_rows, strict=False):
                 logged[i] = stored
                 if stored.request_id != record.request_id:
                     # A concurrent retry with the same key (another replica) got there first.
                     out[i] = self._replay_outcome(stored, items[i])
                     continue
-                self.metrics.predictions.labels(record.arm, record.model_version, "200").inc()
-                self.metrics.predict_latency.labels(record.arm).observe(now - items[i].arrived)
-                self.metrics.predicted_class.labels(record.arm, record.model_version, record.prediction).inc()
+                arm, version = record.arm, record.model_version
+                counts[metrics.predictions, arm, version, "200"] += 1
+                counts[metrics.predicted_class, arm, version, record.prediction] += 1
                 if record.label is not None:
-                    correct = str(record.label == record.prediction).lower()
-                    self.metrics.labels.labels(record.arm, record.model_version, correct).inc()
+                    counts[metrics.labels, arm, version, "true" if record.label == record.prediction else "false"] += 1
+                metrics.child(metrics.predict_latency, arm).observe(now - items[i].arrived)
                 out[i] = views.predict_response(record, prediction)
+            for (metric, *values), n in counts.items():
+                metrics.child(metric, *values).inc(n)
             if stored_rows and self.on_recorded is not None:
                 champion = [
                     (record, row)

@@ -68,3 +68,14 @@ async def test_two_apps_keep_their_own_counts(make_app):
         counted = [samples((await c.get("/metrics")).text) for c in (one, two)]
     totals = [sum(v for k, v in c.items() if k[0] == "driftloop_router_predict_requests_total") for c in counted]
     assert totals == [1, 0]
+
+
+async def test_refused_requests_are_counted_with_their_own_status(make_app, secured):
+    async with AsyncTestClient(app=make_app(settings=secured)) as client:
+        assert (await client.post("/config", json={"ab_split_b": 0.2})).status_code == 401
+        assert (await client.post("/predict", content=b"x", headers={"content-type": "text/plain"})).status_code == 415
+        got = samples((await client.get("/metrics")).text)
+    requests = "driftloop_router_http_requests_total"
+    assert got[key(requests, method="POST", route="/config", status="401")] == 1
+    assert got[key(requests, method="POST", route="/predict", status="415")] == 1
+    assert not any(k[0] == requests and ("status", "500") in k[1] for k in got)

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from contracts.api import ArmOutcome, ConfusionCell, UserSums
 from serving.errors import AlreadyLabelled, UnknownRequest
-from serving.services.store.database import Database
+from serving.services.store.database import BulkInsert, Database
 from serving.services.store.tables import (
     InferenceRow,
     LatencyBucketRow,
@@ -41,6 +41,7 @@ class InferenceLog:
     def __init__(self, db: Database) -> None:
         """Work on an open (or soon opened) database."""
         self.db = db
+        self._insert = BulkInsert(inferences)
 
     def record(self, row: InferenceRow) -> InferenceRow:
         """Insert one prediction and commit before returning.
@@ -75,7 +76,7 @@ class InferenceLog:
             return []
         try:
             with self.db.begin("record") as conn:  # one write of the log, whatever its size
-                conn.execute(sa.insert(inferences), [row.__dict__ for row in rows])
+                self._insert.execute(conn, rows)
         except sa.exc.IntegrityError:
             if not any(row.idempotency_key for row in rows):
                 raise

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from serving.services.store.database import Database
+from serving.services.store.database import BulkInsert, Database
 from serving.services.store.tables import ShadowRow, inferences, shadow_inferences
 
 
@@ -27,6 +27,7 @@ class ShadowLog:
     def __init__(self, db: Database) -> None:
         """Work on an open (or soon opened) database."""
         self.db = db
+        self._insert = BulkInsert(shadow_inferences)
 
     def record_many(self, rows: list[ShadowRow]) -> None:
         """Insert shadow predictions in one transaction (a repeat of a request id is ignored)."""
@@ -34,7 +35,7 @@ class ShadowLog:
             return
         try:
             with self.db.begin("shadow") as conn:
-                conn.execute(sa.insert(shadow_inferences), [row.__dict__ for row in rows])
+                self._insert.execute(conn, rows)
         except sa.exc.IntegrityError:
             for row in rows:  # rare: one of them was recorded already
                 try:

@@ -13,7 +13,7 @@ from sklearn.datasets import load_iris
 from sklearn.preprocessing import StandardScaler
 
 from serving.services.models import FeatureSpec, ServedModel
-from serving.services.models.lean import with_lean
+from serving.services.models.lean import forest_predict, with_lean
 from tests.serving.stubs import FEATURES
 
 MODELS = ("lr", "dt", "rf", "et", "knn", "nb")
@@ -67,6 +67,37 @@ def test_the_lean_path_predicts_exactly_what_the_pipeline_does(experiment, iris,
     expected = [str(v) for v in pipeline.predict(frame)]
     assert [str(v) for v in served.predict_many(_rows(frame))] == expected
     assert served.predict(_rows(frame.head(1))[0]) == expected[0]
+
+
+@pytest.mark.parametrize("kind", ["rf", "et"])
+def test_forests_skip_joblib_and_predict_the_same_to_the_bit(iris, kind):
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+
+    cls = RandomForestClassifier if kind == "rf" else ExtraTreesClassifier
+    x, y = iris[list(FEATURES)].to_numpy(), iris["species"].to_numpy()
+    forest = cls(n_estimators=30, n_jobs=1, random_state=3).fit(x, y)
+    fast = forest_predict(forest)
+    assert fast is not None
+    rng = np.random.default_rng(5)
+    sample = np.vstack([x + rng.normal(0, 0.4, size=x.shape), rng.uniform(-20, 20, size=(200, 4))])
+    assert (fast(sample) == forest.predict(sample)).all()
+    # Ties of the averaged probabilities too: the sums are the forest's own, in its order.
+    np.testing.assert_array_equal(
+        fast(sample[:1]), forest.classes_.take(np.argmax(forest.predict_proba(sample[:1]), axis=1))
+    )
+    # Not finite: the forest's own predict answers (a random forest routes missing values, extra trees refuse them).
+    missing = np.array([[np.nan, 1.0, 1.0, 1.0]])
+    if kind == "rf":
+        assert (fast(missing) == forest.predict(missing)).all()
+    else:
+        with pytest.raises(ValueError):
+            fast(missing)
+
+
+def test_only_known_forests_get_a_fast_predict(iris):
+    from sklearn.naive_bayes import GaussianNB
+
+    assert forest_predict(GaussianNB().fit(iris[list(FEATURES)], iris["species"])) is None
 
 
 class SeesFrames(BaseEstimator, ClassifierMixin):
