@@ -51,10 +51,12 @@ def router_port() -> int:
 
 @dataclass
 class Demo:
-    """One `python -m deployments.demo` run in the background, its output in files under its home."""
+    """One `python -m deployments.demo` run in the background, its output in files beside its home (the demo empties
+    its home when it starts)."""
 
     kind: str
-    home: Path
+    base: Path
+    """The demo's folder: `home/` (DRIFTLOOP_HOME) and its output, `demo.stdout` and `demo.stderr`."""
     timeout: float
     process: subprocess.Popen | None = None
     skipped: str | None = None
@@ -62,6 +64,10 @@ class Demo:
     details: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     _result: subprocess.CompletedProcess | None = None
+
+    @property
+    def home(self) -> Path:
+        return self.base / "home"
 
     def result(self) -> subprocess.CompletedProcess:
         """Wait for the demo (within its timeout from its start) and return its exit code and output."""
@@ -73,8 +79,8 @@ class Demo:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 code = self.process.wait()
-            out = (self.home / "demo.stdout").read_text(errors="replace")
-            err = (self.home / "demo.stderr").read_text(errors="replace")
+            out = (self.base / "demo.stdout").read_text(errors="replace")
+            err = (self.base / "demo.stderr").read_text(errors="replace")
             self._result = subprocess.CompletedProcess(self.process.args, code, out, err)
         return self._result
 
@@ -88,7 +94,8 @@ class Demo:
 
 
 def _spawn(demo: Demo, env: dict[str, str]) -> Demo:
-    with (demo.home / "demo.stdout").open("w") as out, (demo.home / "demo.stderr").open("w") as err:
+    demo.home.mkdir(parents=True, exist_ok=True)
+    with (demo.base / "demo.stdout").open("w") as out, (demo.base / "demo.stderr").open("w") as err:
         demo.process = subprocess.Popen(
             [sys.executable, "-m", "deployments.demo"], cwd=ROOT, env=env, stdout=out, stderr=err
         )
@@ -96,10 +103,11 @@ def _spawn(demo: Demo, env: dict[str, str]) -> Demo:
     return demo
 
 
-def start_embedded(home: Path) -> Demo:
+def start_embedded(base: Path) -> Demo:
     """The README's demo on its embedded defaults, with 30 s schedules."""
+    demo = Demo(EMBEDDED, base, timeout=2700)
     env = os.environ | {
-        "DRIFTLOOP_HOME": str(home),
+        "DRIFTLOOP_HOME": str(demo.home),
         "DRIFTLOOP_PREFECT_PORT": str(free_port()),
         "DRIFTLOOP_MLFLOW_PORT": str(free_port()),
         "DRIFTLOOP_ROUTER_PORT": str(free_port()),
@@ -107,10 +115,10 @@ def start_embedded(home: Path) -> Demo:
         "DRIFTLOOP_DEMO_STALL_SECONDS": "600",  # other tests share the machine: a retrain can take minutes
         "DRIFTLOOP_DEMO_TIMEOUT_SECONDS": "2400",
     }
-    return _spawn(Demo(EMBEDDED, home, timeout=2700), env)
+    return _spawn(demo, env)
 
 
-def start_postgres(home: Path) -> Demo:
+def start_postgres(base: Path) -> Demo:
     """The same demo on the Postgres profile, on fresh databases of the real server (dropped by `drop_databases`)."""
     import sqlalchemy as sa
     from dotenv import dotenv_values
@@ -118,7 +126,7 @@ def start_postgres(home: Path) -> Demo:
     from deployments import proxy
     from tests.postgres import ADMIN_URL, server_available
 
-    demo = Demo(POSTGRES, home, timeout=2700)
+    demo = Demo(POSTGRES, base, timeout=2700)
     if not server_available():
         demo.skipped = f"no PostgreSQL server at {sa.make_url(ADMIN_URL).render_as_string(hide_password=True)}"
         return demo
@@ -145,7 +153,7 @@ def start_postgres(home: Path) -> Demo:
         | profile
         | databases
         | {
-            "DRIFTLOOP_HOME": str(home),
+            "DRIFTLOOP_HOME": str(demo.home),
             "DRIFTLOOP_PREFECT_PORT": str(free_port()),
             "DRIFTLOOP_MLFLOW_PORT": str(free_port()),
             "DRIFTLOOP_ROUTER_PORT": str(router_port()),
@@ -192,5 +200,5 @@ def stop_all() -> None:
         demo.stop()
         if demo.kind == POSTGRES:
             drop_databases(demo)
-        shutil.rmtree(demo.home, ignore_errors=True)
+        shutil.rmtree(demo.base, ignore_errors=True)
     RUNNING.clear()
