@@ -58,6 +58,7 @@ from flows.lib.ab_stats import (
     ratio_difference_test,
     ratio_stats,
     sequential_difference,
+    srm_levels,
     srm_test,
 )
 
@@ -358,8 +359,10 @@ def decide(evidence: Evidence, *, reference_test: bool = True) -> Decision:
     """
     plan, a, b = evidence.plan, evidence.champion, evidence.challenger
     tau = plan.mde if evidence.tau is None else evidence.tau
-    srm_all = srm_test((a.assigned_units, b.assigned_units), plan.ab_split_b, plan.srm_threshold)
-    srm_labelled = srm_test((a.labelled_units, b.labelled_units), plan.ab_split_b, plan.srm_threshold)
+    # The plan's level holds over both tests together (`srm_levels` splits it), not for each.
+    level_all, level_labelled = srm_levels(plan.srm_threshold)
+    srm_all = srm_test((a.assigned_units, b.assigned_units), plan.ab_split_b, level_all)
+    srm_labelled = srm_test((a.labelled_units, b.labelled_units), plan.ab_split_b, level_labelled)
     guardrails = [
         error_guardrail(a, b, plan),
         latency_guardrail(
@@ -386,7 +389,7 @@ def decide(evidence: Evidence, *, reference_test: bool = True) -> Decision:
         return verdict(
             INVALID, rule,
             f"sample ratio mismatch on {name}: champion {srm.observed[0]}, challenger {srm.observed[1]} (challenger "
-            f"share {share:.3f}, planned {plan.ab_split_b}), always-valid p={srm.p_value:.2g} < {plan.srm_threshold}"
+            f"share {share:.3f}, planned {plan.ab_split_b}), always-valid p={srm.p_value:.2g} < {srm.threshold:.2g}"
             f"; the comparison cannot be trusted, the experiment is paused",
             "An operator resuming it once the cause is found (or ending it) changes this; paused at the maximum "
             f"duration ({plan.max_duration_hours:g} h) it is rolled back.",
