@@ -24,7 +24,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -34,7 +34,7 @@ from scipy.stats import binomtest
 
 from contracts.api import CONTINUE, INVALID, PROMOTE, ArmOutcome, ExperimentPlan, UserSums
 from contracts.api import Arm as ArmName
-from contracts.decision import WatchPromise
+from contracts.decision import Decision, WatchPromise
 from contracts.registry import CHAMPION
 from flows.lib.ab_plan import PlanInputs, make_plan
 from flows.lib.ab_policy import ArmEvidence, Evidence, decide, promise_of, watch
@@ -90,64 +90,80 @@ class Scenario:
     """The look by which the planned sample should be reached (sets the users per look)."""
 
 
-@dataclass
-class Counts:
-    """The cumulative counts of one arm, as the router reports them."""
+COLUMNS = ("users", "labelled_users", "requests", "errors", "labelled", "correct",
+           "scored_users", "sum_n", "sum_x", "sum_nn", "sum_xx", "sum_nx")  # fmt: skip
+"""The router's cumulative counts of one arm, one column each (the last six are the per-user sums)."""
 
-    users: int = 0
-    labelled_users: int = 0
-    requests: int = 0
-    errors: int = 0
-    labelled: int = 0
-    correct: int = 0
-    sums: np.ndarray = field(default_factory=lambda: np.zeros(6, dtype=np.int64))
-    """users with a scored request, sum n, sum x, sum n^2, sum x^2, sum n x."""
 
-    def add(self, rng: np.random.Generator, count: int, arm: Arm, icc: float, mean_requests: float) -> None:
-        """Draw `count` new users of this arm and add their requests."""
-        if count == 0:
-            return
-        m = rng.geometric(1 / mean_requests, size=count)
-        if icc > 0:
-            k = (1 - icc) / icc
-            acc = rng.beta(arm.accuracy * k, (1 - arm.accuracy) * k, size=count)
-        else:
-            acc = np.full(count, arm.accuracy)
-        failed = rng.binomial(m, arm.error_rate)
-        answered = m - failed
-        labelled = rng.binomial(answered, arm.label_rate)
-        correct = rng.binomial(labelled, acc)
-        n = labelled + failed
-        scored = n > 0
-        self.users += count
-        self.labelled_users += int((labelled > 0).sum())
-        self.requests += int(answered.sum())
-        self.errors += int(failed.sum())
-        self.labelled += int(labelled.sum())
-        self.correct += int(correct.sum())
-        n, x = n[scored], correct[scored]
-        self.sums += np.array([len(n), n.sum(), x.sum(), (n * n).sum(), (x * x).sum(), (n * x).sum()])
+def draw_users(rng: np.random.Generator, count: int, arm: Arm, icc: float, mean_requests: float) -> list[np.ndarray]:
+    """`count` new users of an arm: their contributions to each of the `COLUMNS` (one array per column, numpy).
 
-    def user_sums(self) -> UserSums | None:
-        k, sn, sx, snn, sxx, snx = (int(v) for v in self.sums)
-        if k == 0:
-            return None
-        return UserSums(users=k, sum_n=sn, sum_x=sx, sum_nn=snn, sum_xx=sxx, sum_nx=snx)
+    A user sends a geometric number of requests; each fails with the arm's error rate, an answered one is labelled
+    with the arm's label rate and is right with the user's accuracy (Beta around the arm's, of intra-user
+    correlation `icc`). A user with no scored request adds 0 to every per-user sum.
+    """
+    m = rng.geometric(1 / mean_requests, size=count)
+    if icc > 0:
+        k = (1 - icc) / icc
+        acc = rng.beta(arm.accuracy * k, (1 - arm.accuracy) * k, size=count)
+    else:
+        acc = arm.accuracy
+    failed = rng.binomial(m, arm.error_rate)
+    answered = m - failed
+    labelled = rng.binomial(answered, arm.label_rate)
+    correct = rng.binomial(labelled, acc)
+    n = labelled + failed
+    return [None, labelled > 0, answered, failed, labelled, correct, n > 0, n, correct, n * n, correct * correct,
+            n * correct]  # fmt: skip
 
-    def evidence(self, version: str) -> ArmEvidence:
-        return ArmEvidence(
-            version=version, requests=self.requests, errors=self.errors, labelled=self.labelled, correct=self.correct,
-            users=self.users, labelled_users=self.labelled_users, user_sums=self.user_sums(),
-        )  # fmt: skip
 
-    def outcome(self, arm: ArmName, version: str, hours: float) -> ArmOutcome:
-        return ArmOutcome(
-            arm=arm, model_version=version, requests=self.requests, labelled=self.labelled, correct=self.correct,
-            incorrect=self.labelled - self.correct, errors=self.errors, users=self.users,
-            labelled_users=self.labelled_users, user_sums=self.user_sums(),
-            first_request_at=_at(0),
-            last_request_at=_at(hours),
-        )  # fmt: skip
+def totals(columns: list[np.ndarray], groups: int, size: int) -> np.ndarray:
+    """The `COLUMNS` summed over consecutive blocks of `size` users (`groups` x `len(COLUMNS)`, int64)."""
+    out = np.empty((groups, len(COLUMNS)), dtype=np.int64)
+    out[:, 0] = size
+    for j, column in enumerate(columns[1:], start=1):
+        out[:, j] = column.reshape(groups, size).sum(axis=1)
+    return out
+
+
+def cumulative(
+    rng: np.random.Generator, per_look: np.ndarray, arm: Arm, icc: float, mean_requests: float
+) -> np.ndarray:
+    """The cumulative `COLUMNS` of an arm after each look, `per_look[i]` new users arriving at look i + 1."""
+    columns = draw_users(rng, int(per_look.sum()), arm, icc, mean_requests)
+    look = np.repeat(np.arange(len(per_look)), per_look)
+    out = np.empty((len(per_look), len(COLUMNS)), dtype=np.int64)
+    out[:, 0] = per_look
+    for j, column in enumerate(columns[1:], start=1):
+        out[:, j] = np.bincount(look, weights=column, minlength=len(per_look)).round()
+    return np.cumsum(out, axis=0)
+
+
+def user_sums(row: np.ndarray) -> UserSums | None:
+    """The per-user sums of one arm's cumulative row (None before any scored request)."""
+    k, sn, sx, snn, sxx, snx = (int(v) for v in row[6:])
+    if k == 0:
+        return None
+    return UserSums(users=k, sum_n=sn, sum_x=sx, sum_nn=snn, sum_xx=sxx, sum_nx=snx)
+
+
+def arm_evidence(row: np.ndarray, version: str) -> ArmEvidence:
+    """The evidence `decide()` reads, from one arm's cumulative row."""
+    users, labelled_users, requests, errors, labelled, correct = (int(v) for v in row[:6])
+    return ArmEvidence(
+        version=version, requests=requests, errors=errors, labelled=labelled, correct=correct, users=users,
+        labelled_users=labelled_users, user_sums=user_sums(row),
+    )  # fmt: skip
+
+
+def arm_outcome(row: np.ndarray, arm: ArmName, version: str, hours: float) -> ArmOutcome:
+    """The router's `ArmOutcome` of one arm's cumulative row, its requests spread over `hours`."""
+    users, labelled_users, requests, errors, labelled, correct = (int(v) for v in row[:6])
+    return ArmOutcome(
+        arm=arm, model_version=version, requests=requests, labelled=labelled, correct=correct,
+        incorrect=labelled - correct, errors=errors, users=users, labelled_users=labelled_users,
+        user_sums=user_sums(row), first_request_at=_at(0), last_request_at=_at(hours),
+    )  # fmt: skip
 
 
 def _at(hours: float) -> datetime:
@@ -161,16 +177,15 @@ def scored_per_user(arm: Arm, mean_requests: float) -> float:
 
 def plan_for(scenario: Scenario, rng: np.random.Generator, *, alpha: float, power: float, mde: float) -> ExperimentPlan:
     """The plan the retrain flow would make: `make_plan` on a day of the champion's traffic."""
-    pre = Counts()
-    pre.add(rng, 3000, scenario.champion, scenario.icc, scenario.mean_requests)
-    baseline = pre.sums[2] / pre.sums[1]
+    pre = totals(draw_users(rng, 3000, scenario.champion, scenario.icc, scenario.mean_requests), 1, 3000)[0]
+    baseline = pre[8] / pre[7]
     inputs = PlanInputs(
         champion_version="1", challenger_version="2", baseline=float(min(baseline, 1 - mde - 0.005)), alpha=alpha,
         power=power, mde=mde, mde_relative=False, ab_split_b=0.5, max_duration_hours=float(scenario.looks),
         srm_threshold=0.005, guardrail_error_margin=0.005, guardrail_error_margin_relative=0.25,
         guardrail_latency_margin=0.5, guardrail_latency_slack_ms=20.0, watch_hours=float(scenario.looks),
     )  # fmt: skip
-    return make_plan(inputs, pre.outcome(CHAMPION, "1", 24.0))
+    return make_plan(inputs, arm_outcome(pre, CHAMPION, "1", 24.0))
 
 
 @dataclass
@@ -211,32 +226,36 @@ def users_per_look(scenario: Scenario, plan: ExperimentPlan) -> int:
 
 def run_experiment(
     scenario: Scenario, plan: ExperimentPlan, users: int, rng: np.random.Generator
-) -> tuple[str, str, int, tuple[Counts, Counts], object]:
-    """One experiment through `decide()` look by look, handled as the flow handles each decision."""
-    a, b = Counts(), Counts()
-    paused = False
+) -> tuple[str, str, int, Decision | None]:
+    """One experiment through `decide()` look by look, handled as the flow handles each decision.
+
+    The traffic of all looks is drawn at once (numpy); each look's cumulative counts go through `decide()`.
+    """
+    to_b = rng.binomial(users, scenario.split, size=scenario.looks)
+    a = cumulative(rng, users - to_b, scenario.champion, scenario.icc, scenario.mean_requests)
+    b = cumulative(rng, to_b, scenario.challenger, scenario.icc, scenario.mean_requests)
+    paused_at: int | None = None
     first: tuple[str, str, int] | None = None
     decision = None
     for look in range(1, scenario.looks + 1):
-        if not paused:
-            to_b = rng.binomial(users, scenario.split)
-            a.add(rng, users - to_b, scenario.champion, scenario.icc, scenario.mean_requests)
-            b.add(rng, to_b, scenario.challenger, scenario.icc, scenario.mean_requests)
+        row = look - 1 if paused_at is None else paused_at - 1  # paused: the counts stop growing
         evidence = Evidence(
-            champion=a.evidence("1"), challenger=b.evidence("2"), plan=plan, elapsed_hours=float(look), paused=paused
-        )
+            champion=arm_evidence(a[row], "1"), challenger=arm_evidence(b[row], "2"), plan=plan,
+            elapsed_hours=float(look), paused=paused_at is not None,
+        )  # fmt: skip
         decision = decide(evidence, reference_test=False)
         if decision.decision == CONTINUE:
             continue
         if first is None:
             first = (decision.decision, decision.rule, look)
         if decision.decision == INVALID:
-            paused = True  # the flow pauses it; counts stop growing; it is rolled back at the maximum duration
+            # The flow pauses it; it stays paused (rolled back at the maximum duration).
+            paused_at = paused_at or look
             continue
         break
     if first is None:
         first = (CONTINUE, "undecided", scenario.looks)
-    return (*first, (a, b), decision)
+    return (*first, decision)
 
 
 def simulate(scenario: Scenario, *, experiments: int, seed: int, alpha: float = 0.05, power: float = 0.8,
@@ -247,7 +266,7 @@ def simulate(scenario: Scenario, *, experiments: int, seed: int, alpha: float = 
     users = users_per_look(scenario, plan)
     decisions, rules, looks = [], [], []
     for _ in range(experiments):
-        decision, rule, look, _, _ = run_experiment(scenario, plan, users, rng)
+        decision, rule, look, _ = run_experiment(scenario, plan, users, rng)
         decisions.append(decision)
         rules.append(rule)
         looks.append(look)
@@ -261,7 +280,7 @@ def planned_look(result: SimResult) -> int:
 
 def simulate_watch(
     scenario: Scenario, *, experiments: int, seed: int, lucky: bool, alpha: float = 0.05, power: float = 0.8,
-    mde: float = 0.05, max_tries: int = 60_000,
+    mde: float = 0.05, max_tries: int | None = None,
 ) -> SimResult:  # fmt: skip
     """Promotions followed by the post-promotion watch.
 
@@ -275,37 +294,71 @@ def simulate_watch(
     users = users_per_look(scenario, plan)
     restored, decisions, rules, looks = [], [], [], []
     tries = 0
+    max_tries = max_tries or experiments * (20_000 if lucky else 20)
+    per_arm = int(users * 0.5 * scenario.plan_look)
     while len(restored) < experiments and tries < max_tries:
-        tries += 1
         if lucky:
-            a, b = Counts(), Counts()
-            for counts, truth in ((a, scenario.champion), (b, scenario.challenger)):
-                counts.add(rng, int(users * 0.5 * scenario.plan_look), truth, scenario.icc, scenario.mean_requests)
-            evidence = Evidence(champion=a.evidence("1"), challenger=b.evidence("2"), plan=plan,
-                                elapsed_hours=float(scenario.plan_look))  # fmt: skip
-            decision = decide(evidence, reference_test=False)
-            if decision.decision != PROMOTE:
-                continue
-            look = scenario.plan_look
-        else:
-            outcome, rule, look, _, decision = run_experiment(scenario, plan, users, rng)
-            if outcome != PROMOTE:
-                continue
+            # A batch of experiments at the planned look; only those whose lift's CS could lie above 0 (a
+            # vectorised screen with a wide margin) go through `decide()`, and only its PROMOTE counts.
+            batch = min(LUCKY_BATCH, max_tries - tries)
+            tries += batch
+            a, b = (
+                totals(draw_users(rng, batch * per_arm, truth, scenario.icc, scenario.mean_requests), batch, per_arm)
+                for truth in (scenario.champion, scenario.challenger)
+            )
+            for i in np.flatnonzero(_may_promote(a, b, plan)):
+                evidence = Evidence(champion=arm_evidence(a[i], "1"), challenger=arm_evidence(b[i], "2"), plan=plan,
+                                    elapsed_hours=float(scenario.plan_look))  # fmt: skip
+                decision = decide(evidence, reference_test=False)
+                if decision.decision != PROMOTE or len(restored) >= experiments:
+                    continue
+                promise = promise_of(decision, float(scenario.looks), _at(scenario.plan_look))
+                decisions.append(PROMOTE)
+                rules.append(decision.rule)
+                looks.append(scenario.plan_look)
+                restored.append(_watch(promise, scenario.challenger, scenario, users, rng))
+            continue
+        tries += 1
+        outcome, rule, look, decision = run_experiment(scenario, plan, users, rng)
+        if outcome != PROMOTE:
+            continue
         promise = promise_of(decision, float(scenario.looks), _at(look))
         decisions.append(PROMOTE)
-        rules.append("better")
+        rules.append(rule)
         looks.append(look)
         restored.append(_watch(promise, scenario.challenger, scenario, users, rng))
     return SimResult(scenario, plan, users, np.array(decisions), np.array(rules), np.array(looks),
                      restored=np.array(restored, dtype=bool))  # fmt: skip
 
 
+LUCKY_BATCH = 500
+"""Experiments drawn at once when forcing lucky promotions."""
+
+
+def _may_promote(a: np.ndarray, b: np.ndarray, plan: ExperimentPlan) -> np.ndarray:
+    """Which experiments (rows of cumulative counts) `decide()` could promote: the lift's estimate above 0.8 of its
+    CS radius (PROMOTE needs it above the whole radius, computed by `decide()`), so none that could is skipped."""
+    variance = np.zeros(len(a))
+    ratio = []
+    for s in (a, b):
+        k, n, x, nn, xx, nx = (s[:, j].astype(float) for j in range(6, 12))
+        smoothed = (x + 1) / (n + 2)
+        residual = xx - 2 * smoothed * nx + smoothed**2 * nn
+        iid = smoothed * (1 - smoothed) / n
+        variance += np.maximum(k / (k - 1) * residual / n**2, iid / k)
+        ratio.append(x / n)
+    t2 = plan.mde**2
+    log_term = np.log(1 / plan.alpha) + 0.5 * np.log((variance + t2) / variance)
+    radius = np.sqrt(2 * variance * (variance + t2) / t2 * log_term)
+    return ratio[1] - ratio[0] > 0.8 * radius
+
+
 def _watch(promise: WatchPromise, truth: Arm, scenario: Scenario, users: int, rng: np.random.Generator) -> bool:
     """The watch of a new champion with accuracy `truth`, serving all users, one look per hour for its period."""
-    served = Counts()
-    for hour in range(1, int(promise.period_hours) + 1):
-        served.add(rng, users, truth, scenario.icc, scenario.mean_requests)
-        result = watch(promise, served.user_sums(), float(hour))
+    hours = int(promise.period_hours)
+    served = cumulative(rng, np.full(hours, users), truth, scenario.icc, scenario.mean_requests)
+    for hour in range(1, hours + 1):
+        result = watch(promise, user_sums(served[hour - 1]), float(hour))
         if result.verdict == "REGRESSION":
             return True
         if result.verdict == "DONE":
