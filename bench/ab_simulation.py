@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,6 +90,8 @@ class Scenario:
     looks: int = 72
     plan_look: int = 24
     """The look by which the planned sample should be reached (sets the users per look)."""
+    watch_hours: float = 168.0
+    """The post-promotion watch's period (the flows' default, `DRIFTLOOP_AB_WATCH_HOURS`)."""
 
 
 COLUMNS = ("users", "labelled_users", "requests", "errors", "labelled", "correct",
@@ -183,7 +187,7 @@ def plan_for(scenario: Scenario, rng: np.random.Generator, *, alpha: float, powe
         champion_version="1", challenger_version="2", baseline=float(min(baseline, 1 - mde - 0.005)), alpha=alpha,
         power=power, mde=mde, mde_relative=False, ab_split_b=0.5, max_duration_hours=float(scenario.looks),
         srm_threshold=0.005, guardrail_error_margin=0.005, guardrail_error_margin_relative=0.25,
-        guardrail_latency_margin=0.5, guardrail_latency_slack_ms=20.0, watch_hours=float(scenario.looks),
+        guardrail_latency_margin=0.5, guardrail_latency_slack_ms=20.0, watch_hours=scenario.watch_hours,
     )  # fmt: skip
     return make_plan(inputs, arm_outcome(pre, CHAMPION, "1", 24.0))
 
@@ -312,7 +316,7 @@ def simulate_watch(
                 decision = decide(evidence, reference_test=False)
                 if decision.decision != PROMOTE or len(restored) >= experiments:
                     continue
-                promise = promise_of(decision, float(scenario.looks), _at(scenario.plan_look))
+                promise = promise_of(decision, plan.watch_hours, _at(scenario.plan_look))
                 decisions.append(PROMOTE)
                 rules.append(decision.rule)
                 looks.append(scenario.plan_look)
@@ -322,7 +326,7 @@ def simulate_watch(
         outcome, rule, look, decision = run_experiment(scenario, plan, users, rng)
         if outcome != PROMOTE:
             continue
-        promise = promise_of(decision, float(scenario.looks), _at(look))
+        promise = promise_of(decision, plan.watch_hours, _at(look))
         decisions.append(PROMOTE)
         rules.append(rule)
         looks.append(look)
@@ -372,54 +376,92 @@ BASE = Arm(accuracy=0.80)
 BETTER = Arm(accuracy=0.85)
 
 
-def scenarios(experiments: int, seed: int, *, watch_experiments: int | None = None) -> dict:
-    """Every scenario of the issue, with its target."""
-    watch_n = watch_experiments or max(50, experiments // 10)
-    report: dict = {"scenarios": []}
+def _row(name: str, result: SimResult, outcome: str, value: Rate, target: str, ok: bool) -> dict:
+    return {
+        "scenario": name, "outcome": outcome, "rate": value.as_dict(), "target": target, "meets_target": ok,
+        "planned_per_arm": result.plan.min_samples_per_arm, "design_effect": result.plan.design_effect,
+        "users_per_look": result.users_per_look, "experiments": result.experiments,
+    }  # fmt: skip
 
-    def add(name: str, result: SimResult, outcome: str, value: Rate, target: str, ok: bool) -> None:
-        report["scenarios"].append({
-            "scenario": name, "outcome": outcome, "rate": value.as_dict(), "target": target, "meets_target": ok,
-            "planned_per_arm": result.plan.min_samples_per_arm, "design_effect": result.plan.design_effect,
-            "users_per_look": result.users_per_look, "experiments": result.experiments,
-        })  # fmt: skip
-        print(f"{name:48s} {outcome:40s} {value}  target {target}  {'ok' if ok else 'MISSED'}", flush=True)
 
-    for i, icc in enumerate((0.0, 0.1, 0.3)):
-        aa = simulate(Scenario(BASE, BASE, icc=icc), experiments=experiments, seed=seed + i)
+def _job(kind: str, arg: float, experiments: int, seed: int) -> list[dict]:
+    """One scenario of the benchmark (run in a worker process): its rows of the report."""
+    if kind == "aa":
+        aa = simulate(Scenario(BASE, BASE, icc=arg), experiments=experiments, seed=seed)
         promoted = rate(aa.count(PROMOTE), aa.experiments, method="exact")
-        add(f"A/A, ICC {icc}", aa, "false PROMOTE (72 looks)", promoted, "<= 0.025", promoted.high <= 0.025)
         invalid = rate(aa.count(INVALID), aa.experiments, method="exact")
-        add(f"A/A, ICC {icc}", aa, "false INVALID (72 looks)", invalid, "<= 0.005", invalid.rate <= 0.005)
-        ab = simulate(Scenario(BASE, BETTER, icc=icc), experiments=experiments, seed=seed + 10 + i)
+        return [
+            _row(f"A/A, ICC {arg}", aa, "false PROMOTE (72 looks)", promoted, "<= 0.025", promoted.high <= 0.025),
+            _row(f"A/A, ICC {arg}", aa, "false INVALID (72 looks)", invalid, "<= 0.005", invalid.high <= 0.005),
+        ]
+    if kind == "ab":
+        ab = simulate(Scenario(BASE, BETTER, icc=arg), experiments=experiments, seed=seed)
         by_plan = ab.rate(PROMOTE, by_look=ab.scenario.plan_look)
-        add(f"A/B at the MDE, ICC {icc}", ab, "PROMOTE by the planned sample", by_plan, ">= 0.80",
-            by_plan.rate >= 0.80)  # fmt: skip
-    mnar = simulate(Scenario(BASE, Arm(0.80, label_rate=0.45), icc=0.1), experiments=experiments, seed=seed + 20)
-    promoted = rate(mnar.count(PROMOTE), mnar.experiments, method="exact")
-    add("labels MNAR (challenger 10% fewer), equal models", mnar, "false PROMOTE", promoted, "<= 0.025",
-        promoted.high <= 0.025)  # fmt: skip
-    errors = simulate(Scenario(Arm(0.80, error_rate=0.03), Arm(0.80, error_rate=0.045), icc=0.1),
-                      experiments=experiments, seed=seed + 21)  # fmt: skip
-    promoted = errors.rate(PROMOTE)
-    add("challenger 1.5x the error rate, equal accuracy", errors, PROMOTE, promoted, "<= 0.05",
-        promoted.rate <= 0.05)  # fmt: skip
-    srm = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47), experiments=experiments, seed=seed + 22)
-    flagged = srm.rate(INVALID)
-    add("SRM: 0.47 served vs 0.5 planned", srm, INVALID, flagged, ">= 0.99", flagged.rate >= 0.99)
-    # Detecting a 3-point skew takes users: the same skew at 6x the traffic (the plan reached by look 4).
-    busy = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47, plan_look=4), experiments=experiments, seed=seed + 23)
-    flagged = busy.rate(INVALID)
-    add("SRM: 0.47 vs 0.5, 6x the traffic", busy, INVALID, flagged, ">= 0.99", flagged.rate >= 0.99)
-    lucky = simulate_watch(Scenario(BASE, BASE, icc=0.1), experiments=watch_n, seed=seed + 30, lucky=True)
-    back = rate(int(lucky.restored.sum()), len(lucky.restored))
-    add("lucky promotion (lift 0, forced), watch", lucky, "previous champion restored in the period", back,
-        ">= 0.80", back.rate >= 0.80)  # fmt: skip
-    winners = simulate_watch(Scenario(BASE, BETTER, icc=0.1), experiments=watch_n, seed=seed + 31, lucky=False)
+        return [_row(f"A/B at the MDE, ICC {arg}", ab, "PROMOTE by the planned sample", by_plan, ">= 0.80",
+                     by_plan.rate >= 0.80)]  # fmt: skip
+    if kind == "mnar":
+        mnar = simulate(Scenario(BASE, Arm(0.80, label_rate=0.45), icc=0.1), experiments=experiments, seed=seed)
+        promoted = rate(mnar.count(PROMOTE), mnar.experiments, method="exact")
+        return [_row("labels MNAR (challenger 10% fewer), equal models", mnar, "false PROMOTE", promoted, "<= 0.025",
+                     promoted.high <= 0.025)]  # fmt: skip
+    if kind == "errors":
+        errors = simulate(Scenario(Arm(0.80, error_rate=0.03), Arm(0.80, error_rate=0.045), icc=0.1),
+                          experiments=experiments, seed=seed)  # fmt: skip
+        promoted = errors.rate(PROMOTE)
+        return [_row("challenger 1.5x the error rate, equal accuracy", errors, PROMOTE, promoted, "<= 0.05",
+                     promoted.rate <= 0.05)]  # fmt: skip
+    if kind == "srm":
+        # At the plan's traffic (plan_look 24), and the same skew at 6x the traffic (the plan reached by look 4).
+        srm = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47, plan_look=int(arg)), experiments=experiments,
+                       seed=seed)  # fmt: skip
+        flagged = srm.rate(INVALID)
+        name = "SRM: 0.47 served vs 0.5 planned" + ("" if arg == 24 else ", 6x the traffic")
+        return [_row(name, srm, INVALID, flagged, ">= 0.99", flagged.rate >= 0.99)]
+    if kind == "lucky":
+        lucky = simulate_watch(Scenario(BASE, BASE, icc=0.1), experiments=experiments, seed=seed, lucky=True)
+        back = rate(int(lucky.restored.sum()), len(lucky.restored))
+        return [_row("lucky promotion (lift 0, forced), watch", lucky,
+                     f"previous champion restored within the {lucky.plan.watch_hours:g} h watch", back, ">= 0.80",
+                     back.rate >= 0.80)]  # fmt: skip
+    lift = arg
+    winners = simulate_watch(Scenario(BASE, Arm(0.80 + lift), icc=0.1), experiments=experiments, seed=seed,
+                             lucky=False)  # fmt: skip
     wrong = rate(int(winners.restored.sum()), len(winners.restored))
-    add("true winner (lift = MDE) promoted, watch", winners, "wrongly rolled back by the watch", wrong,
-        "(reported)", True)  # fmt: skip
-    return report
+    name = "true winner (lift = MDE) promoted, watch" if lift == 0.05 else f"true winner (lift {lift}) promoted, watch"
+    return [_row(name, winners, "wrongly rolled back by the watch", wrong, "(reported)", True)]
+
+
+def scenarios(experiments: int, seed: int, *, watch_experiments: int | None = None, jobs: int = 2) -> dict:
+    """Every scenario of the issue, with its target, over `jobs` processes (at most 2: a shared machine)."""
+    watch_n = watch_experiments or max(50, experiments // 10)
+    plan = [
+        ("lucky", 0.0, watch_n, seed + 30),  # the longest first
+        *[(kind, icc, experiments, seed + offset + i) for i, icc in enumerate((0.0, 0.1, 0.3))
+          for kind, offset in (("aa", 0), ("ab", 10))],
+        ("mnar", 0.0, experiments, seed + 20),
+        ("errors", 0.0, experiments, seed + 21),
+        ("srm", 24, experiments, seed + 22),
+        ("srm", 4, experiments, seed + 23),
+        ("winner", 0.05, watch_n, seed + 31),
+        ("winner", 0.025, watch_n, seed + 32),
+    ]  # fmt: skip
+    with ProcessPoolExecutor(max_workers=max(1, min(2, jobs))) as pool:
+        futures = [pool.submit(_job, *job) for job in plan]
+        rows = [row for future in futures for row in future.result()]
+    display = sorted(rows, key=lambda r: _ORDER.index(r["scenario"].split(",")[0]))
+    for r in display:
+        print(f"{r['scenario']:48s} {r['outcome']:44s} {Rate(**_rate_args(r['rate']))}  target {r['target']}  "
+              f"{'ok' if r['meets_target'] else 'MISSED'}", flush=True)  # fmt: skip
+    return {"scenarios": display}
+
+
+_ORDER = ["A/A", "A/B at the MDE", "labels MNAR (challenger 10% fewer)", "challenger 1.5x the error rate",
+          "SRM: 0.47 served vs 0.5 planned", "lucky promotion (lift 0", "true winner (lift = MDE) promoted",
+          "true winner (lift 0.025) promoted"]  # fmt: skip
+
+
+def _rate_args(r: dict) -> dict:
+    return {"k": r["k"], "n": r["n"], "rate": r["rate"], "low": r["ci_low"], "high": r["ci_high"], "method": ""}
 
 
 def markdown(report: dict) -> str:
@@ -438,16 +480,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiments", type=int, default=1000, help="experiments per scenario (default 1000)")
     parser.add_argument("--watch-experiments", type=int, default=None, help="promotions per watch scenario")
     parser.add_argument("--seed", type=int, default=20261127)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (at most 2, default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    import os
-
     load = os.getloadavg()
-    report = scenarios(args.experiments, args.seed, watch_experiments=args.watch_experiments)
+    report = scenarios(args.experiments, args.seed, watch_experiments=args.watch_experiments, jobs=args.jobs)
     report |= {
         "command": "uv run python -m bench.ab_simulation " + shlex.join(sys.argv[1:] if argv is None else argv),
         "experiments_per_scenario": args.experiments,
+        "watch_promotions_per_scenario": args.watch_experiments,
+        "processes": args.jobs,
         "seconds": round(time.perf_counter() - started, 1),
         "load_average_at_start": [round(v, 2) for v in load],
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],

@@ -285,6 +285,49 @@ def sequential_difference(d_hat: float, v: float, *, alpha: float, tau: float, d
     )
 
 
+def log_one_sided_mixture(d: float, v: float, *, tau: float) -> float:
+    """log of the one-sided (half-normal) mixture likelihood ratio against d = 0, for alternatives d < 0.
+
+    With d_hat ~ N(d, v) and a half-normal prior of scale tau on d < 0, the mixture is
+    2 sqrt(v / (v + tau^2)) exp(tau^2 d_hat^2 / (2 v (v + tau^2))) Phi(-d_hat tau / sqrt(v (v + tau^2))): a
+    nonnegative supermartingale whenever the true d >= 0, so it proves d < 0 at level alpha over all looks once it
+    reaches 1 / alpha. Against the two-sided mixture it spends all of alpha on one side.
+    """
+    t2 = tau * tau
+    return (
+        math.log(2.0)
+        + 0.5 * math.log(v / (v + t2))
+        + t2 * d * d / (2 * v * (v + t2))
+        + _log_phi(-d * tau / math.sqrt(v * (v + t2)))
+    )
+
+
+def _log_phi(x: float) -> float:
+    """log of the standard normal CDF (math.erfc: the mixture is evaluated thousands of times per simulation)."""
+    if x < -30:
+        return float(norm.logcdf(x))
+    return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
+
+
+def one_sided_upper(estimate: float, v: float, *, alpha: float, tau: float) -> float:
+    """Upper end of the always-valid one-sided (1 - alpha) confidence sequence of a mean estimated as `estimate` with
+    variance `v`: the smallest level m whose "mean >= m" the half-normal mixture (`log_one_sided_mixture`) has not
+    rejected. A mean proven below m is one with this upper end below m.
+    """
+    if v <= 0 or tau <= 0:
+        raise ValueError(f"variance and tau must be positive (got {v}, {tau})")
+    target = math.log(1 / alpha)
+    sd = math.sqrt(v)
+
+    def excess(z: float) -> float:
+        return log_one_sided_mixture(-z * sd, v, tau=tau) - target
+
+    high = 1.0
+    while excess(high) < 0:
+        high *= 2
+    return estimate + brentq(excess, 0.0, high, xtol=1e-10) * sd
+
+
 def ratio_difference_test(
     a: UserSums, b: UserSums, *, alpha: float, tau: float, d0: float = 0.0
 ) -> tuple[SequentialResult, RatioStats, RatioStats]:
