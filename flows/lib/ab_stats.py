@@ -35,9 +35,9 @@ SRM_CONCENTRATION = 250.0
 """Concentration c of the Dirichlet mixture of the SRM test: its prior on the split is Beta(c s, c (1 - s)) around
 the planned split s, of standard deviation about 0.5 / sqrt(c + 1) (0.032 at c = 250). The mixture is most
 sensitive to skews of about that size once a few thousand users are in: against a 0.47/0.53 split over 72 hourly
-looks of 85 users each (the A/B simulation's plan), the chance of flagging it at level 0.004 is 0.85 at c = 250-500
-(100,000 simulated paths), 0.84 at c = 100-200, 0.79 at 1,000 and 0.71 at 3,000. A larger c flags gross mismatches
-later: 60 users against none are flagged at c = 250, not at 300."""
+looks of 85 users each (the A/B simulation's plan), the chance of flagging it at level 0.004 was 0.85 at
+c = 250-500, 0.84 at c = 100-200, 0.79 at 1,000 and 0.71 at 3,000 (100,000 simulated paths of this test alone,
+measured once). A larger c flags gross mismatches later: 60 users against none are flagged at c = 250, not at 300."""
 SRM_USERS_SHARE = 0.8
 """Share of the plan's SRM level spent on the test of assigned users; the test of labelled users gets the rest. Two
 always-valid tests at levels alpha_1 + alpha_2 = `srm_threshold` keep the chance that either ever flags a correct
