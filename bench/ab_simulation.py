@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -34,7 +36,7 @@ from scipy.stats import binomtest
 
 from contracts.api import CONTINUE, INVALID, PROMOTE, ArmOutcome, ExperimentPlan, UserSums
 from contracts.api import Arm as ArmName
-from contracts.decision import WatchPromise
+from contracts.decision import Decision, WatchPromise
 from contracts.registry import CHAMPION
 from flows.lib.ab_plan import PlanInputs, make_plan
 from flows.lib.ab_policy import ArmEvidence, Evidence, decide, promise_of, watch
@@ -88,66 +90,84 @@ class Scenario:
     looks: int = 72
     plan_look: int = 24
     """The look by which the planned sample should be reached (sets the users per look)."""
+    watch_hours: float = 168.0
+    """The post-promotion watch's period (the flows' default, `DRIFTLOOP_AB_WATCH_HOURS`)."""
 
 
-@dataclass
-class Counts:
-    """The cumulative counts of one arm, as the router reports them."""
+COLUMNS = ("users", "labelled_users", "requests", "errors", "labelled", "correct",
+           "scored_users", "sum_n", "sum_x", "sum_nn", "sum_xx", "sum_nx")  # fmt: skip
+"""The router's cumulative counts of one arm, one column each (the last six are the per-user sums)."""
 
-    users: int = 0
-    labelled_users: int = 0
-    requests: int = 0
-    errors: int = 0
-    labelled: int = 0
-    correct: int = 0
-    sums: np.ndarray = field(default_factory=lambda: np.zeros(6, dtype=np.int64))
-    """users with a scored request, sum n, sum x, sum n^2, sum x^2, sum n x."""
 
-    def add(self, rng: np.random.Generator, count: int, arm: Arm, icc: float, mean_requests: float) -> None:
-        """Draw `count` new users of this arm and add their requests."""
-        if count == 0:
-            return
-        m = rng.geometric(1 / mean_requests, size=count)
-        if icc > 0:
-            k = (1 - icc) / icc
-            acc = rng.beta(arm.accuracy * k, (1 - arm.accuracy) * k, size=count)
-        else:
-            acc = np.full(count, arm.accuracy)
-        failed = rng.binomial(m, arm.error_rate)
-        answered = m - failed
-        labelled = rng.binomial(answered, arm.label_rate)
-        correct = rng.binomial(labelled, acc)
-        n = labelled + failed
-        scored = n > 0
-        self.users += count
-        self.labelled_users += int((labelled > 0).sum())
-        self.requests += int(answered.sum())
-        self.errors += int(failed.sum())
-        self.labelled += int(labelled.sum())
-        self.correct += int(correct.sum())
-        n, x = n[scored], correct[scored]
-        self.sums += np.array([len(n), n.sum(), x.sum(), (n * n).sum(), (x * x).sum(), (n * x).sum()])
+def draw_users(rng: np.random.Generator, count: int, arm: Arm, icc: float, mean_requests: float) -> list[np.ndarray]:
+    """`count` new users of an arm: their contributions to each of the `COLUMNS` (one array per column, numpy).
 
-    def user_sums(self) -> UserSums | None:
-        k, sn, sx, snn, sxx, snx = (int(v) for v in self.sums)
-        if k == 0:
-            return None
-        return UserSums(users=k, sum_n=sn, sum_x=sx, sum_nn=snn, sum_xx=sxx, sum_nx=snx)
+    A user sends a geometric number of requests; each fails with the arm's error rate, an answered one is labelled
+    with the arm's label rate and is right with the user's accuracy (Beta around the arm's, of intra-user
+    correlation `icc`). A user with no scored request adds 0 to every per-user sum.
+    """
+    m = rng.geometric(1 / mean_requests, size=count)
+    if icc > 0:
+        k = (1 - icc) / icc
+        acc = rng.beta(arm.accuracy * k, (1 - arm.accuracy) * k, size=count)
+    else:
+        acc = arm.accuracy
+    failed = rng.binomial(m, arm.error_rate)
+    answered = m - failed
+    labelled = rng.binomial(answered, arm.label_rate)
+    correct = rng.binomial(labelled, acc)
+    n = labelled + failed
+    return [None, labelled > 0, answered, failed, labelled, correct, n > 0, n, correct, n * n, correct * correct,
+            n * correct]  # fmt: skip
 
-    def evidence(self, version: str) -> ArmEvidence:
-        return ArmEvidence(
-            version=version, requests=self.requests, errors=self.errors, labelled=self.labelled, correct=self.correct,
-            users=self.users, labelled_users=self.labelled_users, user_sums=self.user_sums(),
-        )  # fmt: skip
 
-    def outcome(self, arm: ArmName, version: str, hours: float) -> ArmOutcome:
-        return ArmOutcome(
-            arm=arm, model_version=version, requests=self.requests, labelled=self.labelled, correct=self.correct,
-            incorrect=self.labelled - self.correct, errors=self.errors, users=self.users,
-            labelled_users=self.labelled_users, user_sums=self.user_sums(),
-            first_request_at=_at(0),
-            last_request_at=_at(hours),
-        )  # fmt: skip
+def totals(columns: list[np.ndarray], groups: int, size: int) -> np.ndarray:
+    """The `COLUMNS` summed over consecutive blocks of `size` users (`groups` x `len(COLUMNS)`, int64)."""
+    out = np.empty((groups, len(COLUMNS)), dtype=np.int64)
+    out[:, 0] = size
+    for j, column in enumerate(columns[1:], start=1):
+        out[:, j] = column.reshape(groups, size).sum(axis=1)
+    return out
+
+
+def cumulative(
+    rng: np.random.Generator, per_look: np.ndarray, arm: Arm, icc: float, mean_requests: float
+) -> np.ndarray:
+    """The cumulative `COLUMNS` of an arm after each look, `per_look[i]` new users arriving at look i + 1."""
+    columns = draw_users(rng, int(per_look.sum()), arm, icc, mean_requests)
+    look = np.repeat(np.arange(len(per_look)), per_look)
+    out = np.empty((len(per_look), len(COLUMNS)), dtype=np.int64)
+    out[:, 0] = per_look
+    for j, column in enumerate(columns[1:], start=1):
+        out[:, j] = np.bincount(look, weights=column, minlength=len(per_look)).round()
+    return np.cumsum(out, axis=0)
+
+
+def user_sums(row: np.ndarray) -> UserSums | None:
+    """The per-user sums of one arm's cumulative row (None before any scored request)."""
+    k, sn, sx, snn, sxx, snx = (int(v) for v in row[6:])
+    if k == 0:
+        return None
+    return UserSums(users=k, sum_n=sn, sum_x=sx, sum_nn=snn, sum_xx=sxx, sum_nx=snx)
+
+
+def arm_evidence(row: np.ndarray, version: str) -> ArmEvidence:
+    """The evidence `decide()` reads, from one arm's cumulative row."""
+    users, labelled_users, requests, errors, labelled, correct = (int(v) for v in row[:6])
+    return ArmEvidence(
+        version=version, requests=requests, errors=errors, labelled=labelled, correct=correct, users=users,
+        labelled_users=labelled_users, user_sums=user_sums(row),
+    )  # fmt: skip
+
+
+def arm_outcome(row: np.ndarray, arm: ArmName, version: str, hours: float) -> ArmOutcome:
+    """The router's `ArmOutcome` of one arm's cumulative row, its requests spread over `hours`."""
+    users, labelled_users, requests, errors, labelled, correct = (int(v) for v in row[:6])
+    return ArmOutcome(
+        arm=arm, model_version=version, requests=requests, labelled=labelled, correct=correct,
+        incorrect=labelled - correct, errors=errors, users=users, labelled_users=labelled_users,
+        user_sums=user_sums(row), first_request_at=_at(0), last_request_at=_at(hours),
+    )  # fmt: skip
 
 
 def _at(hours: float) -> datetime:
@@ -161,16 +181,15 @@ def scored_per_user(arm: Arm, mean_requests: float) -> float:
 
 def plan_for(scenario: Scenario, rng: np.random.Generator, *, alpha: float, power: float, mde: float) -> ExperimentPlan:
     """The plan the retrain flow would make: `make_plan` on a day of the champion's traffic."""
-    pre = Counts()
-    pre.add(rng, 3000, scenario.champion, scenario.icc, scenario.mean_requests)
-    baseline = pre.sums[2] / pre.sums[1]
+    pre = totals(draw_users(rng, 3000, scenario.champion, scenario.icc, scenario.mean_requests), 1, 3000)[0]
+    baseline = pre[8] / pre[7]
     inputs = PlanInputs(
         champion_version="1", challenger_version="2", baseline=float(min(baseline, 1 - mde - 0.005)), alpha=alpha,
         power=power, mde=mde, mde_relative=False, ab_split_b=0.5, max_duration_hours=float(scenario.looks),
         srm_threshold=0.005, guardrail_error_margin=0.005, guardrail_error_margin_relative=0.25,
-        guardrail_latency_margin=0.5, guardrail_latency_slack_ms=20.0, watch_hours=float(scenario.looks),
+        guardrail_latency_margin=0.5, guardrail_latency_slack_ms=20.0, watch_hours=scenario.watch_hours,
     )  # fmt: skip
-    return make_plan(inputs, pre.outcome(CHAMPION, "1", 24.0))
+    return make_plan(inputs, arm_outcome(pre, CHAMPION, "1", 24.0))
 
 
 @dataclass
@@ -211,32 +230,36 @@ def users_per_look(scenario: Scenario, plan: ExperimentPlan) -> int:
 
 def run_experiment(
     scenario: Scenario, plan: ExperimentPlan, users: int, rng: np.random.Generator
-) -> tuple[str, str, int, tuple[Counts, Counts], object]:
-    """One experiment through `decide()` look by look, handled as the flow handles each decision."""
-    a, b = Counts(), Counts()
-    paused = False
+) -> tuple[str, str, int, Decision | None]:
+    """One experiment through `decide()` look by look, handled as the flow handles each decision.
+
+    The traffic of all looks is drawn at once (numpy); each look's cumulative counts go through `decide()`.
+    """
+    to_b = rng.binomial(users, scenario.split, size=scenario.looks)
+    a = cumulative(rng, users - to_b, scenario.champion, scenario.icc, scenario.mean_requests)
+    b = cumulative(rng, to_b, scenario.challenger, scenario.icc, scenario.mean_requests)
+    paused_at: int | None = None
     first: tuple[str, str, int] | None = None
     decision = None
     for look in range(1, scenario.looks + 1):
-        if not paused:
-            to_b = rng.binomial(users, scenario.split)
-            a.add(rng, users - to_b, scenario.champion, scenario.icc, scenario.mean_requests)
-            b.add(rng, to_b, scenario.challenger, scenario.icc, scenario.mean_requests)
+        row = look - 1 if paused_at is None else paused_at - 1  # paused: the counts stop growing
         evidence = Evidence(
-            champion=a.evidence("1"), challenger=b.evidence("2"), plan=plan, elapsed_hours=float(look), paused=paused
-        )
+            champion=arm_evidence(a[row], "1"), challenger=arm_evidence(b[row], "2"), plan=plan,
+            elapsed_hours=float(look), paused=paused_at is not None,
+        )  # fmt: skip
         decision = decide(evidence, reference_test=False)
         if decision.decision == CONTINUE:
             continue
         if first is None:
             first = (decision.decision, decision.rule, look)
         if decision.decision == INVALID:
-            paused = True  # the flow pauses it; counts stop growing; it is rolled back at the maximum duration
+            # The flow pauses it; it stays paused (rolled back at the maximum duration).
+            paused_at = paused_at or look
             continue
         break
     if first is None:
         first = (CONTINUE, "undecided", scenario.looks)
-    return (*first, (a, b), decision)
+    return (*first, decision)
 
 
 def simulate(scenario: Scenario, *, experiments: int, seed: int, alpha: float = 0.05, power: float = 0.8,
@@ -247,7 +270,7 @@ def simulate(scenario: Scenario, *, experiments: int, seed: int, alpha: float = 
     users = users_per_look(scenario, plan)
     decisions, rules, looks = [], [], []
     for _ in range(experiments):
-        decision, rule, look, _, _ = run_experiment(scenario, plan, users, rng)
+        decision, rule, look, _ = run_experiment(scenario, plan, users, rng)
         decisions.append(decision)
         rules.append(rule)
         looks.append(look)
@@ -261,7 +284,7 @@ def planned_look(result: SimResult) -> int:
 
 def simulate_watch(
     scenario: Scenario, *, experiments: int, seed: int, lucky: bool, alpha: float = 0.05, power: float = 0.8,
-    mde: float = 0.05, max_tries: int = 60_000,
+    mde: float = 0.05, max_tries: int | None = None,
 ) -> SimResult:  # fmt: skip
     """Promotions followed by the post-promotion watch.
 
@@ -275,37 +298,71 @@ def simulate_watch(
     users = users_per_look(scenario, plan)
     restored, decisions, rules, looks = [], [], [], []
     tries = 0
+    max_tries = max_tries or experiments * (20_000 if lucky else 20)
+    per_arm = int(users * 0.5 * scenario.plan_look)
     while len(restored) < experiments and tries < max_tries:
-        tries += 1
         if lucky:
-            a, b = Counts(), Counts()
-            for counts, truth in ((a, scenario.champion), (b, scenario.challenger)):
-                counts.add(rng, int(users * 0.5 * scenario.plan_look), truth, scenario.icc, scenario.mean_requests)
-            evidence = Evidence(champion=a.evidence("1"), challenger=b.evidence("2"), plan=plan,
-                                elapsed_hours=float(scenario.plan_look))  # fmt: skip
-            decision = decide(evidence, reference_test=False)
-            if decision.decision != PROMOTE:
-                continue
-            look = scenario.plan_look
-        else:
-            outcome, rule, look, _, decision = run_experiment(scenario, plan, users, rng)
-            if outcome != PROMOTE:
-                continue
-        promise = promise_of(decision, float(scenario.looks), _at(look))
+            # A batch of experiments at the planned look; only those whose lift's CS could lie above 0 (a
+            # vectorised screen with a wide margin) go through `decide()`, and only its PROMOTE counts.
+            batch = min(LUCKY_BATCH, max_tries - tries)
+            tries += batch
+            a, b = (
+                totals(draw_users(rng, batch * per_arm, truth, scenario.icc, scenario.mean_requests), batch, per_arm)
+                for truth in (scenario.champion, scenario.challenger)
+            )
+            for i in np.flatnonzero(_may_promote(a, b, plan)):
+                evidence = Evidence(champion=arm_evidence(a[i], "1"), challenger=arm_evidence(b[i], "2"), plan=plan,
+                                    elapsed_hours=float(scenario.plan_look))  # fmt: skip
+                decision = decide(evidence, reference_test=False)
+                if decision.decision != PROMOTE or len(restored) >= experiments:
+                    continue
+                promise = promise_of(decision, plan.watch_hours, _at(scenario.plan_look))
+                decisions.append(PROMOTE)
+                rules.append(decision.rule)
+                looks.append(scenario.plan_look)
+                restored.append(_watch(promise, scenario.challenger, scenario, users, rng))
+            continue
+        tries += 1
+        outcome, rule, look, decision = run_experiment(scenario, plan, users, rng)
+        if outcome != PROMOTE:
+            continue
+        promise = promise_of(decision, plan.watch_hours, _at(look))
         decisions.append(PROMOTE)
-        rules.append("better")
+        rules.append(rule)
         looks.append(look)
         restored.append(_watch(promise, scenario.challenger, scenario, users, rng))
     return SimResult(scenario, plan, users, np.array(decisions), np.array(rules), np.array(looks),
                      restored=np.array(restored, dtype=bool))  # fmt: skip
 
 
+LUCKY_BATCH = 500
+"""Experiments drawn at once when forcing lucky promotions."""
+
+
+def _may_promote(a: np.ndarray, b: np.ndarray, plan: ExperimentPlan) -> np.ndarray:
+    """Which experiments (rows of cumulative counts) `decide()` could promote: the lift's estimate above 0.8 of its
+    CS radius (PROMOTE needs it above the whole radius, computed by `decide()`), so none that could is skipped."""
+    variance = np.zeros(len(a))
+    ratio = []
+    for s in (a, b):
+        k, n, x, nn, xx, nx = (s[:, j].astype(float) for j in range(6, 12))
+        smoothed = (x + 1) / (n + 2)
+        residual = xx - 2 * smoothed * nx + smoothed**2 * nn
+        iid = smoothed * (1 - smoothed) / n
+        variance += np.maximum(k / (k - 1) * residual / n**2, iid / k)
+        ratio.append(x / n)
+    t2 = plan.mde**2
+    log_term = np.log(1 / plan.alpha) + 0.5 * np.log((variance + t2) / variance)
+    radius = np.sqrt(2 * variance * (variance + t2) / t2 * log_term)
+    return ratio[1] - ratio[0] > 0.8 * radius
+
+
 def _watch(promise: WatchPromise, truth: Arm, scenario: Scenario, users: int, rng: np.random.Generator) -> bool:
     """The watch of a new champion with accuracy `truth`, serving all users, one look per hour for its period."""
-    served = Counts()
-    for hour in range(1, int(promise.period_hours) + 1):
-        served.add(rng, users, truth, scenario.icc, scenario.mean_requests)
-        result = watch(promise, served.user_sums(), float(hour))
+    hours = int(promise.period_hours)
+    served = cumulative(rng, np.full(hours, users), truth, scenario.icc, scenario.mean_requests)
+    for hour in range(1, hours + 1):
+        result = watch(promise, user_sums(served[hour - 1]), float(hour))
         if result.verdict == "REGRESSION":
             return True
         if result.verdict == "DONE":
@@ -319,54 +376,92 @@ BASE = Arm(accuracy=0.80)
 BETTER = Arm(accuracy=0.85)
 
 
-def scenarios(experiments: int, seed: int, *, watch_experiments: int | None = None) -> dict:
-    """Every scenario of the issue, with its target."""
-    watch_n = watch_experiments or max(50, experiments // 10)
-    report: dict = {"scenarios": []}
+def _row(name: str, result: SimResult, outcome: str, value: Rate, target: str, ok: bool) -> dict:
+    return {
+        "scenario": name, "outcome": outcome, "rate": value.as_dict(), "target": target, "meets_target": ok,
+        "planned_per_arm": result.plan.min_samples_per_arm, "design_effect": result.plan.design_effect,
+        "users_per_look": result.users_per_look, "experiments": result.experiments,
+    }  # fmt: skip
 
-    def add(name: str, result: SimResult, outcome: str, value: Rate, target: str, ok: bool) -> None:
-        report["scenarios"].append({
-            "scenario": name, "outcome": outcome, "rate": value.as_dict(), "target": target, "meets_target": ok,
-            "planned_per_arm": result.plan.min_samples_per_arm, "design_effect": result.plan.design_effect,
-            "users_per_look": result.users_per_look, "experiments": result.experiments,
-        })  # fmt: skip
-        print(f"{name:48s} {outcome:40s} {value}  target {target}  {'ok' if ok else 'MISSED'}", flush=True)
 
-    for i, icc in enumerate((0.0, 0.1, 0.3)):
-        aa = simulate(Scenario(BASE, BASE, icc=icc), experiments=experiments, seed=seed + i)
+def _job(kind: str, arg: float, experiments: int, seed: int) -> list[dict]:
+    """One scenario of the benchmark (run in a worker process): its rows of the report."""
+    if kind == "aa":
+        aa = simulate(Scenario(BASE, BASE, icc=arg), experiments=experiments, seed=seed)
         promoted = rate(aa.count(PROMOTE), aa.experiments, method="exact")
-        add(f"A/A, ICC {icc}", aa, "false PROMOTE (72 looks)", promoted, "<= 0.025", promoted.high <= 0.025)
         invalid = rate(aa.count(INVALID), aa.experiments, method="exact")
-        add(f"A/A, ICC {icc}", aa, "false INVALID (72 looks)", invalid, "<= 0.005", invalid.rate <= 0.005)
-        ab = simulate(Scenario(BASE, BETTER, icc=icc), experiments=experiments, seed=seed + 10 + i)
+        return [
+            _row(f"A/A, ICC {arg}", aa, "false PROMOTE (72 looks)", promoted, "<= 0.025", promoted.high <= 0.025),
+            _row(f"A/A, ICC {arg}", aa, "false INVALID (72 looks)", invalid, "<= 0.005", invalid.high <= 0.005),
+        ]
+    if kind == "ab":
+        ab = simulate(Scenario(BASE, BETTER, icc=arg), experiments=experiments, seed=seed)
         by_plan = ab.rate(PROMOTE, by_look=ab.scenario.plan_look)
-        add(f"A/B at the MDE, ICC {icc}", ab, "PROMOTE by the planned sample", by_plan, ">= 0.80",
-            by_plan.rate >= 0.80)  # fmt: skip
-    mnar = simulate(Scenario(BASE, Arm(0.80, label_rate=0.45), icc=0.1), experiments=experiments, seed=seed + 20)
-    promoted = rate(mnar.count(PROMOTE), mnar.experiments, method="exact")
-    add("labels MNAR (challenger 10% fewer), equal models", mnar, "false PROMOTE", promoted, "<= 0.025",
-        promoted.high <= 0.025)  # fmt: skip
-    errors = simulate(Scenario(Arm(0.80, error_rate=0.03), Arm(0.80, error_rate=0.045), icc=0.1),
-                      experiments=experiments, seed=seed + 21)  # fmt: skip
-    promoted = errors.rate(PROMOTE)
-    add("challenger 1.5x the error rate, equal accuracy", errors, PROMOTE, promoted, "<= 0.05",
-        promoted.rate <= 0.05)  # fmt: skip
-    srm = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47), experiments=experiments, seed=seed + 22)
-    flagged = srm.rate(INVALID)
-    add("SRM: 0.47 served vs 0.5 planned", srm, INVALID, flagged, ">= 0.99", flagged.rate >= 0.99)
-    # Detecting a 3-point skew takes users: the same skew at 6x the traffic (the plan reached by look 4).
-    busy = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47, plan_look=4), experiments=experiments, seed=seed + 23)
-    flagged = busy.rate(INVALID)
-    add("SRM: 0.47 vs 0.5, 6x the traffic", busy, INVALID, flagged, ">= 0.99", flagged.rate >= 0.99)
-    lucky = simulate_watch(Scenario(BASE, BASE, icc=0.1), experiments=watch_n, seed=seed + 30, lucky=True)
-    back = rate(int(lucky.restored.sum()), len(lucky.restored))
-    add("lucky promotion (lift 0, forced), watch", lucky, "previous champion restored in the period", back,
-        ">= 0.80", back.rate >= 0.80)  # fmt: skip
-    winners = simulate_watch(Scenario(BASE, BETTER, icc=0.1), experiments=watch_n, seed=seed + 31, lucky=False)
+        return [_row(f"A/B at the MDE, ICC {arg}", ab, "PROMOTE by the planned sample", by_plan, ">= 0.80",
+                     by_plan.rate >= 0.80)]  # fmt: skip
+    if kind == "mnar":
+        mnar = simulate(Scenario(BASE, Arm(0.80, label_rate=0.45), icc=0.1), experiments=experiments, seed=seed)
+        promoted = rate(mnar.count(PROMOTE), mnar.experiments, method="exact")
+        return [_row("labels MNAR (challenger 10% fewer), equal models", mnar, "false PROMOTE", promoted, "<= 0.025",
+                     promoted.high <= 0.025)]  # fmt: skip
+    if kind == "errors":
+        errors = simulate(Scenario(Arm(0.80, error_rate=0.03), Arm(0.80, error_rate=0.045), icc=0.1),
+                          experiments=experiments, seed=seed)  # fmt: skip
+        promoted = errors.rate(PROMOTE)
+        return [_row("challenger 1.5x the error rate, equal accuracy", errors, PROMOTE, promoted, "<= 0.05",
+                     promoted.rate <= 0.05)]  # fmt: skip
+    if kind == "srm":
+        # At the plan's traffic (plan_look 24), and the same skew at 6x the traffic (the plan reached by look 4).
+        srm = simulate(Scenario(BASE, BASE, icc=0.1, split=0.47, plan_look=int(arg)), experiments=experiments,
+                       seed=seed)  # fmt: skip
+        flagged = srm.rate(INVALID)
+        name = "SRM: 0.47 served vs 0.5 planned" + ("" if arg == 24 else ", 6x the traffic")
+        return [_row(name, srm, INVALID, flagged, ">= 0.99", flagged.rate >= 0.99)]
+    if kind == "lucky":
+        lucky = simulate_watch(Scenario(BASE, BASE, icc=0.1), experiments=experiments, seed=seed, lucky=True)
+        back = rate(int(lucky.restored.sum()), len(lucky.restored))
+        return [_row("lucky promotion (lift 0, forced), watch", lucky,
+                     f"previous champion restored within the {lucky.plan.watch_hours:g} h watch", back, ">= 0.80",
+                     back.rate >= 0.80)]  # fmt: skip
+    lift = arg
+    winners = simulate_watch(Scenario(BASE, Arm(0.80 + lift), icc=0.1), experiments=experiments, seed=seed,
+                             lucky=False)  # fmt: skip
     wrong = rate(int(winners.restored.sum()), len(winners.restored))
-    add("true winner (lift = MDE) promoted, watch", winners, "wrongly rolled back by the watch", wrong,
-        "(reported)", True)  # fmt: skip
-    return report
+    name = "true winner (lift = MDE) promoted, watch" if lift == 0.05 else f"true winner (lift {lift}) promoted, watch"
+    return [_row(name, winners, "wrongly rolled back by the watch", wrong, "(reported)", True)]
+
+
+def scenarios(experiments: int, seed: int, *, watch_experiments: int | None = None, jobs: int = 2) -> dict:
+    """Every scenario of the issue, with its target, over `jobs` processes (at most 2: a shared machine)."""
+    watch_n = watch_experiments or max(50, experiments // 10)
+    plan = [
+        ("lucky", 0.0, watch_n, seed + 30),  # the longest first
+        *[(kind, icc, experiments, seed + offset + i) for i, icc in enumerate((0.0, 0.1, 0.3))
+          for kind, offset in (("aa", 0), ("ab", 10))],
+        ("mnar", 0.0, experiments, seed + 20),
+        ("errors", 0.0, experiments, seed + 21),
+        ("srm", 24, experiments, seed + 22),
+        ("srm", 4, experiments, seed + 23),
+        ("winner", 0.05, watch_n, seed + 31),
+        ("winner", 0.025, watch_n, seed + 32),
+    ]  # fmt: skip
+    with ProcessPoolExecutor(max_workers=max(1, min(2, jobs))) as pool:
+        futures = [pool.submit(_job, *job) for job in plan]
+        rows = [row for future in futures for row in future.result()]
+    display = sorted(rows, key=lambda r: _ORDER.index(r["scenario"].split(",")[0]))
+    for r in display:
+        print(f"{r['scenario']:48s} {r['outcome']:44s} {Rate(**_rate_args(r['rate']))}  target {r['target']}  "
+              f"{'ok' if r['meets_target'] else 'MISSED'}", flush=True)  # fmt: skip
+    return {"scenarios": display}
+
+
+_ORDER = ["A/A", "A/B at the MDE", "labels MNAR (challenger 10% fewer)", "challenger 1.5x the error rate",
+          "SRM: 0.47 served vs 0.5 planned", "lucky promotion (lift 0", "true winner (lift = MDE) promoted",
+          "true winner (lift 0.025) promoted"]  # fmt: skip
+
+
+def _rate_args(r: dict) -> dict:
+    return {"k": r["k"], "n": r["n"], "rate": r["rate"], "low": r["ci_low"], "high": r["ci_high"], "method": ""}
 
 
 def markdown(report: dict) -> str:
@@ -385,16 +480,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiments", type=int, default=1000, help="experiments per scenario (default 1000)")
     parser.add_argument("--watch-experiments", type=int, default=None, help="promotions per watch scenario")
     parser.add_argument("--seed", type=int, default=20261127)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (at most 2, default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    import os
-
     load = os.getloadavg()
-    report = scenarios(args.experiments, args.seed, watch_experiments=args.watch_experiments)
+    report = scenarios(args.experiments, args.seed, watch_experiments=args.watch_experiments, jobs=args.jobs)
     report |= {
         "command": "uv run python -m bench.ab_simulation " + shlex.join(sys.argv[1:] if argv is None else argv),
         "experiments_per_scenario": args.experiments,
+        "watch_promotions_per_scenario": args.watch_experiments,
+        "processes": args.jobs,
         "seconds": round(time.perf_counter() - started, 1),
         "load_average_at_start": [round(v, 2) for v in load],
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],

@@ -198,7 +198,10 @@ class FlowSettings(RouterTokens):
         description="Error-rate non-inferiority margin, relative part (a share of the champion's error rate).",
     )
     ab_watch_hours: float = Field(
-        72.0, ge=0, description="After a PROMOTE, watch the new champion this long against its promise (0: off)."
+        168.0,
+        ge=0,
+        description="After a PROMOTE, watch the new champion this long against its promise (0: off); a week at the "
+        "traffic that reached the plan in a day or so (bench/ab_simulation.py: 72 h restore too few lucky promotions).",
     )
     ab_guardrail_latency_margin: float = Field(
         _PLAN["guardrail_latency_margin"], description="Allowed extra p95 latency of the challenger (relative)."

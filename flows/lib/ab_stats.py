@@ -31,10 +31,23 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from contracts.api import ConfusionCell, UserSums
 
-SRM_CONCENTRATION = 100.0
-"""Concentration of the Dirichlet mixture of the SRM test: its prior on the split is Beta(c s, c (1 - s)) around the
-planned split s. Smaller reacts faster to gross mismatches, larger to subtle ones; 100 is Lindon and Malek's
-suggestion for ratios near the planned one."""
+SRM_CONCENTRATION = 250.0
+"""Concentration c of the Dirichlet mixture of the SRM test: its prior on the split is Beta(c s, c (1 - s)) around
+the planned split s, of standard deviation about 0.5 / sqrt(c + 1) (0.032 at c = 250). The mixture is most
+sensitive to skews of about that size once a few thousand users are in: against a 0.47/0.53 split over 72 hourly
+looks of 85 users each (the A/B simulation's plan), the chance of flagging it at level 0.004 was 0.85 at
+c = 250-500, 0.84 at c = 100-200, 0.79 at 1,000 and 0.71 at 3,000 (100,000 simulated paths of this test alone,
+measured once). A larger c flags gross mismatches later: 60 users against none are flagged at c = 250, not at 300."""
+SRM_USERS_SHARE = 0.8
+"""Share of the plan's SRM level spent on the test of assigned users; the test of labelled users gets the rest. Two
+always-valid tests at levels alpha_1 + alpha_2 = `srm_threshold` keep the chance that either ever flags a correct
+split under `srm_threshold` over any number of looks (a union bound). Users get most of it: a broken assignment
+shows there first, while the labelled-users test is there for labels missing not at random."""
+
+
+def srm_levels(threshold: float) -> tuple[float, float]:
+    """(users, labelled users) levels of the two SRM tests, summing to `threshold`, the level over both."""
+    return threshold * SRM_USERS_SHARE, threshold * (1 - SRM_USERS_SHARE)
 
 
 # --- cluster-robust ratio ----------------------------------------------------------------------------------------
@@ -270,6 +283,49 @@ def sequential_difference(d_hat: float, v: float, *, alpha: float, tau: float, d
         alpha=alpha,
         d0=d0,
     )
+
+
+def log_one_sided_mixture(d: float, v: float, *, tau: float) -> float:
+    """log of the one-sided (half-normal) mixture likelihood ratio against d = 0, for alternatives d < 0.
+
+    With d_hat ~ N(d, v) and a half-normal prior of scale tau on d < 0, the mixture is
+    2 sqrt(v / (v + tau^2)) exp(tau^2 d_hat^2 / (2 v (v + tau^2))) Phi(-d_hat tau / sqrt(v (v + tau^2))): a
+    nonnegative supermartingale whenever the true d >= 0, so it proves d < 0 at level alpha over all looks once it
+    reaches 1 / alpha. Against the two-sided mixture it spends all of alpha on one side.
+    """
+    t2 = tau * tau
+    return (
+        math.log(2.0)
+        + 0.5 * math.log(v / (v + t2))
+        + t2 * d * d / (2 * v * (v + t2))
+        + _log_phi(-d * tau / math.sqrt(v * (v + t2)))
+    )
+
+
+def _log_phi(x: float) -> float:
+    """log of the standard normal CDF (math.erfc: the mixture is evaluated thousands of times per simulation)."""
+    if x < -30:
+        return float(norm.logcdf(x))
+    return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
+
+
+def one_sided_upper(estimate: float, v: float, *, alpha: float, tau: float) -> float:
+    """Upper end of the always-valid one-sided (1 - alpha) confidence sequence of a mean estimated as `estimate` with
+    variance `v`: the smallest level m whose "mean >= m" the half-normal mixture (`log_one_sided_mixture`) has not
+    rejected. A mean proven below m is one with this upper end below m.
+    """
+    if v <= 0 or tau <= 0:
+        raise ValueError(f"variance and tau must be positive (got {v}, {tau})")
+    target = math.log(1 / alpha)
+    sd = math.sqrt(v)
+
+    def excess(z: float) -> float:
+        return log_one_sided_mixture(-z * sd, v, tau=tau) - target
+
+    high = 1.0
+    while excess(high) < 0:
+        high *= 2
+    return estimate + brentq(excess, 0.0, high, xtol=1e-10) * sd
 
 
 def ratio_difference_test(

@@ -4,13 +4,14 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from contracts.api import ArmOutcome, UserSums
 from contracts.decision import WatchPromise
 from contracts.registry import watch_from_tags, watch_tags
 from flows.lib.ab_plan import PlanInputs, make_plan
-from flows.lib.ab_policy import watch
-from flows.lib.ab_stats import plan_sample_size, ratio_stats
+from flows.lib.ab_policy import WATCH_KEPT_SHARE, watch
+from flows.lib.ab_stats import cs_radius, one_sided_upper, plan_sample_size, ratio_stats
 
 START = datetime(2024, 6, 1, 12, tzinfo=UTC)
 
@@ -115,8 +116,32 @@ def test_the_watch_rolls_back_a_champion_proven_below_its_promise_and_holds_one_
     assert regressed.verdict == "REGRESSION" and regressed.cs_upper < 0.84
     n, x = users(rng, 2000, p=0.85, icc=0.1)
     kept = watch(promise(), sums_of(n, x), 10.0)
-    assert kept.verdict == "HOLDS" and kept.cs_lower <= 0.85 <= kept.cs_upper
+    assert kept.verdict == "HOLDS" and kept.cs_lower is None and 0.85 <= kept.cs_upper
     assert watch(promise(), sums_of(n, x), 80.0).verdict == "DONE"
+
+
+def test_the_one_sided_bound_is_always_valid_and_tighter_than_the_two_sided_one():
+    """A mean exactly at the threshold is proven below it at most alpha of the time over 60 looks."""
+    rng = np.random.default_rng(6)
+    experiments, looks, per_look, p = 1000, 60, 80, 0.8
+    hits = rng.binomial(per_look, p, size=(experiments, looks)).cumsum(axis=1)
+    n = per_look * np.arange(1, looks + 1)
+    proven = 0
+    for row in hits:
+        proven += any(
+            one_sided_upper(x / m, p * (1 - p) / m, alpha=0.05, tau=0.02) < p for x, m in zip(row, n, strict=True)
+        )
+    assert binomtest(proven, experiments).proportion_ci(0.95, method="exact").high < 0.05 * 1.2
+    v = 1e-5
+    assert one_sided_upper(0.8, v, alpha=0.05, tau=0.01) - 0.8 < cs_radius(v, alpha=0.05, tau=0.01)
+
+
+def test_a_promise_keeps_a_share_of_the_estimated_lift():
+    """Threshold = previous estimate + the kept share of the estimated lift (the whole estimate is too high a bar
+    after the selection of a promotion), never below the previous champion's estimate."""
+    lifted = promise(tolerance=(1 - WATCH_KEPT_SHARE) * 0.05)
+    assert lifted.threshold == pytest.approx(0.80 + WATCH_KEPT_SHARE * 0.05)
+    assert promise(tolerance=1.0).threshold == 0.80
 
 
 def test_the_promise_round_trips_through_version_tags():

@@ -23,11 +23,13 @@ from flows.lib.ab_policy import (
     latency_guardrail,
 )
 from flows.lib.ab_stats import (
+    SRM_CONCENTRATION,
     arm_metrics,
     plain_chi2,
     plan_sample_size,
     proportion_difference_test,
     sequential_power,
+    srm_levels,
     srm_test,
 )
 
@@ -225,7 +227,7 @@ def test_plain_chi2_matches_scipy_and_is_reported_as_not_peeking_safe():
 def test_srm_bayes_factor_is_the_beta_binomial_mixture_over_the_planned_binomial():
     """BF = BetaBinomial(n_b; n, c s, c (1 - s)) / Binomial(n_b; n, s): the binomial coefficients cancel."""
     for (n_a, n_b), split in (((5300, 4700), 0.5), ((700, 300), 0.3), ((12, 9), 0.4)):
-        n, c = n_a + n_b, 100.0
+        n, c = n_a + n_b, SRM_CONCENTRATION
         expected = betabinom.logpmf(n_b, n, c * split, c * (1 - split)) - binom.logpmf(n_b, n, split)
         result = srm_test((n_a, n_b), split)
         assert result.log_bayes_factor == pytest.approx(expected, rel=1e-9, abs=1e-9)
@@ -238,6 +240,12 @@ def test_srm_flags_a_clear_mismatch_and_not_a_planned_split():
     assert not srm_test((700, 300), 0.3).mismatch
     assert not srm_test((3, 0), 0.5).mismatch  # three users say nothing
     assert not srm_test((10, 0), 0.0).mismatch  # no challenger share planned: nothing to test
+
+
+def test_the_srm_level_is_split_between_users_and_labelled_users():
+    """The plan's SRM level holds over both tests together (a union bound), so each gets a share of it."""
+    users, labelled = srm_levels(0.005)
+    assert users + labelled == pytest.approx(0.005) and users > labelled > 0
 
 
 def test_srm_is_always_valid_under_hourly_looks():
