@@ -3,9 +3,11 @@
 For 10k, 100k and 1M window rows x 4 and x 20 numeric columns (Gaussian; the reference is
 `DRIFTLOOP_DRIFT_REFERENCE_ROWS`, 10,000 rows, as the reference policy keeps), each configuration in a fresh process:
 
-- the check: `flows.lib.drift_check.run_check` as the flow calls it (data quality on the whole window, then the
-  calibrated per-column tests run by Evidently on a seeded sample of at most `DRIFTLOOP_DRIFT_MAX_WINDOW_ROWS` rows,
-  whose size and seed the result and the report carry);
+- the check: `flows.lib.drift_check.run_check` on a window already in memory, as the replay command calls it (data
+  quality on the whole window, then the calibrated per-column tests run by Evidently on a seeded sample of at most
+  `DRIFTLOOP_DRIFT_MAX_WINDOW_ROWS` rows, whose size and seed the result and the report carry). The drift flow runs
+  the same tests, but reads its window page by page into the same quality tally and a seeded reservoir sample of the
+  same size (`flows/lib/window_reader.py`), so it never holds the whole window: this bench does not time that read;
 - the floor: `scipy.stats.ks_2samp` of every column of the whole window against the reference.
 
 The calibration is made once beforehand (it belongs to the registration, not the check) and Evidently is warmed up on
