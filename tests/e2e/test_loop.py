@@ -69,7 +69,9 @@ def test_registry_ends_with_the_promoted_challenger_as_champion(demo):
     promoted = summary["promoted"]["challenger_version"]
     assert str(client.get_model_version_by_alias("IrisClassifier", "champion").version) == promoted
     aliases = client.get_registered_model("IrisClassifier").aliases
-    assert "challenger" not in aliases
+    # The promoted challenger's alias is gone; on a slow machine the demo may already be on its next loop, whose
+    # challenger can only be a newer version.
+    assert int(aliases.get("challenger", 0)) == 0 or int(aliases["challenger"]) > int(promoted)
     assert client.get_model_version("IrisClassifier", "1").tags[TAG_GATE] == GATE_BOOTSTRAP
     new = client.get_model_version("IrisClassifier", promoted)
     assert new.tags[TAG_PREVIOUS_CHAMPION] == summary["promoted"]["champion_version"]

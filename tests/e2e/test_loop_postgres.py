@@ -39,7 +39,9 @@ def test_the_loop_closes_on_postgres_and_both_replicas_serve_the_new_champion(de
     # The registry lives in PostgreSQL and ends like on SQLite: the challenger is champion, no challenger left.
     client = MlflowClient(databases["DRIFTLOOP_MLFLOW_BACKEND_STORE_URI"])
     assert str(client.get_model_version_by_alias("IrisClassifier", "champion").version) == promoted
-    assert "challenger" not in client.get_registered_model("IrisClassifier").aliases
+    # The promoted challenger's alias is gone (a later loop, on a slow machine, can only have a newer challenger).
+    later = client.get_registered_model("IrisClassifier").aliases.get("challenger")
+    assert later is None or int(later) > int(promoted)
 
     # One store behind both replicas: every request the simulator got answered is there.
     engine = sa.create_engine(databases["DRIFTLOOP_ROUTER_STORE_URL"])
