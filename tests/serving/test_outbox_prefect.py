@@ -17,25 +17,14 @@ from serving.services.assignment import assign_arm
 from serving.services.events import emit_prefect_event
 from serving.services.store import Store
 from tests.conftest import read_events
-from tests.serving.conftest import IRIS_ROW, free_port
+from tests.serving.conftest import IRIS_ROW, PLAN, free_port
 from tests.serving.stubs import StubSource
 
 pytestmark = pytest.mark.slow
 
 
 def plan(**changes: object) -> ExperimentPlan:
-    values = {
-        "champion_version": "1",
-        "challenger_version": "2",
-        "alpha": 0.05,
-        "power": 0.8,
-        "mde": 0.1,
-        "baseline": 0.8,
-        "min_samples_per_arm": 2,
-        "fixed_horizon_samples_per_arm": 2,
-        "ab_split_b": 0.5,
-        "max_duration_hours": 24.0,
-    }
+    values = PLAN | {"min_samples_per_arm": 2, "fixed_horizon_samples_per_arm": 2, "ab_split_b": 0.5}
     return msgspec.convert(values | changes, ExperimentPlan)
 
 
