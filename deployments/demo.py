@@ -71,6 +71,14 @@ class Watcher:
         self.progress_at = time.monotonic()
         """When the last new stage happened (the demo's patience runs from there)."""
 
+    def deciding_look(self) -> dict[str, Any] | None:
+        """The look that ended the loop the demo followed: the one that promoted (events can arrive out of order, and
+        on a slow machine the next loop may already have looked before the demo stops), else the last one seen."""
+        if self.promoted is not None:
+            ids = self.promoted["decision_id"]
+            return next((d for d in self.decisions if d["decision_id"] == ids), self.promoted)
+        return self.decisions[-1] if self.decisions else None
+
     def _stage(self, name: str) -> None:
         if name not in self.stages:
             self.stages[name] = self.timeline.elapsed()
@@ -379,7 +387,7 @@ def startup_costs(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def summarize(watcher: Watcher, stats, settings: StackSettings, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """What happened, as JSON-ready data."""
     missing = next((f"{name}: {what}" for name, what in STAGES if name not in watcher.stages), None)
-    decision = watcher.decisions[-1] if watcher.decisions else None
+    decision = watcher.deciding_look()
     states: dict[str, int] = {}
     for run in runs:
         states[run["state"]] = states.get(run["state"], 0) + 1
