@@ -252,6 +252,7 @@ def retrain(
     force: bool = False,
     trigger: RetrainTrigger | None = None,
     trigger_event_id: str = "",
+    drift_champion_version: str = "",
 ) -> dict:
     """Train a candidate on the window policy's rows, judge it against the champion on unseen rows, register it.
 
@@ -265,6 +266,8 @@ def retrain(
         trigger: What started the run: `drift`, `schedule` or `manual` (default: `drift` when a drift share is
             given, else `manual`).
         trigger_event_id: The Prefect event that started it (the drift automation passes it), for the lineage.
+        drift_champion_version: The champion the drift was measured against (the drift automation passes it): when
+            another version is champion by the time this run starts, the drift is old news and nothing is trained.
 
     Returns:
         What happened: the new version and whether it became challenger, or why nothing was trained.
@@ -284,6 +287,9 @@ def retrain(
         champion = find_version(model_name, CHAMPION)
         if champion is None:
             raise RuntimeError(f"{model_name} has no {CHAMPION}: run the bootstrap flow first")
+        stale = stale_drift(drift_champion_version, champion["version"])
+        if stale is not None and not force:
+            return skip(model_name, trigger, stale)
         challenger = find_version(model_name, CHALLENGER)
         if challenger is not None and not force:
             return skip(model_name, trigger, f"v{challenger['version']} is already under A/B test as {CHALLENGER}")
@@ -480,6 +486,20 @@ def gate_metrics(evidence: HoldoutComparison) -> dict[str, float]:
         "gate_f1_difference_high": f1.high,
         "gate_holdout_rows": float(f1.rows),
     }
+
+
+def stale_drift(measured_against: str, champion: str) -> str | None:
+    """Why a drift-started run has nothing to do, or None: the drift was measured against an earlier champion.
+
+    A check that started before a promotion still emits against the old champion's reference; the new champion was
+    trained on that very traffic, and the next check measures against its own reference.
+    """
+    if not measured_against or measured_against == champion:
+        return None
+    return (
+        f"the drift was measured against v{measured_against}, but v{champion} is champion now: "
+        "the next drift check measures against its reference"
+    )
 
 
 def skip(model_name: str, trigger: str, reason: str) -> dict[str, str]:

@@ -52,7 +52,7 @@ def test_retrain_automation_passes_every_payload_key_it_templates():
     retrain = next(d for p, d in definitions() if p.name == "retrain_on_drift.yaml")
     parameters = retrain["actions"][0]["parameters"]
     templated = {v.split("event.payload.")[1].strip(" }") for v in parameters.values() if "event.payload." in v}
-    assert templated == {"model_name", "drift_share", "drifted_columns", "report_url", "loop_id"}
+    assert templated == {"model_name", "drift_share", "drifted_columns", "report_url", "loop_id", "champion_version"}
     assert templated <= set(events.DriftPayload.model_fields)
     assert parameters["trigger"] == TRIGGER_DRIFT
 

@@ -138,8 +138,10 @@ def test_drift_detected_runs_retrain_with_the_payload_as_typed_parameters(applie
         "loop_id": payload.loop_id,
         "trigger": "drift",
         "trigger_event_id": str(event.id),
+        "drift_champion_version": "3",
     }
     assert type(runs[0].parameters["drift_share"]) is float
+    assert type(runs[0].parameters["drift_champion_version"]) is str  # a version is a string, even "3"
 
 
 def test_retrain_runs_once_per_model_within_its_window(applied, deployments):

@@ -323,6 +323,28 @@ def test_a_retrain_skips_while_another_is_in_flight_or_a_challenger_is_under_tes
     assert under_test == {"skipped": f"v2 is already under A/B test as {CHALLENGER}", "trigger": "schedule"}
 
 
+def test_a_drift_measured_against_an_earlier_champion_trains_nothing(
+    tracking_uri: str, registered: str, monkeypatch: pytest.MonkeyPatch
+):
+    # A check that started before a promotion emits against the old champion (here v1 was champion when the drift
+    # was measured, and a later version is champion now): the new champion was trained on that traffic.
+    monkeypatch.setenv("DRIFTLOOP_MLFLOW_TRACKING_URI", tracking_uri)
+    get_settings.cache_clear()
+    client = MlflowClient(tracking_uri)
+    champion = client.get_model_version_by_alias(registered, CHAMPION).version
+    try:
+        stale = retrain(
+            model_name=registered, drift_share=0.5, drifted_columns=["petal_length"], drift_champion_version="99"
+        )
+    finally:
+        get_settings.cache_clear()
+    assert stale == {
+        "skipped": f"the drift was measured against v99, but v{champion} is champion now: "
+        "the next drift check measures against its reference",
+        "trigger": "drift",
+    }
+
+
 def test_history_comes_from_the_original_run_and_seen_rows_from_the_champions_record(
     tracking_uri: str, model_name: str, iris: pd.DataFrame, tiny_pipeline
 ):
