@@ -3,6 +3,7 @@
 Each run clones the repository (HEAD of the current checkout) into a temporary folder, points `UV_CACHE_DIR` at a new
 empty folder, and runs `.ci/run` there with the machine's environment; with `--busy`, another process keeps one core
 busy for the whole run. Wall times and outcomes go to `bench/results/fresh_clone.json` (appended by label).
+`bench/fresh_demo.py` does the same for `make demo`.
 
     uv run python -m bench.fresh_clone --runs 5
     uv run python -m bench.fresh_clone --runs 1 --busy
@@ -18,6 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,8 +29,33 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "fresh_clone.json"
 
 
-def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
-    """Clone, run `.ci/run` with an empty uv cache, return the wall time and outcome."""
+@dataclass
+class Checkout:
+    """A fresh clone with its own empty uv cache, and where its command's output goes."""
+
+    repo: Path
+    env: dict[str, str]
+    log: Path
+    load_before: tuple[float, float, float]
+
+    def execute(self, command: list[str]) -> int:
+        """Run `command` in the clone with the machine's environment (its output to the log); its exit code."""
+        with self.log.open("w") as out:
+            return subprocess.run(command, cwd=self.repo, env=self.env, stdout=out, stderr=subprocess.STDOUT).returncode
+
+    def loads(self) -> dict:
+        """The machine's 1/5/15-minute load averages when the run started and now (2 cores: above 2 means shared)."""
+        return {
+            "load_before": [round(x, 2) for x in self.load_before],
+            "load_after": [round(x, 2) for x in os.getloadavg()],
+            "log": str(self.log),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+
+@contextmanager
+def fresh_checkout(commit: str, *, busy: bool, keep_logs: Path, label: str = "") -> Iterator[Checkout]:
+    """Clone `commit` into a temporary folder with a new empty uv cache (and a busy core if asked); clean up after."""
     work = Path(tempfile.mkdtemp(prefix="driftloop-fresh-"))
     cache = Path(tempfile.mkdtemp(prefix="driftloop-uv-cache-"))
     hog = None
@@ -38,29 +67,8 @@ def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
         env["UV_CACHE_DIR"] = str(cache)
         if busy:
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        log = keep_logs / f"fresh-{datetime.now(UTC):%Y%m%dT%H%M%S}{'-busy' if busy else ''}.log"
-        started = time.monotonic()
-        with log.open("w") as out:
-            result = subprocess.run(
-                ["bash", ".ci/run"], cwd=work / "repo", env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        wall = time.monotonic() - started
-        load_after = os.getloadavg()
-        tail = log.read_text(errors="replace").splitlines()[-3:]
-        result = {
-            "commit": commit,
-            "busy_core": busy,
-            "exit_code": result.returncode,
-            "wall_seconds": round(wall, 1),
-            "pytest_summary": next((line for line in reversed(tail) if "passed" in line or "failed" in line), ""),
-            "log": str(log),
-            # the machine's 1/5/15-minute load averages when the run started and ended (2 cores: above 2 means shared)
-            "load_before": [round(x, 2) for x in load_before],
-            "load_after": [round(x, 2) for x in load_after],
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        record(result)  # before the clean-up (deleting a venv and a cache is slow): an interrupted series keeps it
-        return result
+        name = f"fresh-{label + '-' if label else ''}{datetime.now(UTC):%Y%m%dT%H%M%S}{'-busy' if busy else ''}.log"
+        yield Checkout(work / "repo", env, keep_logs / name, load_before)
     finally:
         if hog is not None:
             hog.kill()
@@ -69,29 +77,52 @@ def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
+    """Clone, run `.ci/run` with an empty uv cache, return the wall time and outcome."""
+    with fresh_checkout(commit, busy=busy, keep_logs=keep_logs) as run:
+        started = time.monotonic()
+        code = run.execute(["bash", ".ci/run"])
+        wall = time.monotonic() - started
+        tail = run.log.read_text(errors="replace").splitlines()[-3:]
+        result = {
+            "commit": commit,
+            "busy_core": busy,
+            "exit_code": code,
+            "wall_seconds": round(wall, 1),
+            "pytest_summary": next((line for line in reversed(tail) if "passed" in line or "failed" in line), ""),
+        } | run.loads()
+        # Before the clean-up (deleting a venv and a cache is slow): an interrupted series keeps it.
+        record(result, RESULTS, "uv run python -m bench.fresh_clone --runs N [--busy]")
+        return result
+
+
+def head_commit() -> str:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    return commit.stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="consecutive runs")
     parser.add_argument("--busy", action="store_true", help="keep one core busy with another process")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()), help="where each run's log goes")
     args = parser.parse_args(argv)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-    commit_id = commit.stdout.strip()
+    commit = head_commit()
     runs = []
     for i in range(args.runs):
-        run = one_run(commit_id, busy=args.busy, keep_logs=args.logs)
+        run = one_run(commit, busy=args.busy, keep_logs=args.logs)
         runs.append(run)
         print(f"run {i + 1}/{args.runs}: exit {run['exit_code']}, {run['wall_seconds']:.0f} s, {run['pytest_summary']}")
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
 
 
-def record(run: dict) -> None:
-    """Append one run to the results file."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
-    results["command"] = "uv run python -m bench.fresh_clone --runs N [--busy]"
-    results["runs"].append(run)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+def record(run: dict, results: Path, command: str) -> None:
+    """Append one run to a results file."""
+    data = json.loads(results.read_text()) if results.exists() else {"runs": []}
+    data["command"] = command
+    data["runs"].append(run)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""The README's demo for a new user: `make demo` from a fresh clone with an empty uv cache, timed stage by stage.
+
+Each run clones the repository (HEAD of the current checkout) into a temporary folder, points `UV_CACHE_DIR` at a new
+empty folder and runs `make demo` there with the machine's environment; with `--busy`, another process keeps one core
+busy for the whole run. It reads the demo's own timeline and summary (`.driftloop/demo-summary.json`) and appends
+to `bench/results/fresh_demo.json`: the wall time of the whole command, when the services were up (the demo's
+`bootstrap:` line), when the loop closed (`promoted`), the time between the two, and the decision that closed it.
+
+    uv run python -m bench.fresh_demo --runs 1
+    uv run python -m bench.fresh_demo --runs 1 --busy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.fresh_clone import ROOT, fresh_checkout, head_commit, record
+
+RESULTS = ROOT / "bench" / "results" / "fresh_demo.json"
+SERVICES_UP = re.compile(r"^\[\s*([\d.]+)s\] bootstrap: running the bootstrap deployment", re.MULTILINE)
+"""The demo's first line after every service answered (`deployments/demo.py:run_loop`)."""
+
+
+def timings(stdout: str, summary: dict | None) -> dict:
+    """The demo's figures from its timeline and summary (None where the demo did not get that far)."""
+    up = SERVICES_UP.search(stdout)
+    services_up_s = float(up.group(1)) if up else None
+    stages = (summary or {}).get("stages_s", {})
+    promoted_s = stages.get("promoted")
+    promoted = (summary or {}).get("promoted") or {}
+    decision = (summary or {}).get("decision") or {}
+    return {
+        "closed": bool(summary and summary.get("closed")),
+        "services_up_s": services_up_s,
+        "promoted_s": promoted_s,
+        "loop_after_services_s": round(promoted_s - services_up_s, 1) if promoted_s and services_up_s else None,
+        "stages_s": stages,
+        "decision": decision.get("decision"),
+        "promoted": f"v{promoted['champion_version']} -> v{promoted['challenger_version']}" if promoted else None,
+        "rolled_back": bool((summary or {}).get("rolled_back")),
+        "flow_run_states": (summary or {}).get("flow_run_states"),
+    }
+
+
+def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
+    """Clone, run `make demo` with an empty uv cache, return its figures."""
+    with fresh_checkout(commit, busy=busy, keep_logs=keep_logs, label="demo") as run:
+        started = time.monotonic()
+        code = run.execute(["make", "demo"])
+        wall = time.monotonic() - started
+        stdout = run.log.read_text(errors="replace")
+        path = run.repo / ".driftloop" / "demo-summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else None
+        result = {"commit": commit, "busy_core": busy, "exit_code": code, "wall_seconds": round(wall, 1)}
+        result |= timings(stdout, summary) | run.loads()
+        record(result, RESULTS, "uv run python -m bench.fresh_demo --runs N [--busy]")
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1, help="consecutive runs")
+    parser.add_argument("--busy", action="store_true", help="keep one core busy with another process")
+    parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()), help="where each run's log goes")
+    args = parser.parse_args(argv)
+    commit = head_commit()
+    runs = []
+    for i in range(args.runs):
+        run = one_run(commit, busy=args.busy, keep_logs=args.logs)
+        runs.append(run)
+        print(
+            f"run {i + 1}/{args.runs}: exit {run['exit_code']}, {run['wall_seconds']:.0f} s in all, services up at "
+            f"{run['services_up_s']} s, promoted at {run['promoted_s']} s ({run['loop_after_services_s']} s later), "
+            f"{run['decision']} {run['promoted']}"
+        )
+    return 0 if all(r["exit_code"] == 0 and r["closed"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The fresh-clone demo bench reads its figures from the demo's own timeline and summary."""
+
+from bench.fresh_demo import timings
+
+STDOUT = """[    0.0s] started prefect (pid 1), log /x/prefect.log
+[   41.2s] worker is polling
+[   41.5s] bootstrap: running the bootstrap deployment (trains a first champion if there is none)
+[  230.0s] PROMOTED v2 to champion (was v1)
+"""
+
+
+def test_the_loop_time_runs_from_the_services_up_to_the_promotion():
+    summary = {
+        "closed": True,
+        "stages_s": {"bootstrap": 90.0, "promoted": 229.9},
+        "decision": {"decision": "PROMOTE"},
+        "promoted": {"champion_version": "1", "challenger_version": "2"},
+        "rolled_back": None,
+        "flow_run_states": {"Completed": 20},
+    }
+    figures = timings(STDOUT, summary)
+    assert figures["services_up_s"] == 41.5
+    assert figures["loop_after_services_s"] == 188.4
+    assert (figures["closed"], figures["decision"], figures["promoted"]) == (True, "PROMOTE", "v1 -> v2")
+    assert figures["rolled_back"] is False
+
+
+def test_a_demo_that_did_not_get_far_has_no_loop_time():
+    figures = timings("[    0.0s] started prefect (pid 1)\n", None)
+    assert figures["closed"] is False
+    assert figures["services_up_s"] is None and figures["loop_after_services_s"] is None
