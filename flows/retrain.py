@@ -43,7 +43,7 @@ from contracts.registry import (
     plan_tags,
 )
 from flows.lib import retrain_report
-from flows.lib.drift_policy import reference_sample
+from flows.lib.drift_policy import reference_sample, stale_drift
 from flows.lib.gate import latency_budget_ms, passes_gate
 from flows.settings import FlowSettings, get_settings
 from flows.tasks import (
@@ -486,20 +486,6 @@ def gate_metrics(evidence: HoldoutComparison) -> dict[str, float]:
         "gate_f1_difference_high": f1.high,
         "gate_holdout_rows": float(f1.rows),
     }
-
-
-def stale_drift(measured_against: str, champion: str) -> str | None:
-    """Why a drift-started run has nothing to do, or None: the drift was measured against an earlier champion.
-
-    A check that started before a promotion still emits against the old champion's reference; the new champion was
-    trained on that very traffic, and the next check measures against its own reference.
-    """
-    if not measured_against or measured_against == champion:
-        return None
-    return (
-        f"the drift was measured against v{measured_against}, but v{champion} is champion now: "
-        "the next drift check measures against its reference"
-    )
 
 
 def skip(model_name: str, trigger: str, reason: str) -> dict[str, str]:

@@ -160,6 +160,20 @@ def starts_retrain(severity: str, retrain_severity: str) -> bool:
     return severity != events.SEVERITY_NONE and order.index(severity) >= order.index(retrain_severity)
 
 
+def stale_drift(measured_against: str, champion: str) -> str | None:
+    """Why a drift-started run has nothing to do, or None: the drift was measured against an earlier champion.
+
+    A check that started before a promotion still emits against the old champion's reference; the new champion was
+    trained on that very traffic, and the next check measures against its own reference.
+    """
+    if not measured_against or measured_against == champion:
+        return None
+    return (
+        f"the drift was measured against v{measured_against}, but v{champion} is champion now: "
+        "the next drift check measures against its reference"
+    )
+
+
 def reference_sample(training_data, rows: int, seed: int):
     """A version's reference: a seeded random sample of `rows` of its training rows (all of them when fewer).
 

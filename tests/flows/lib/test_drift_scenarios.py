@@ -174,3 +174,11 @@ def test_evidentlys_verdicts_are_the_calibrated_statistic_against_its_threshold(
         assert column.threshold == pytest.approx(thresholds[column.column])
         assert column.drifted == (expected > thresholds[column.column])
     assert result.drift.drifted_columns == ["a"]
+
+
+def test_a_drift_measured_against_another_champion_starts_no_retrain():
+    assert drift_policy.stale_drift("", "2") is None  # a run started by hand or by an older automation
+    assert drift_policy.stale_drift("2", "2") is None
+    assert drift_policy.stale_drift("1", "2") == (
+        "the drift was measured against v1, but v2 is champion now: the next drift check measures against its reference"
+    )
