@@ -7,6 +7,7 @@ busy for the whole run. Wall times and outcomes go to `bench/results/fresh_clone
 
     uv run python -m bench.fresh_clone --runs 5
     uv run python -m bench.fresh_clone --runs 1 --busy
+    uv run python -m bench.fresh_clone --runs 0   # only rewrite the README's table from the results
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "results" / "fresh_clone.json"
+MARKER = "fresh_clone"
+"""The README's table sits between `<!-- bench:fresh_clone:start -->` and `<!-- bench:fresh_clone:end -->`."""
 
 
 @dataclass
@@ -113,7 +117,39 @@ def main(argv: list[str] | None = None) -> int:
         run = one_run(commit, busy=args.busy, keep_logs=args.logs)
         runs.append(run)
         print(f"run {i + 1}/{args.runs}: exit {run['exit_code']}, {run['wall_seconds']:.0f} s, {run['pytest_summary']}")
+    write_table(MARKER, table(json.loads(RESULTS.read_text())["runs"]))
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+
+
+def table(runs: list[dict]) -> str:
+    """Every recorded run as a markdown table, oldest first."""
+    lines = [
+        "| run | ended (UTC) | commit | machine | `.ci/run` | wall | pytest | load average before / after (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(runs, 1):
+        lines.append(
+            f"| {i} | {r['at'][:16].replace('T', ' ')} | {r['commit'][:7]} | {machine(r)} | "
+            f"{'pass' if r['exit_code'] == 0 else 'FAIL'} | {r['wall_seconds']:,.0f} s | "
+            f"{r['pytest_summary'].strip('= ')} | {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine(run: dict) -> str:
+    return "one core busy" if run["busy_core"] else "quiet"
+
+
+def write_table(marker: str, text: str) -> None:
+    """Replace the README's table between its markers (left alone, with a warning, when they are missing)."""
+    start, end = f"<!-- bench:{marker}:start -->", f"<!-- bench:{marker}:end -->"
+    readme = README.read_text()
+    if start not in readme or end not in readme:
+        print(f"README has no {marker} markers; table not written", file=sys.stderr)
+        return
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def record(run: dict, results: Path, command: str) -> None:

@@ -8,6 +8,7 @@ to `bench/results/fresh_demo.json`: the wall time of the whole command, when the
 
     uv run python -m bench.fresh_demo --runs 1
     uv run python -m bench.fresh_demo --runs 1 --busy
+    uv run python -m bench.fresh_demo --runs 0   # only rewrite the README's table from the results
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.fresh_clone import ROOT, fresh_checkout, head_commit, record
+from bench.fresh_clone import ROOT, fresh_checkout, head_commit, machine, record, write_table
 
 RESULTS = ROOT / "bench" / "results" / "fresh_demo.json"
+MARKER = "fresh_demo"
 SERVICES_UP = re.compile(r"^\[\s*([\d.]+)s\] bootstrap: running the bootstrap deployment", re.MULTILINE)
 """The demo's first line after every service answered (`deployments/demo.py:run_loop`)."""
 
@@ -79,7 +81,31 @@ def main(argv: list[str] | None = None) -> int:
             f"{run['services_up_s']} s, promoted at {run['promoted_s']} s ({run['loop_after_services_s']} s later), "
             f"{run['decision']} {run['promoted']}"
         )
+    if RESULTS.exists():
+        write_table(MARKER, table(json.loads(RESULTS.read_text())["runs"]))
     return 0 if all(r["exit_code"] == 0 and r["closed"] for r in runs) else 1
+
+
+def table(runs: list[dict]) -> str:
+    """Every recorded run as a markdown table, oldest first."""
+    lines = [
+        "| run | ended (UTC) | commit | machine | exit | `make demo` in all | services up | promoted | loop after the "
+        "services were up | decision | flow runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(runs, 1):
+        decided = " ".join(part for part in (r["decision"] or "-", r["promoted"]) if part)
+        states = ", ".join(f"{n} {state}" for state, n in sorted((r.get("flow_run_states") or {}).items()))
+        lines.append(
+            f"| {i} | {r['at'][:16].replace('T', ' ')} | {r['commit'][:7]} | {machine(r)} | {r['exit_code']} | "
+            f"{r['wall_seconds']:,.0f} s | {seconds(r['services_up_s'])} | {seconds(r['promoted_s'])} | "
+            f"**{seconds(r['loop_after_services_s'])}** | {decided} | {states or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} s"
 
 
 if __name__ == "__main__":
