@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -47,7 +48,20 @@ def timings(stdout: str, summary: dict | None) -> dict:
         "promoted": f"v{promoted['champion_version']} -> v{promoted['challenger_version']}" if promoted else None,
         "rolled_back": bool((summary or {}).get("rolled_back")),
         "flow_run_states": (summary or {}).get("flow_run_states"),
+        "runs_not_completed": [
+            {key: run.get(key) for key in ("name", "deployment", "state", "message")}
+            for run in (summary or {}).get("flow_runs", [])
+            if run.get("state") in ("Failed", "Crashed")
+        ],
     }
+
+
+def keep_service_logs(home: Path, into: Path) -> None:
+    """Keep the demo's summary and every service log (the worker's holds each flow run's output) beside its log."""
+    into.mkdir(parents=True, exist_ok=True)
+    for path in [home / "demo-summary.json", *sorted((home / "logs").glob("*.log"))]:
+        if path.exists():
+            shutil.copy2(path, into / path.name)
 
 
 def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
@@ -57,8 +71,10 @@ def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
         code = run.execute(["make", "demo"])
         wall = time.monotonic() - started
         stdout = run.log.read_text(errors="replace")
-        path = run.repo / ".driftloop" / "demo-summary.json"
-        summary = json.loads(path.read_text()) if path.exists() else None
+        home = run.repo / ".driftloop"
+        found = home / "demo-summary.json"
+        summary = json.loads(found.read_text()) if found.exists() else None
+        keep_service_logs(home, run.log.with_suffix(""))
         result = {"commit": commit, "busy_core": busy, "exit_code": code, "wall_seconds": round(wall, 1)}
         result |= timings(stdout, summary) | run.loads()
         record(result, RESULTS, "uv run python -m bench.fresh_demo --runs N [--busy]")

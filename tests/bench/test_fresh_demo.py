@@ -16,9 +16,16 @@ def test_the_loop_time_runs_from_the_services_up_to_the_promotion():
         "decision": {"decision": "PROMOTE"},
         "promoted": {"champion_version": "1", "challenger_version": "2"},
         "rolled_back": None,
-        "flow_run_states": {"Completed": 20},
+        "flow_run_states": {"Completed": 20, "Failed": 1},
+        "flow_runs": [
+            {"name": "drift: IrisClassifier", "deployment": "drift", "state": "Completed", "message": ""},
+            {"name": "ab-evaluation: IrisClassifier", "deployment": "ab-evaluation", "state": "Failed", "message": "x"},
+        ],
     }
     figures = timings(STDOUT, summary)
+    assert figures["runs_not_completed"] == [
+        {"name": "ab-evaluation: IrisClassifier", "deployment": "ab-evaluation", "state": "Failed", "message": "x"}
+    ]
     assert figures["services_up_s"] == 41.5
     assert figures["loop_after_services_s"] == 188.4
     assert (figures["closed"], figures["decision"], figures["promoted"]) == (True, "PROMOTE", "v1 -> v2")
