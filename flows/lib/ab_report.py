@@ -64,8 +64,9 @@ def plot_history(points: list[dict[str, Any]], path: Path, *, title: str) -> Pat
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for offset, (arm, color) in zip((-0.15, 0.15), ((CHAMPION, "tab:blue"), (CHALLENGER, "tab:orange")), strict=True):
         acc = [p[f"{arm}_accuracy"] for p in points]
-        low = [a - p[f"{arm}_low"] for a, p in zip(acc, points, strict=True)]
-        high = [p[f"{arm}_high"] - a for a, p in zip(acc, points, strict=True)]
+        # A band that misses its point by a rounding is drawn flat on that side: the picture must never fail a look.
+        low = [max(a - p[f"{arm}_low"], 0.0) for a, p in zip(acc, points, strict=True)]
+        high = [max(p[f"{arm}_high"] - a, 0.0) for a, p in zip(acc, points, strict=True)]
         shift = offset * (max(x) - min(x) or 1) / max(len(x), 1) / 4  # keep the two arms' bars apart
         top.errorbar([v + shift for v in x], acc, yerr=[low, high], marker="o", capsize=4, color=color, label=arm)
     top.set_ylabel("accuracy (95% Wilson per look)")
@@ -75,8 +76,8 @@ def plot_history(points: list[dict[str, Any]], path: Path, *, title: str) -> Pat
     if tested:
         xs = [v for v, _ in tested]
         d = [p["d_hat"] for _, p in tested]
-        below = [p["d_hat"] - max(p["cs_lower"], -1.0) for _, p in tested]
-        above = [min(p["cs_upper"], 1.0) - p["d_hat"] for _, p in tested]
+        below = [max(p["d_hat"] - max(p["cs_lower"], -1.0), 0.0) for _, p in tested]
+        above = [max(min(p["cs_upper"], 1.0) - p["d_hat"], 0.0) for _, p in tested]
         bottom.errorbar(xs, d, yerr=[below, above], marker="o", capsize=4, color="black",
                         label="lift, always-valid confidence sequence")  # fmt: skip
     else:
@@ -155,9 +156,11 @@ def look_point(at: datetime, evidence: dict[str, Any]) -> dict[str, Any]:
     arms = evidence["arms"]
     point = {"at": at, **{k: primary_numbers(evidence)[k] for k in ("d_hat", "cs_lower", "cs_upper")}}
     for arm in (CHAMPION, CHALLENGER):
-        # The primary metric: correct over scored (labelled answered + failed) requests.
-        low, high = wilson(arms[arm]["correct"], arms[arm]["scored"])
-        point |= {f"{arm}_accuracy": arms[arm]["scored_accuracy"] or 0.0, f"{arm}_low": low, f"{arm}_high": high}
+        # The primary metric: correct over scored (labelled answered + failed) requests, from the users' sums; the
+        # band is drawn around that same count (the arm's `correct` is read separately and can differ by a label).
+        accuracy, scored = arms[arm]["scored_accuracy"] or 0.0, arms[arm]["scored"]
+        low, high = wilson(round(accuracy * scored), scored)
+        point |= {f"{arm}_accuracy": accuracy, f"{arm}_low": low, f"{arm}_high": high}
     return point
 
 

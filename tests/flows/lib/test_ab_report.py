@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from scipy.stats import binomtest
 
-from flows.lib.ab_report import plot_history, wilson, write_report
+from flows.lib.ab_report import look_point, plot_history, wilson, write_report
 
 
 def test_report_and_latest_hold_the_same_record(tmp_path):
@@ -68,3 +68,18 @@ def test_the_summary_says_what_would_change_the_decision():
     text = summary_markdown(decision, model_name="m", experiment_id="v1-vs-v2", decision_id="d1", run_url="u")
     assert f"**What would change it:** {decision.what_would_change}" in text
     assert "| champion | v1 |" in text and "design effect" in text and "always-valid" in text
+
+
+def test_a_perfect_arm_whose_band_misses_its_point_still_plots(tmp_path):
+    """Seen in a fresh-clone e2e run: the challenger at 1.0000 over 72 scored, its `correct` read as 71, and the look
+    failed in matplotlib ("'yerr' must not contain negative values"). The band now comes from the point's own count,
+    and a band that misses its point anyway is drawn flat on that side."""
+    arm = {"scored": 72, "correct": 71, "scored_accuracy": 1.0}
+    evidence = {"arms": {"champion": arm | {"scored_accuracy": 0.5, "correct": 36}, "challenger": arm}, "primary": None}
+    point = look_point(datetime(2026, 1, 1, tzinfo=UTC), evidence)
+    assert point["challenger_low"] <= point["challenger_accuracy"] == 1.0 <= point["challenger_high"]
+    assert (point["challenger_low"], point["challenger_high"]) == pytest.approx(wilson(72, 72))
+
+    off = point | {"challenger_high": 0.9975, "d_hat": 0.5, "cs_lower": 0.2, "cs_upper": 0.4999}
+    path = plot_history([off], tmp_path / "off.png", title="a band that misses its point")
+    assert path.read_bytes().startswith(b"\x89PNG")
