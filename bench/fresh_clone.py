@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -106,19 +106,38 @@ def head_commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="consecutive runs")
+    args = series_args(argv, __doc__.splitlines()[0], default_runs=5)
+    runs = run_series(
+        args, one_run, lambda run: f"exit {run['exit_code']}, {run['wall_seconds']:.0f} s, {run['pytest_summary']}"
+    )
+    write_results_table(RESULTS, MARKER, table)
+    return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+
+
+def series_args(argv: list[str] | None, description: str, *, default_runs: int) -> argparse.Namespace:
+    """The options every fresh-clone bench takes: how many runs, a busy core or not, where the logs go."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=default_runs, help="consecutive runs (0: only rewrite the table)")
     parser.add_argument("--busy", action="store_true", help="keep one core busy with another process")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()), help="where each run's log goes")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run_series(args: argparse.Namespace, one_run: Callable[..., dict], describe: Callable[[dict], str]) -> list[dict]:
+    """Run `one_run` on the checkout's HEAD `args.runs` times in a row, printing a line per run."""
     commit = head_commit()
     runs = []
     for i in range(args.runs):
         run = one_run(commit, busy=args.busy, keep_logs=args.logs)
         runs.append(run)
-        print(f"run {i + 1}/{args.runs}: exit {run['exit_code']}, {run['wall_seconds']:.0f} s, {run['pytest_summary']}")
-    write_table(MARKER, table(json.loads(RESULTS.read_text())["runs"]))
-    return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+        print(f"run {i + 1}/{args.runs}: {describe(run)}")
+    return runs
+
+
+def write_results_table(results: Path, marker: str, table: Callable[[list[dict]], str]) -> None:
+    """Rewrite the README's table of a bench from every run recorded in its results file."""
+    if results.exists():
+        write_table(marker, table(json.loads(results.read_text())["runs"]))
 
 
 def table(runs: list[dict]) -> str:

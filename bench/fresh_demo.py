@@ -13,16 +13,22 @@ to `bench/results/fresh_demo.json`: the wall time of the whole command, when the
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.fresh_clone import ROOT, fresh_checkout, head_commit, machine, record, write_table
+from bench.fresh_clone import (
+    ROOT,
+    fresh_checkout,
+    machine,
+    record,
+    run_series,
+    series_args,
+    write_results_table,
+)
 
 RESULTS = ROOT / "bench" / "results" / "fresh_demo.json"
 MARKER = "fresh_demo"
@@ -82,24 +88,18 @@ def one_run(commit: str, *, busy: bool, keep_logs: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1, help="consecutive runs")
-    parser.add_argument("--busy", action="store_true", help="keep one core busy with another process")
-    parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()), help="where each run's log goes")
-    args = parser.parse_args(argv)
-    commit = head_commit()
-    runs = []
-    for i in range(args.runs):
-        run = one_run(commit, busy=args.busy, keep_logs=args.logs)
-        runs.append(run)
-        print(
-            f"run {i + 1}/{args.runs}: exit {run['exit_code']}, {run['wall_seconds']:.0f} s in all, services up at "
-            f"{run['services_up_s']} s, promoted at {run['promoted_s']} s ({run['loop_after_services_s']} s later), "
-            f"{run['decision']} {run['promoted']}"
-        )
-    if RESULTS.exists():
-        write_table(MARKER, table(json.loads(RESULTS.read_text())["runs"]))
+    args = series_args(argv, __doc__.splitlines()[0], default_runs=1)
+    runs = run_series(args, one_run, describe)
+    write_results_table(RESULTS, MARKER, table)
     return 0 if all(r["exit_code"] == 0 and r["closed"] for r in runs) else 1
+
+
+def describe(run: dict) -> str:
+    return (
+        f"exit {run['exit_code']}, {run['wall_seconds']:.0f} s in all, services up at {run['services_up_s']} s, "
+        f"promoted at {run['promoted_s']} s ({run['loop_after_services_s']} s later), "
+        f"{run['decision']} {run['promoted']}"
+    )
 
 
 def table(runs: list[dict]) -> str:
