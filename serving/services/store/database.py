@@ -130,6 +130,8 @@ class Database:
         self.pool_size = pool_size
         self.on_write: WriteObserver | None = None
         self._engine: Engine | None = None
+        self._sqlite_begin = False
+        """Whether a read opens its SQLite transaction itself (the driver starts none before a SELECT)."""
 
     @property
     def engine(self) -> Engine:
@@ -157,6 +159,9 @@ class Database:
                 **({"poolclass": StaticPool} if in_memory else {}),
             )
             sa.event.listen(engine, "connect", _sqlite_pragmas)
+            # Not on the one shared connection of an in-memory database: a write from another thread would land
+            # in the read's transaction and be rolled back with it.
+            self._sqlite_begin = not in_memory
         else:
             engine = sa.create_engine(
                 url,
@@ -231,9 +236,18 @@ class Database:
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A read-only connection; store failures raise `StoreUnavailable`."""
+        """A read-only connection whose statements all see one snapshot; store failures raise `StoreUnavailable`.
+
+        A read of several statements (the outcome counts, then the users' sums behind them) must not see a write
+        committed between two of them: on PostgreSQL the read runs in a REPEATABLE READ transaction, on SQLite in
+        one explicit read transaction (WAL keeps its snapshot until it ends). Both end in a rollback.
+        """
         try:
             with self.engine.connect() as conn:
+                if self._sqlite_begin:
+                    conn.exec_driver_sql("BEGIN")
+                elif conn.dialect.name != "sqlite":
+                    conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
                 yield conn
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc, "read") from exc

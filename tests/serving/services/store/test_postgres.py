@@ -20,6 +20,7 @@ from serving.errors import AlreadyLabelled, ExperimentConflict
 from serving.services.store import InferenceRow, NewEvent, Store
 from serving.services.store.tables import metadata
 from tests.serving.conftest import auth
+from tests.serving.services.store.test_store import outcomes_with_a_write_between_statements
 
 PROCESSES = 8
 
@@ -201,6 +202,11 @@ def test_the_split_stored_first_is_the_one_every_replica_uses(pg_store, pg_url):
     splits = set(race(pg_url, _split))
     assert len(splits) == 1
     assert pg_store.config.get_split() == splits.pop()
+
+
+def test_outcomes_read_one_snapshot_on_postgres_though_labels_commit_meanwhile(pg_store):
+    arm = outcomes_with_a_write_between_statements(pg_store)["champion"]
+    assert (arm.requests, arm.labelled, arm.correct, arm.user_sums.sum_n, arm.user_sums.sum_x) == (4, 4, 4, 4, 4)
 
 
 async def test_the_router_serves_labels_and_counts_on_postgres(make_app, settings, pg_url):
