@@ -191,6 +191,11 @@ def replica_urls(settings: StackSettings) -> list[str]:
     return [f"http://127.0.0.1:{settings.router_port + i}" for i in range(1, settings.router_replicas + 1)]
 
 
+PICKUP_SECONDS = 120.0
+"""How long a router may take to serve a new champion after its promotion (it re-reads the aliases every few seconds
+and loads the model; a busy machine slows both)."""
+
+
 async def wait_for_champion(router_url: str, timeout: float, version: str | None = None) -> Health:
     """Wait until the router serves a champion (this version, when given)."""
     deadline = time.monotonic() + timeout
@@ -270,21 +275,21 @@ async def run_loop(stack: Stack, settings: StackSettings, timeline: Timeline) ->
             if traffic.done():
                 traffic.result()
             await asyncio.sleep(1)
-        stop.set()
-        await traffic
+        stop.set()  # no new requests; the late labels already owed are still posted meanwhile
         if watcher.promoted is not None:
             version = watcher.promoted["challenger_version"]
             try:
-                await wait_for_champion(settings.router_url, 30, version)
+                await wait_for_champion(settings.router_url, PICKUP_SECONDS, version)
                 watcher._stage("router_serves_new_champion")
                 timeline.log(f"router serves champion v{version}")
                 for url in replica_urls(settings):
                     # Each replica behind the proxy re-reads the aliases on its own: every one must serve it.
-                    health = await wait_for_champion(url, 30, version)
+                    health = await wait_for_champion(url, PICKUP_SECONDS, version)
                     watcher.replicas[url] = health.champion_version or ""
                     timeline.log(f"replica {url} serves champion v{health.champion_version}")
             except TimeoutError as exc:
                 timeline.log(str(exc))
+        await traffic
         await asyncio.sleep(1.5)  # let the last events arrive
     finally:
         watch.cancel()
