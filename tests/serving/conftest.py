@@ -55,6 +55,15 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    """An open SQLite store at `db_path`."""
+    store = Store(f"sqlite:///{db_path}")
+    store.open()
+    yield store
+    store.close()
+
+
+@pytest.fixture
 def settings(tmp_path: Path, db_path: Path) -> RouterSettings:
     return RouterSettings(
         _env_file=None,

@@ -29,7 +29,8 @@ def row(i: int) -> InferenceRow:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
+def store_on_each_engine(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
+    """An open store on SQLite, then on PostgreSQL."""
     if request.param == "sqlite":
         store = Store(f"sqlite:///{tmp_path / 'router.db'}")
         store.open()
@@ -54,7 +55,8 @@ def walk(store: Store, page: int, **filters) -> list[list[str]]:
         before = (rows[-1].ts, rows[-1].request_id)
 
 
-def test_a_walk_by_cursor_returns_every_row_once_in_log_order(store):
+def test_a_walk_by_cursor_returns_every_row_once_in_log_order(store_on_each_engine):
+    store = store_on_each_engine
     for i in range(25):
         store.log.record(row(i))
     everything = [r.request_id for r in store.log.recent(limit=100)]

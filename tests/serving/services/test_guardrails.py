@@ -138,14 +138,6 @@ async def test_outcomes_report_latency_percentiles_and_confusion_per_arm(client)
     assert all(len(a["confusion"]) >= 3 for a in arms)
 
 
-@pytest.fixture
-def store(db_path):
-    store = Store(f"sqlite:///{db_path}")
-    store.open()
-    yield store
-    store.close()
-
-
 def sums(users: int, n: int, x: int, nn: int, xx: int, nx: int) -> UserSums:
     return UserSums(users=users, sum_n=n, sum_x=x, sum_nn=nn, sum_xx=xx, sum_nx=nx)
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.datasets import load_iris
 from sklearn.preprocessing import StandardScaler
 
 from serving.services.models import FeatureSpec, ServedModel
@@ -18,14 +17,6 @@ from tests.serving.stubs import FEATURES
 
 MODELS = ("lr", "dt", "rf", "et", "knn", "nb")
 """Every model id the retrain's compare_models may choose (flows/lib/training.py)."""
-
-
-@pytest.fixture(scope="module")
-def iris() -> pd.DataFrame:
-    data = load_iris(as_frame=True).frame
-    data.columns = [*FEATURES, "species"]
-    data["species"] = data["species"].map(dict(enumerate(["setosa", "versicolor", "virginica"])))
-    return data
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,6 @@ from serving.services.models import native_label
 from serving.services.store import InferenceRow, Store
 
 
-@pytest.fixture
-def store(db_path):
-    store = Store(f"sqlite:///{db_path}")
-    store.open()
-    yield store
-    store.close()
-
-
 def row(request_id: str, ts: datetime, label: str | None = None) -> InferenceRow:
     return InferenceRow(
         request_id=request_id,
