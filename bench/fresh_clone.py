@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.readme import write_table
+
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "results" / "fresh_clone.json"
 MARKER = "fresh_clone"
 """The README's table sits between `<!-- bench:fresh_clone:start -->` and `<!-- bench:fresh_clone:end -->`."""
@@ -157,18 +158,6 @@ def table(runs: list[dict]) -> str:
 
 def machine(run: dict) -> str:
     return "one core busy" if run["busy_core"] else "quiet"
-
-
-def write_table(marker: str, text: str) -> None:
-    """Replace the README's table between its markers (left alone, with a warning, when they are missing)."""
-    start, end = f"<!-- bench:{marker}:start -->", f"<!-- bench:{marker}:end -->"
-    readme = README.read_text()
-    if start not in readme or end not in readme:
-        print(f"README has no {marker} markers; table not written", file=sys.stderr)
-        return
-    head, rest = readme.split(start, 1)
-    _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def record(run: dict, results: Path, command: str) -> None:

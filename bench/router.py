@@ -30,13 +30,12 @@ from typing import Any
 
 import httpx
 
+from bench.readme import write_table
 from contracts.api import ROUTE_PREDICT
 from contracts.registry import CHALLENGER, CHAMPION
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "router.json"
-README = ROOT / "README.md"
-TABLE_START, TABLE_END = "<!-- bench:router:start -->", "<!-- bench:router:end -->"
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 KINDS = {"nb": "GaussianNB", "et": "ExtraTrees (100 trees)"}
 
@@ -347,17 +346,6 @@ def table(run: Run) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    """Replace the README's table between its markers (left alone when the markers are missing)."""
-    readme = README.read_text()
-    if TABLE_START not in readme or TABLE_END not in readme:
-        print("README has no router bench markers; table not written", file=sys.stderr)
-        return
-    head, rest = readme.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    README.write_text(f"{head}{TABLE_START}\n{text}\n{TABLE_END}{tail}")
-
-
 def bench(
     *, kinds: list[str], connections: list[int], seconds: float, warmup: float, flask: bool, shadow: bool,
     python_load: bool = False, command: str = "",
@@ -424,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(asdict(run), indent=2) + "\n")
     print(table(run))
     if not args.tiny and args.out is None:
-        write_readme(table(run))
+        write_table("router", table(run))
 
 
 if __name__ == "__main__":
