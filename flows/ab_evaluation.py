@@ -127,7 +127,7 @@ def watch_rollback(model_name: str, result: WatchResult, decision_id: str, loop_
 
 def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) -> dict:
     """The post-promotion watch of the champion served alone: its accuracy since the promotion against its promise."""
-    from flows.lib import ab_policy
+    from flows.lib import ab_policy, ab_report
 
     version, promise, status = promise_of_champion(model_name)
     if promise is None or status != "watching" or version != outcomes.champion_version:
@@ -137,9 +137,9 @@ def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) 
     result = ab_policy.watch(promise, None if champion is None else champion.user_sums, elapsed)
     print(f"watch of v{version}: {result.verdict}: {result.reason}")
     create_markdown_artifact(
-        key="ab-watch", markdown=f"# Post-promotion watch: {model_name} v{version}\n\n**{result.verdict}**: "
-        f"{result.reason}\n\n{elapsed:.2f} h of {promise.period_hours:g} h watched.",
-    )  # fmt: skip
+        key="ab-watch",
+        markdown=ab_report.watch_markdown(model_name, result, elapsed_hours=elapsed, period_hours=promise.period_hours),
+    )
     if result.verdict == "REGRESSION":
         decision_id = new_id()
         with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):

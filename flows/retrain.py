@@ -226,12 +226,7 @@ def report_infeasible(model_name: str, plan: ExperimentPlan) -> None:
         loop_id=plan.loop_id,
     ).model_dump(mode="json")
     emit(events.EXPERIMENT_INFEASIBLE, model_name, payload, version=plan.challenger_version)
-    create_markdown_artifact(
-        key="ab-plan-infeasible",
-        markdown=f"# Infeasible A/B plan: {model_name} v{plan.challenger_version}\n\n{plan.feasibility}\n\n"
-        "The experiment starts all the same; unless traffic grows, it ends at its maximum duration without a "
-        "verdict (ROLLBACK). Plan a larger MDE, a longer maximum duration or a larger split.",
-    )
+    create_markdown_artifact(key="ab-plan-infeasible", markdown=retrain_report.infeasible_plan(model_name, plan))
     print(f"INFEASIBLE plan: {plan.feasibility}")
 
 

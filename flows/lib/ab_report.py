@@ -10,7 +10,7 @@ from typing import Any
 import mlflow
 from scipy.stats import binomtest
 
-from contracts.decision import Decision
+from contracts.decision import Decision, WatchResult
 from contracts.registry import AB_EXPERIMENT, CHALLENGER, CHAMPION
 
 NAN = float("nan")
@@ -134,6 +134,14 @@ def summary_markdown(decision: Decision, *, model_name: str, experiment_id: str,
         f"{plan.design_effect:.2f}); elapsed {_hours(ev.elapsed_hours)} of {plan.max_duration_hours:g} h; plan "
         f"{'feasible' if plan.feasible else '**infeasible**'}: {plan.feasibility}\n\n**Guardrails**\n\n{guardrails}"
         f"\n\ndecision `{decision_id}`, loop `{plan.loop_id}`; [MLflow run with plot and report]({run_url})"
+    )
+
+
+def watch_markdown(model_name: str, result: WatchResult, *, elapsed_hours: float, period_hours: float) -> str:
+    """The post-promotion watch's look at the new champion, for the Prefect UI."""
+    return (
+        f"# Post-promotion watch: {model_name} v{result.model_version}\n\n**{result.verdict}**: {result.reason}\n\n"
+        f"{elapsed_hours:.2f} h of {period_hours:g} h watched."
     )
 
 

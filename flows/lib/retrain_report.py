@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from contracts.registry import CHALLENGER
 
 if TYPE_CHECKING:
+    from contracts.api import ExperimentPlan
     from flows.lib.comparison import HoldoutComparison
     from flows.lib.training import TrainResult
     from flows.lib.window import SourceRecord, WindowRecord
@@ -208,3 +209,12 @@ def summary(
 def skipped(*, model_name: str, trigger: str, reason: str) -> str:
     """The artifact of a retrain that trained nothing, and why."""
     return f"# Retrain: {model_name} skipped\n\nStarted by **{trigger}**. Nothing was trained: {reason}.\n"
+
+
+def infeasible_plan(model_name: str, plan: ExperimentPlan) -> str:
+    """Said at once when the A/B plan cannot reach its sample within the maximum duration at the observed traffic."""
+    return (
+        f"# Infeasible A/B plan: {model_name} v{plan.challenger_version}\n\n{plan.feasibility}\n\n"
+        "The experiment starts all the same; unless traffic grows, it ends at its maximum duration without a "
+        "verdict (ROLLBACK). Plan a larger MDE, a longer maximum duration or a larger split."
+    )

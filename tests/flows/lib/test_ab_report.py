@@ -83,3 +83,18 @@ def test_a_perfect_arm_whose_band_misses_its_point_still_plots(tmp_path):
     off = point | {"challenger_high": 0.9975, "d_hat": 0.5, "cs_lower": 0.2, "cs_upper": 0.4999}
     path = plot_history([off], tmp_path / "off.png", title="a band that misses its point")
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_watch_says_its_verdict_why_and_how_much_of_the_period_is_watched():
+    from contracts.decision import WatchResult
+    from flows.lib.ab_report import watch_markdown
+
+    result = WatchResult(
+        verdict="REGRESSION", reason="accuracy proven below 0.90", model_version="4", previous_version="3",
+        expected_accuracy=0.95, previous_accuracy=0.85, threshold=0.9, accuracy=0.7, cs_lower=0.6, cs_upper=0.8,
+        scored=400, elapsed_hours=1.5, period_hours=24.0,
+    )  # fmt: skip
+    text = watch_markdown("Iris", result, elapsed_hours=1.5, period_hours=24.0)
+    assert text.splitlines()[0] == "# Post-promotion watch: Iris v4"
+    assert "**REGRESSION**: accuracy proven below 0.90" in text
+    assert "1.50 h of 24 h watched." in text
