@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 from scipy.stats import binomtest
 
+from bench.readme import write_table
 from contracts.api import CONTINUE, INVALID, PROMOTE, ArmOutcome, ExperimentPlan, UserSums
 from contracts.api import Arm as ArmName
 from contracts.decision import Decision, WatchPromise
@@ -42,6 +43,8 @@ from flows.lib.ab_plan import PlanInputs, make_plan
 from flows.lib.ab_policy import ArmEvidence, Evidence, decide, promise_of, watch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ab_simulation.json"
+MARKER = "ab_simulation"
+"""The README's table sits between `<!-- bench:ab_simulation:start -->` and `<!-- bench:ab_simulation:end -->`."""
 
 
 @dataclass(frozen=True)
@@ -475,6 +478,16 @@ def markdown(report: dict) -> str:
     return "\n".join(rows)
 
 
+def readme_text(report: dict) -> str:
+    """What the README shows of a run: its command, time and load, then the table."""
+    start, end = (" / ".join(f"{v:.1f}" for v in report[f"load_average_at_{when}"]) for when in ("start", "end"))
+    return (
+        f"`{report['command']}`: {report['seconds']:,.0f} s over {report['processes']} processes, load average {start} "
+        f"(1 / 5 / 15 min) at the start and {end} at the end; results in `bench/results/ab_simulation.json`.\n\n"
+        + markdown(report)
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ab_simulation", description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", type=int, default=1000, help="experiments per scenario (default 1000)")
@@ -482,7 +495,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (at most 2, default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    parser.add_argument("--readme-only", action="store_true", help="only rewrite the README's table from --out")
     args = parser.parse_args(argv)
+    if args.readme_only:
+        write_table(MARKER, readme_text(json.loads(args.out.read_text())))
+        return
     started = time.perf_counter()
     load = os.getloadavg()
     report = scenarios(args.experiments, args.seed, watch_experiments=args.watch_experiments, jobs=args.jobs)
@@ -500,6 +517,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(report, indent=2))
     print(markdown(report))
     print(f"{report['seconds']} s; written to {args.out}")
+    if args.out == RESULTS:
+        write_table(MARKER, readme_text(report))
 
 
 if __name__ == "__main__":

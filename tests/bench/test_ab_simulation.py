@@ -6,6 +6,8 @@ flow handles each decision. The assertions are exact binomial statements about t
 bare thresholds on a few hundred draws.
 """
 
+import json
+
 import pytest
 from scipy.stats import binomtest
 
@@ -74,3 +76,12 @@ def test_the_watch_rarely_rolls_back_a_true_winner():
     wrong = int(result.restored.sum())
     assert len(result.restored) == 60
     assert binomtest(wrong, 60, 0.15, alternative="greater").pvalue > 0.01, f"{wrong}/60 rolled back"
+
+
+def test_the_readme_table_is_written_from_the_recorded_run():
+    from bench.ab_simulation import RESULTS, readme_text
+
+    report = json.loads(RESULTS.read_text())
+    text = readme_text(report)
+    assert text.startswith(f"`{report['command']}`: ")
+    assert len([line for line in text.splitlines() if line.startswith("|")]) == 2 + len(report["scenarios"])
