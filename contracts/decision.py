@@ -76,12 +76,16 @@ class PrimaryTest(msgspec.Struct, kw_only=True):
 
 
 class SrmCheck(msgspec.Struct, kw_only=True):
-    """The always-valid assignment-ratio test on one population."""
+    """The always-valid assignment-ratio test on one population: is the split between the arms the planned one?"""
 
     observed: tuple[int, int]
+    """(champion, challenger)."""
     planned_share: float
+    """The challenger's planned share."""
     log_bayes_factor: float
+    """log of the Dirichlet-multinomial mixture against the planned split (a martingale under the planned split)."""
     p_value: float
+    """Always-valid p-value: min(1, 1 / Bayes factor)."""
     threshold: float
     mismatch: bool
 

@@ -50,7 +50,6 @@ from contracts.decision import (
 from contracts.registry import CHALLENGER, CHAMPION
 from flows.lib.ab_stats import (
     SequentialResult,
-    SrmResult,
     arm_metrics,
     independent_sums,
     one_sided_upper,
@@ -392,7 +391,7 @@ def decide(evidence: Evidence, *, reference_test: bool = True) -> Decision:
         record = _evidence(evidence, tau, srm_all, srm_labelled, guardrails, test, rule, reference_test)
         return Decision(decision=decision, reason=reason, what_would_change=change, evidence=record)
 
-    def mismatch(name: str, srm: SrmResult, rule: Rule) -> Decision:
+    def mismatch(name: str, srm: SrmCheck, rule: Rule) -> Decision:
         share = srm.observed[1] / max(1, sum(srm.observed))
         return verdict(
             INVALID, rule,
@@ -515,13 +514,6 @@ def _summary(a: ArmEvidence, b: ArmEvidence, test: SequentialResult | None, plan
     )
 
 
-def _check(srm: SrmResult) -> SrmCheck:
-    return SrmCheck(
-        observed=srm.observed, planned_share=srm.planned_share, log_bayes_factor=srm.log_bayes_factor,
-        p_value=srm.p_value, threshold=srm.threshold, mismatch=srm.mismatch,
-    )  # fmt: skip
-
-
 def _arm(arm: ArmEvidence) -> ArmSummary:
     metrics = arm_metrics(arm.confusion)
     deff = None
@@ -552,8 +544,8 @@ def _arm(arm: ArmEvidence) -> ArmSummary:
 def _evidence(
     evidence: Evidence,
     tau: float,
-    srm_all: SrmResult,
-    srm_labelled: SrmResult,
+    srm_all: SrmCheck,
+    srm_labelled: SrmCheck,
     guardrails: list[Guardrail],
     test: SequentialResult | None,
     rule: Rule,
@@ -586,7 +578,7 @@ def _evidence(
             p_value=plain_chi2(a.labelled, a.correct, b.labelled, b.correct) if reference_test else float("nan"),
             note="not peeking-safe, requests taken as independent: valid at one pre-planned look only, for reference",
         ),
-        srm=SrmEvidence(all_traffic=_check(srm_all), labelled=_check(srm_labelled), overridden=evidence.srm_overridden),
+        srm=SrmEvidence(all_traffic=srm_all, labelled=srm_labelled, overridden=evidence.srm_overridden),
         guardrails=guardrails,
         plan=plan,
         elapsed_hours=evidence.elapsed_hours,

@@ -30,6 +30,7 @@ from scipy.stats import chi2_contingency, norm
 from sklearn.metrics import precision_recall_fscore_support
 
 from contracts.api import ConfusionCell, UserSums
+from contracts.decision import SrmCheck
 
 SRM_CONCENTRATION = 250.0
 """Concentration c of the Dirichlet mixture of the SRM test: its prior on the split is Beta(c s, c (1 - s)) around
@@ -356,25 +357,9 @@ def proportion_difference_test(
 # --- sample ratio mismatch ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SrmResult:
-    """The always-valid test of the assignment ratio: is the split between the arms the planned one?"""
-
-    observed: tuple[int, int]
-    """(champion, challenger)."""
-    planned_share: float
-    """The challenger's planned share."""
-    log_bayes_factor: float
-    """log of the Dirichlet-multinomial mixture against the planned split (a martingale under the planned split)."""
-    p_value: float
-    """Always-valid p-value: min(1, 1 / Bayes factor)."""
-    threshold: float
-    mismatch: bool
-
-
 def srm_test(
     counts: tuple[int, int], split_b: float, threshold: float = 0.001, *, concentration: float = SRM_CONCENTRATION
-) -> SrmResult:
+) -> SrmCheck:
     """Sample ratio mismatch, always valid under peeking (Lindon and Malek 2022, two arms).
 
     Under the planned split s the counts follow a binomial sequence; the mixture over the split with a Beta(c s,
@@ -393,7 +378,14 @@ def srm_test(
     """
     n_a, n_b = int(counts[0]), int(counts[1])
     if not 0.0 < split_b < 1.0:
-        return SrmResult((n_a, n_b), split_b, 0.0, 1.0, threshold, mismatch=False)
+        return SrmCheck(
+            observed=(n_a, n_b),
+            planned_share=split_b,
+            log_bayes_factor=0.0,
+            p_value=1.0,
+            threshold=threshold,
+            mismatch=False,
+        )
     alpha_b, alpha_a = concentration * split_b, concentration * (1 - split_b)
     log_bf = float(
         betaln(alpha_b + n_b, alpha_a + n_a)
@@ -402,7 +394,14 @@ def srm_test(
         - n_b * math.log(split_b)
     )
     p_value = min(1.0, math.exp(-log_bf)) if log_bf > -700 else 1.0
-    return SrmResult((n_a, n_b), split_b, log_bf, p_value, threshold, mismatch=log_bf >= math.log(1 / threshold))
+    return SrmCheck(
+        observed=(n_a, n_b),
+        planned_share=split_b,
+        log_bayes_factor=log_bf,
+        p_value=p_value,
+        threshold=threshold,
+        mismatch=log_bf >= math.log(1 / threshold),
+    )
 
 
 # --- per-arm metrics ------------------------------------------------------------------------------------------
