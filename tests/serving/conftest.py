@@ -10,16 +10,19 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from contracts.api import ArmOutcome
 from contracts.auth import TOKEN_ENV
 from serving.app import create_app
-from serving.services.store import Store
+from serving.services.store import InferenceRow, Store
 from serving.settings import RouterSettings
 from tests.serving.stubs import FEATURES, BrokenModel, EventRecorder, StubModel, StubSource
 
@@ -220,3 +223,34 @@ def live_router(tmp_path: Path) -> Iterator[Callable[..., LiveRouter]]:
     yield start
     for router in started:
         router.stop()
+
+
+def outcomes_with_a_write_between_statements(store: Store) -> dict[str, ArmOutcome]:
+    """`outcomes` of an experiment while another connection commits a labelled answer between its first and second
+    statement: what the router hands the A/B evaluation when labels stream in while it reads."""
+
+    def answer(request_id: str, user: str) -> InferenceRow:
+        return InferenceRow(
+            request_id=request_id, ts=datetime.now(UTC), user_id=user, arm="champion", model_name="Iris",
+            model_version="1", experiment_id="v1-vs-v2", features={"x": 1.0}, prediction="setosa", label="setosa",
+            latency_ms=1.0,
+        )  # fmt: skip
+
+    for i in range(4):
+        store.log.record(answer(f"r{i}", f"u{i % 2}"))
+    statements: list[str] = []
+
+    def write_after_the_first(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+            if len(statements) == 1:
+                store.log.record(answer("late", "u9"))  # another pooled connection, committed now
+
+    sa.event.listen(store.db.engine, "after_cursor_execute", write_after_the_first)
+    try:
+        result = store.log.outcomes("v1-vs-v2")
+    finally:
+        sa.event.remove(store.db.engine, "after_cursor_execute", write_after_the_first)
+    assert len(statements) > 2  # the counts, then the users' sums and the rest, in separate statements
+    assert store.log.outcomes("v1-vs-v2")["champion"].labelled == 5  # the write did commit
+    return result

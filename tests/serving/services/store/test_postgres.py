@@ -19,8 +19,7 @@ from litestar.testing import AsyncTestClient
 from serving.errors import AlreadyLabelled, ExperimentConflict
 from serving.services.store import InferenceRow, NewEvent, Store
 from serving.services.store.tables import metadata
-from tests.serving.conftest import auth
-from tests.serving.services.store.test_store import outcomes_with_a_write_between_statements
+from tests.serving.conftest import auth, outcomes_with_a_write_between_statements
 
 PROCESSES = 8
 

@@ -1,6 +1,5 @@
 """The SQL store on its own: durability pragmas, lazy creation, UTC timestamps, write-once labels."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -14,7 +13,8 @@ import sqlalchemy as sa
 from serving.app import create_app
 from serving.errors import AlreadyLabelled, UnknownRequest
 from serving.services.models import native_label
-from serving.services.store import InferenceRow, Store
+from serving.services.store import InferenceRow
+from tests.serving.conftest import outcomes_with_a_write_between_statements
 
 
 def row(request_id: str, ts: datetime, label: str | None = None) -> InferenceRow:
@@ -86,35 +86,6 @@ def test_labels_are_write_once_and_a_repeat_is_harmless(store):
 def test_native_label(value, expected):
     assert native_label(value) == expected
     assert type(native_label(value)) is type(expected)
-
-
-def outcomes_with_a_write_between_statements(store: Store) -> dict:
-    """`outcomes` of an experiment while another connection commits a labelled answer between its first and second
-    statement: what the router hands the A/B evaluation when labels stream in while it reads."""
-
-    def answer(request_id: str, user: str) -> InferenceRow:
-        return dataclasses.replace(
-            row(request_id, datetime.now(UTC), label="setosa"), user_id=user, experiment_id="v1-vs-v2"
-        )
-
-    for i in range(4):
-        store.log.record(answer(f"r{i}", f"u{i % 2}"))
-    statements: list[str] = []
-
-    def write_after_the_first(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append(statement)
-            if len(statements) == 1:
-                store.log.record(answer("late", "u9"))  # another pooled connection, committed now
-
-    sa.event.listen(store.db.engine, "after_cursor_execute", write_after_the_first)
-    try:
-        result = store.log.outcomes("v1-vs-v2")
-    finally:
-        sa.event.remove(store.db.engine, "after_cursor_execute", write_after_the_first)
-    assert len(statements) > 2  # the counts, then the users' sums and the rest, in separate statements
-    assert store.log.outcomes("v1-vs-v2")["champion"].labelled == 5  # the write did commit
-    return result
 
 
 def test_outcomes_read_one_snapshot_though_labels_commit_meanwhile(store):
