@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from flows.lib.drift_check import CheckResult
-from flows.lib.drift_policy import Verdict
-from flows.lib.drift_stats import higher_is_drift
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the flow imports this module before its first task: no pandas here
+    from flows.lib.drift_check import CheckResult
+    from flows.lib.drift_policy import Verdict
 
 
 def columns_table(result: CheckResult, persistent: set[str] | None = None) -> str:
     """Per-column tests: method, score, calibrated threshold, this check's verdict and (when known) the episode's."""
+    from flows.lib.drift_stats import higher_is_drift
+
     header = "| column | method | score | calibrated threshold | this check |"
     rule = "|---|---|---|---|---|"
     if persistent is not None:
