@@ -136,10 +136,7 @@ def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) 
     elapsed = (datetime.now(UTC) - promise.promoted_at).total_seconds() / 3600
     result = ab_policy.watch(promise, None if champion is None else champion.user_sums, elapsed)
     print(f"watch of v{version}: {result.verdict}: {result.reason}")
-    create_markdown_artifact(
-        key="ab-watch",
-        markdown=ab_report.watch_markdown(model_name, result, elapsed_hours=elapsed, period_hours=promise.period_hours),
-    )
+    create_markdown_artifact(key="ab-watch", markdown=ab_report.watch_markdown(model_name, result))
     if result.verdict == "REGRESSION":
         decision_id = new_id()
         with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):

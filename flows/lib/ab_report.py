@@ -137,11 +137,11 @@ def summary_markdown(decision: Decision, *, model_name: str, experiment_id: str,
     )
 
 
-def watch_markdown(model_name: str, result: WatchResult, *, elapsed_hours: float, period_hours: float) -> str:
+def watch_markdown(model_name: str, result: WatchResult) -> str:
     """The post-promotion watch's look at the new champion, for the Prefect UI."""
     return (
         f"# Post-promotion watch: {model_name} v{result.model_version}\n\n**{result.verdict}**: {result.reason}\n\n"
-        f"{elapsed_hours:.2f} h of {period_hours:g} h watched."
+        f"{result.elapsed_hours:.2f} h of {result.period_hours:g} h watched."
     )
 
 

@@ -94,7 +94,7 @@ def test_the_watch_says_its_verdict_why_and_how_much_of_the_period_is_watched():
         expected_accuracy=0.95, previous_accuracy=0.85, threshold=0.9, accuracy=0.7, cs_lower=0.6, cs_upper=0.8,
         scored=400, elapsed_hours=1.5, period_hours=24.0,
     )  # fmt: skip
-    text = watch_markdown("Iris", result, elapsed_hours=1.5, period_hours=24.0)
+    text = watch_markdown("Iris", result)
     assert text.splitlines()[0] == "# Post-promotion watch: Iris v4"
     assert "**REGRESSION**: accuracy proven below 0.90" in text
     assert "1.50 h of 24 h watched." in text
