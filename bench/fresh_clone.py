@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.readme import write_table
+from bench.readme import write_results_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "fresh_clone.json"
@@ -133,12 +133,6 @@ def run_series(args: argparse.Namespace, one_run: Callable[..., dict], describe:
         runs.append(run)
         print(f"run {i + 1}/{args.runs}: {describe(run)}")
     return runs
-
-
-def write_results_table(results: Path, marker: str, table: Callable[[list[dict]], str]) -> None:
-    """Rewrite the README's table of a bench from every run recorded in its results file."""
-    if results.exists():
-        write_table(marker, table(json.loads(results.read_text())["runs"]))
 
 
 def table(runs: list[dict]) -> str:

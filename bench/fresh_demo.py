@@ -27,8 +27,8 @@ from bench.fresh_clone import (
     record,
     run_series,
     series_args,
-    write_results_table,
 )
+from bench.readme import write_results_table
 
 RESULTS = ROOT / "bench" / "results" / "fresh_demo.json"
 MARKER = "fresh_demo"

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -29,3 +31,9 @@ def write_table(marker: str, text: str, readme: Path = README) -> bool:
     _, tail = rest.split(end, 1)
     readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
     return True
+
+
+def write_results_table(results: Path, marker: str, table: Callable[[list[dict]], str]) -> None:
+    """Rewrite the README's table of a bench from every run recorded in its results file."""
+    if results.exists():
+        write_table(marker, table(json.loads(results.read_text())["runs"]))
