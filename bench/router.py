@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "router.json"
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 KINDS = {"nb": "GaussianNB", "et": "ExtraTrees (100 trees)"}
+SYNCHRONOUS = ("full", "normal")
+"""The router's SQLite store with a disk sync at every group commit (the default), then with syncs left to WAL
+checkpoints (`DRIFTLOOP_STORE_SQLITE_SYNCHRONOUS=normal`: safe against a crash of the router, not of the machine)."""
 
 WRK_SCRIPT = """
 counter = 0
@@ -251,7 +254,8 @@ def load(url: str, connections: int, seconds: float, script: Path | None) -> dic
 
 
 def servers(home: Path, uri: str, kinds: list[str], *, flask: bool, shadow: bool) -> list[Server]:
-    """The servers of one run, in order: bare, then per model kind Flask, the router, the router with shadow mode."""
+    """The servers of one run, in order: bare, then per model kind Flask, the router, the router with shadow mode
+    (each with both settings of the SQLite sync)."""
     py = sys.executable
     found = [Server("bare Litestar endpoint", [py, "-m", "bench.router_servers", "bare", str(p := free_port())], {}, p)]
     for kind in kinds:
@@ -281,19 +285,21 @@ def servers(home: Path, uri: str, kinds: list[str], *, flask: bool, shadow: bool
                 )  # fmt: skip
             )
         for with_shadow in (False, True) if shadow else (False,):
-            port = free_port()
-            name = f"this router ({KINDS[kind]}{', shadow mode' if with_shadow else ''})"
-            store = home / f"router-{kind}-{int(with_shadow)}"
-            env = {
-                "DRIFTLOOP_HOME": str(store),
-                "DRIFTLOOP_MLFLOW_TRACKING_URI": uri,
-                "DRIFTLOOP_MODEL_NAME": f"Bench-{kind}",
-                "DRIFTLOOP_ROUTER_PORT": str(port),
-                "DRIFTLOOP_SHADOW_MODE": str(with_shadow).lower(),
-                "DRIFTLOOP_TRAFFIC_HEARTBEAT_SECONDS": "0",
-                "PREFECT_API_URL": "http://127.0.0.1:9/api",  # no Prefect here: the outbox keeps the events
-            }
-            found.append(Server(name, [py, "-m", "serving"], env, port))
+            for synchronous in SYNCHRONOUS:
+                port = free_port()
+                mode = ", shadow mode" if with_shadow else ""
+                mode += ", synchronous=NORMAL" if synchronous == "normal" else ""
+                env = {
+                    "DRIFTLOOP_HOME": str(home / f"router-{kind}-{int(with_shadow)}-{synchronous}"),
+                    "DRIFTLOOP_MLFLOW_TRACKING_URI": uri,
+                    "DRIFTLOOP_MODEL_NAME": f"Bench-{kind}",
+                    "DRIFTLOOP_ROUTER_PORT": str(port),
+                    "DRIFTLOOP_SHADOW_MODE": str(with_shadow).lower(),
+                    "DRIFTLOOP_STORE_SQLITE_SYNCHRONOUS": synchronous,
+                    "DRIFTLOOP_TRAFFIC_HEARTBEAT_SECONDS": "0",
+                    "PREFECT_API_URL": "http://127.0.0.1:9/api",  # no Prefect here: the outbox keeps the events
+                }
+                found.append(Server(f"this router ({KINDS[kind]}{mode})", [py, "-m", "serving"], env, port))
     return found
 
 

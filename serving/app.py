@@ -202,6 +202,7 @@ def create_app(
     store = store if store is not None else Store(settings.store_url())
     store.db.busy_timeout = settings.store_busy_timeout_seconds
     store.db.retry_after = settings.store_retry_after_seconds
+    store.db.sqlite_synchronous = settings.store_sqlite_synchronous
     # One pooled connection per thread that may use the store: the batching threads and the workers.
     store.db.pool_size = max(settings.worker_threads, BATCHING_THREADS + 1)
     source = model_source or ModelSource(settings.mlflow_tracking_uri, settings.model_name, lean=settings.lean_pipeline)

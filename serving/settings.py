@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from contracts.auth import RouterTokens
+from serving.services.store.database import SqliteSynchronous
 
 
 class RouterSettings(RouterTokens):
@@ -50,6 +51,12 @@ class RouterSettings(RouterTokens):
     )
     store_busy_timeout_seconds: float = Field(
         2.0, description="How long a store write waits for a lock before the request gets 503."
+    )
+    store_sqlite_synchronous: SqliteSynchronous = Field(
+        "full",
+        description="SQLite store only: `full` syncs the disk at every (group) commit, so an acknowledged record "
+        "survives a power loss; `normal` leaves the sync to WAL checkpoints: an acknowledged record survives a crash "
+        "or kill -9 of the router but not of the machine, and commits stop waiting for the disk.",
     )
     worker_threads: int = Field(
         40,

@@ -21,11 +21,15 @@ def test_the_tiny_router_bench_measures_the_floor_and_the_router(tmp_path):
     subprocess.run([sys.executable, "-m", "bench.router", "--tiny", "--out", str(out)], cwd=ROOT, check=True)
     run = json.loads(out.read_text())
     servers = [p["server"] for p in run["points"]]
-    assert servers == ["bare Litestar endpoint", "this router (GaussianNB)"]
+    assert servers == [
+        "bare Litestar endpoint",
+        "this router (GaussianNB)",
+        "this router (GaussianNB, synchronous=NORMAL)",
+    ]
     assert all(p["requests"] > 0 and p["requests_per_s"] > 0 and p["p99_ms"] >= p["p50_ms"] for p in run["points"])
     assert all(p["errors"] == 0 for p in run["points"])
-    [ratio] = run["ratios"].values()
-    assert 0 < ratio["share_of_bare_rps"]
+    assert len(run["ratios"]) == 2
+    assert all(0 < ratio["share_of_bare_rps"] for ratio in run["ratios"].values())
     assert len(run["load_before"]) == 3
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
@@ -31,14 +31,24 @@ WriteObserver = Callable[[str, float], None]
 _UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL lets readers run beside the writer; synchronous=FULL makes each commit survive power loss."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-    finally:
-        cursor.close()
+SqliteSynchronous = Literal["full", "normal"]
+"""When a SQLite commit reaches the disk: `full` syncs it at every commit, so an acknowledged record survives a power
+loss; `normal` (in WAL mode) syncs at checkpoints only, so it survives a crash or kill of the router, not of the
+machine."""
+
+
+def _sqlite_pragmas(synchronous: SqliteSynchronous) -> Callable[[Any, Any], None]:
+    """The pragmas each new SQLite connection gets: WAL lets readers run beside the writer; `synchronous` as told."""
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        finally:
+            cursor.close()
+
+    return on_connect
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,8 @@ class Database:
         self.busy_timeout = busy_timeout
         self.retry_after = retry_after
         self.pool_size = pool_size
+        self.sqlite_synchronous: SqliteSynchronous = "full"
+        """Set before `open`; server databases ignore it."""
         self.on_write: WriteObserver | None = None
         self._engine: Engine | None = None
         self._sqlite_begin = False
@@ -158,7 +170,7 @@ class Database:
                 # An in-memory database lives only as long as its one connection.
                 **({"poolclass": StaticPool} if in_memory else {}),
             )
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            sa.event.listen(engine, "connect", _sqlite_pragmas(self.sqlite_synchronous))
             # Not on the one shared connection of an in-memory database: a write from another thread would land
             # in the read's transaction and be rolled back with it.
             self._sqlite_begin = not in_memory

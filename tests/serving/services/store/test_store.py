@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
 
 from serving.app import create_app
 from serving.errors import AlreadyLabelled, UnknownRequest
 from serving.services.models import native_label
-from serving.services.store import InferenceRow
+from serving.services.store import InferenceRow, Store
 from tests.serving.conftest import outcomes_with_a_write_between_statements
 
 
@@ -31,6 +32,16 @@ def row(request_id: str, ts: datetime, label: str | None = None) -> InferenceRow
         label=label,
         latency_ms=1.0,
     )
+
+
+async def test_the_router_can_leave_the_sqlite_sync_to_checkpoints(settings, source, emitted):
+    store = Store(settings.store_url())
+    normal = settings.model_copy(update={"store_sqlite_synchronous": "normal"})
+    app = create_app(normal, model_source=source, store=store, event_emitter=emitted)
+    async with AsyncTestClient(app=app):
+        with store.db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
 def test_sqlite_runs_in_wal_with_full_sync(store):
