@@ -127,7 +127,7 @@ def watch_rollback(model_name: str, result: WatchResult, decision_id: str, loop_
 
 def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) -> dict:
     """The post-promotion watch of the champion served alone: its accuracy since the promotion against its promise."""
-    from flows.lib import ab_policy, ab_report
+    from flows.lib import ab_policy, artifacts
 
     version, promise, status = promise_of_champion(model_name)
     if promise is None or status != "watching" or version != outcomes.champion_version:
@@ -136,7 +136,7 @@ def watch_champion(settings: FlowSettings, model_name: str, outcomes: Outcomes) 
     elapsed = (datetime.now(UTC) - promise.promoted_at).total_seconds() / 3600
     result = ab_policy.watch(promise, None if champion is None else champion.user_sums, elapsed)
     print(f"watch of v{version}: {result.verdict}: {result.reason}")
-    create_markdown_artifact(key="ab-watch", markdown=ab_report.watch_markdown(model_name, result))
+    create_markdown_artifact(key="ab-watch", markdown=artifacts.ab_watch(model_name, result))
     if result.verdict == "REGRESSION":
         decision_id = new_id()
         with registry_lock(model_name, wait_seconds=settings.registry_lock_wait_seconds):
@@ -188,9 +188,9 @@ def record_look(
 @task(**IO)
 def record_lineage(model_name: str, loop_id: str, tracking_uri: str) -> str:
     """The loop's whole chain so far as a markdown artifact (drift, retrain, version, plan, looks, moves)."""
-    from flows.lib import lineage
+    from flows.lib import artifacts, lineage
 
-    markdown = lineage.gather(model_name, loop_id, tracking_uri).markdown()
+    markdown = artifacts.loop_chain(lineage.gather(model_name, loop_id, tracking_uri))
     create_markdown_artifact(key="loop-lineage", markdown=markdown, description=f"loop {loop_id}")
     return markdown
 
@@ -284,11 +284,11 @@ def ab_evaluation(model_name: str | None = None) -> dict:
         ],
         description=f"**{decision.decision}** ({decision.rule}): {decision.reason}",
     )
-    from flows.lib import ab_report
+    from flows.lib import artifacts
 
     create_markdown_artifact(
         key="ab-summary",
-        markdown=ab_report.summary_markdown(
+        markdown=artifacts.ab_look(
             decision, model_name=model_name, experiment_id=outcomes.experiment_id, decision_id=decision_id,
             run_url=where["run_url"],
         ),

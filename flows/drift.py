@@ -181,7 +181,7 @@ def drift(
     Returns:
         The event payload, or a skip reason.
     """
-    from flows.lib import drift_policy, drift_report
+    from flows.lib import artifacts, drift_policy
 
     report_startup("drift")
     settings = get_settings()
@@ -236,7 +236,7 @@ def drift(
     }
 
     if not result.valid:
-        summary = drift_report.markdown(
+        summary = artifacts.drift_summary(
             title=title,
             result=result,
             verdict=None,
@@ -275,7 +275,7 @@ def drift(
     loop_id = new_id() if detected else ""
     alarmed = [c for c in columns if c in result.alarms()]
     share = len(verdict.drifted_columns) / len(columns) if columns else 0.0
-    summary = drift_report.markdown(
+    summary = artifacts.drift_summary(
         title=title,
         result=result,
         verdict=verdict,

@@ -20,7 +20,7 @@ def read(path: Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.lib import drift_report
+    from flows.lib import artifacts
     from flows.lib.drift_calibration import calibrate_version
     from flows.lib.drift_check import check_config, run_check
     from flows.settings import get_settings
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(
-            drift_report.markdown(
+            artifacts.drift_summary(
                 title=f"Drift replay: {args.current} against {args.reference}",
                 result=result,
                 verdict=None,

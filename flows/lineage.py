@@ -14,7 +14,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.lib import lineage
+    from flows.lib import artifacts, lineage
     from flows.settings import get_settings
 
     parser = argparse.ArgumentParser(prog="python -m flows.lineage", description=__doc__.splitlines()[0])
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     chain = lineage.gather(
         model_name, loop_id, settings.mlflow_tracking_uri, with_prefect=bool(os.environ.get("PREFECT_API_URL"))
     )
-    print(chain.markdown())
+    print(artifacts.loop_chain(chain))
     return 0
 
 

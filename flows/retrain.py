@@ -42,7 +42,7 @@ from contracts.registry import (
     RetrainTrigger,
     plan_tags,
 )
-from flows.lib import retrain_report
+from flows.lib import artifacts
 from flows.lib.drift_policy import reference_sample, stale_drift
 from flows.lib.gate import latency_budget_ms, passes_gate
 from flows.settings import FlowSettings, get_settings
@@ -226,7 +226,7 @@ def report_infeasible(model_name: str, plan: ExperimentPlan) -> None:
         loop_id=plan.loop_id,
     ).model_dump(mode="json")
     emit(events.EXPERIMENT_INFEASIBLE, model_name, payload, version=plan.challenger_version)
-    create_markdown_artifact(key="ab-plan-infeasible", markdown=retrain_report.infeasible_plan(model_name, plan))
+    create_markdown_artifact(key="ab-plan-infeasible", markdown=artifacts.infeasible_plan(model_name, plan))
     print(f"INFEASIBLE plan: {plan.feasibility}")
 
 
@@ -413,7 +413,7 @@ def retrain(
 
     create_markdown_artifact(
         key="retrain-summary",
-        markdown=retrain_report.summary(
+        markdown=artifacts.retrain_summary(
             model_name=model_name,
             version=version,
             trigger=trigger,
@@ -487,6 +487,6 @@ def skip(model_name: str, trigger: str, reason: str) -> dict[str, str]:
     """End a run that trains nothing: say why in the log and in the run's artifact."""
     print(f"{trigger} retrain of {model_name} skipped: {reason}")
     create_markdown_artifact(
-        key="retrain-summary", markdown=retrain_report.skipped(model_name=model_name, trigger=trigger, reason=reason)
+        key="retrain-summary", markdown=artifacts.retrain_skipped(model_name=model_name, trigger=trigger, reason=reason)
     )
     return {"skipped": reason, "trigger": trigger}

@@ -10,7 +10,6 @@ from typing import Any
 import mlflow
 from scipy.stats import binomtest
 
-from contracts.decision import Decision, WatchResult
 from contracts.registry import AB_EXPERIMENT, CHALLENGER, CHAMPION
 
 NAN = float("nan")
@@ -98,55 +97,6 @@ def plot_history(points: list[dict[str, Any]], path: Path, *, title: str) -> Pat
 
 def _moment(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-
-
-def summary_markdown(decision: Decision, *, model_name: str, experiment_id: str, decision_id: str, run_url: str) -> str:
-    """The look's markdown summary: decision, what would change it, the numbers, guardrails and SRM."""
-    ev, plan = decision.evidence, decision.evidence.plan
-    p = ev.primary
-    lift = (
-        "too few scored outcomes to test yet"
-        if p is None
-        else f"lift {p.d_hat:+.4f}, {100 * (1 - plan.alpha):g}% always-valid CS [{p.cs_lower:+.4f}, {p.cs_upper:+.4f}],"
-        f" always-valid p {p.always_valid_p:.3g} (cluster-robust over users; failed predictions count as misses)"
-    )
-    arms = "\n".join(
-        f"| {name} | v{a.version} | {a.users or '-'} | {a.scored} | "
-        f"{'-' if a.scored_accuracy is None else f'{a.scored_accuracy:.4f}'} | "
-        f"{'-' if a.error_rate is None else f'{a.error_rate:.4f}'} | "
-        f"{'-' if a.design_effect is None else f'{a.design_effect:.2f}'} |"
-        for name, a in ev.arms.items()
-    )
-    guardrails = "\n".join(
-        f"- {'**breached**' if not g.holds else 'shown' if g.shown else 'not shown yet'}: {g.name} {g.detail}"
-        for g in ev.guardrails
-    )
-    srm = ev.srm
-    return (
-        f"# A/B look: {model_name} {experiment_id}\n\n**{decision.decision}** ({ev.rule}): {decision.reason}\n\n"
-        f"**What would change it:** {decision.what_would_change}\n\n"
-        f"| arm | version | users | scored | accuracy | error rate | design effect |\n|---|---|---|---|---|---|---|\n"
-        f"{arms}\n\n- {lift}\n- plain chi-squared p {ev.plain_chi2.p_value:.3g} (not peeking-safe, for reference)\n"
-        f"- SRM (always-valid, level {plan.srm_threshold} over both): users p {srm.all_traffic.p_value:.3g} (level "
-        f"{srm.all_traffic.threshold:.2g}), labelled users p {srm.labelled.p_value:.3g} (level "
-        f"{srm.labelled.threshold:.2g}){' (overridden by a resume)' if srm.overridden else ''}\n"
-        f"- samples {ev.samples.labelled_per_arm} of {plan.min_samples_per_arm} planned per arm (design effect "
-        f"{plan.design_effect:.2f}); elapsed {_hours(ev.elapsed_hours)} of {plan.max_duration_hours:g} h; plan "
-        f"{'feasible' if plan.feasible else '**infeasible**'}: {plan.feasibility}\n\n**Guardrails**\n\n{guardrails}"
-        f"\n\ndecision `{decision_id}`, loop `{plan.loop_id}`; [MLflow run with plot and report]({run_url})"
-    )
-
-
-def watch_markdown(model_name: str, result: WatchResult) -> str:
-    """The post-promotion watch's look at the new champion, for the Prefect UI."""
-    return (
-        f"# Post-promotion watch: {model_name} v{result.model_version}\n\n**{result.verdict}**: {result.reason}\n\n"
-        f"{result.elapsed_hours:.2f} h of {result.period_hours:g} h watched."
-    )
-
-
-def _hours(value: float | None) -> str:
-    return "?" if value is None else f"{value:.2f} h"
 
 
 def primary_numbers(evidence: dict[str, Any]) -> dict[str, float]:

@@ -98,24 +98,6 @@ class QualityReport:
             "schema_errors": self.schema_errors,
         }
 
-    def markdown(self) -> str:
-        """The per-column quality table for a report."""
-        lines = [
-            "| column | kind | missing (ref → window) | out of range | unseen categories | wrong type | findings |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for c in self.columns:
-            unseen = f"{c.unseen:.1%}" + (f" ({', '.join(c.unseen_values[:5])})" if c.unseen_values else "")
-            lines.append(
-                f"| {c.column} | {c.kind} | {c.reference_missing:.1%} → {c.current_missing:.1%} | {c.out_of_range:.1%}"
-                f" | {unseen} | {c.wrong_type:.1%} | {', '.join(c.issues) or 'ok'} |"
-            )
-        for column in self.absent_columns:
-            lines.append(f"| {column} | | | | | | **absent** |")
-        for column in self.extra_columns:
-            lines.append(f"| {column} | extra | | | | | not in the reference (ignored) |")
-        return "\n".join(lines)
-
 
 def range_p_value(outside: int, rows: int, reference_rows: int) -> float:
     """Chance of at least `outside` of `rows` fresh values outside the range of `reference_rows` values, no drift.

@@ -2,7 +2,8 @@
 
 A turn starts with a drift alarm and carries its `loop_id` through the retrain run, the model version, the
 experiment plan, every A/B look, the decision and the alias moves. This module gathers them from where they are kept
-(MLflow runs, version tags and the alias history; Prefect events) and renders the chain as markdown.
+(MLflow runs, version tags and the alias history; Prefect events); `flows.lib.artifacts.loop_chain` renders the
+chain as markdown.
 """
 
 from __future__ import annotations
@@ -43,17 +44,6 @@ class Lineage:
     model_name: str
     loop_id: str
     steps: list[Step]
-
-    def markdown(self) -> str:
-        """The chain as a markdown list, each step with its links."""
-        lines = [f"# Loop `{self.loop_id}` of {self.model_name}", ""]
-        if not self.steps:
-            lines.append("Nothing is recorded under this loop id.")
-        for step in self.steps:
-            links = " ".join(f"[{name}]({url})" for name, url in step.links.items())
-            detail = f": {step.detail}" if step.detail else ""
-            lines.append(f"- {step.at:%Y-%m-%d %H:%M:%S} **{step.title}**{detail} {links}".rstrip())
-        return "\n".join(lines) + "\n"
 
 
 def mlflow_ui(tracking_uri: str) -> str | None:

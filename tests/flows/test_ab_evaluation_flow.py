@@ -32,6 +32,7 @@ from contracts.registry import (
 )
 from flows.ab_evaluation import ab_evaluation
 from flows.lib import registry
+from flows.lib.artifacts import loop_chain
 from tests.conftest import read_events
 from tests.flows.conftest import FlowerModel, Router, make_plan
 
@@ -236,7 +237,7 @@ def assert_lineage(model_name: str, result: dict) -> None:
     assert [t for k, t in kinds if k == "event"] == [events.EXPERIMENT_DECIDED, events.MODEL_PROMOTED]
     flow_runs = [s.links.get("Prefect flow run") for s in chain.steps if s.kind == "event"]
     assert all(link and link.endswith(str(result["flow_run_id"])) for link in flow_runs), flow_runs
-    markdown = chain.markdown()
+    markdown = loop_chain(chain)
     assert markdown.startswith(f"# Loop `loop-1` of {model_name}") and "**A/B look: PROMOTE**" in markdown
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from flows.lib.artifacts import quality_table
 from flows.lib.data_quality import (
     ABSENT,
     ALL_MISSING,
@@ -52,7 +53,7 @@ def test_schema_failures_make_the_window_invalid() -> None:
     assert not report.valid
     assert report.flagged() == {"kind": [ABSENT], "x": [WRONG_TYPE]}
     assert report.extra_columns == ["extra"] and len(report.schema_errors) == 2
-    assert "absent" in report.markdown()
+    assert "**absent**" in quality_table(report)
 
 
 def test_an_all_missing_column_is_a_finding_not_a_test() -> None:
