@@ -240,6 +240,7 @@ def create_app(
         predictor.predict_batch,
         commit=predictor.commit,
         window_seconds=settings.predict_batch_window_ms / 1000,
+        quiet_seconds=settings.predict_batch_quiet_ms / 1000,
         max_batch=settings.predict_batch_max,
         max_queue=settings.predict_queue_max,
         retry_after=settings.store_retry_after_seconds,

@@ -76,8 +76,14 @@ class RouterSettings(RouterTokens):
 
     predict_batch_window_ms: float = Field(
         2.0,
-        description="How long an idle router waits for more /predict requests to join a micro-batch (one predict "
-        "per arm, one commit). Under load batches form without waiting. 0: no wait.",
+        description="How long an idle router waits at most for more /predict requests to join a micro-batch (one "
+        "predict per arm, one commit). Under load batches form without waiting. 0: no wait.",
+    )
+    predict_batch_quiet_ms: float = Field(
+        0.25,
+        ge=0,
+        description="An idle router stops waiting for a micro-batch to fill before the window ends once this long "
+        "passes with no new /predict request.",
     )
     predict_batch_max: int = Field(64, ge=1, description="Most requests in one micro-batch.")
     predict_queue_max: int = Field(

@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests gathered into one blocking call (one predict per arm, one group commit).
 
 The event loop only queues requests and hands out answers. A thread of the batcher's own takes what is queued
-(waiting a short window when it was idle, so that a burst arriving together travels together) and runs the batch
+(after an idle spell, waiting while the rest of a burst keeps arriving, up to a short window, so that a burst arriving
+together travels together) and runs the batch
 function; with a second stage (`commit`), a second thread commits each batch while the first one already works on
 the next, and hands the outcomes back to the loop, which resolves each request's future with its own answer or its
 own error. The threads pass batches to each other directly: no batch waits for the event loop between its stages,
@@ -57,6 +58,7 @@ class MicroBatcher(Generic[T, R]):
         *,
         commit: Callable[[Any], Sequence[R | BaseException]] | None = None,
         window_seconds: float,
+        quiet_seconds: float = 0.00025,
         max_batch: int,
         max_queue: int,
         retry_after: int = 1,
@@ -70,7 +72,8 @@ class MicroBatcher(Generic[T, R]):
             commit: A second blocking stage: `process` returns what it takes, and it returns the outcomes. The
                 next batch's `process` then runs while the previous batch's `commit` does (one of each at a time,
                 commits in batch order): a batch's predictions overlap the previous batch's commit.
-            window_seconds: How long an idle batcher waits for more items after the first one arrives.
+            window_seconds: How long an idle batcher waits at most for more items after the first one arrives.
+            quiet_seconds: It stops waiting sooner, once this long passes with no new item (the burst is over).
             max_batch: Most items in one batch.
             max_queue: Most items waiting; `submit` refuses more with `Overloaded` (503).
             retry_after: Seconds a refused client is told to wait.
@@ -82,6 +85,7 @@ class MicroBatcher(Generic[T, R]):
         self.process = process
         self.commit = commit
         self.window_seconds = max(0.0, window_seconds)
+        self.quiet_seconds = max(0.0, quiet_seconds)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.retry_after = retry_after
@@ -179,9 +183,19 @@ class MicroBatcher(Generic[T, R]):
                 idle = True
             else:
                 idle = False
-        # Idle until now: give the rest of a burst a short window to join this batch.
-        if idle and self.window_seconds and len(self._queue) < self.max_batch and not self._closing:
-            time.sleep(self.window_seconds)
+        # Idle until now: give the rest of a burst a short window to join this batch, but stop waiting as soon as a
+        # short spell passes with no new arrival (the burst is over).
+        if idle and self.window_seconds:
+            deadline = time.monotonic() + self.window_seconds
+            queued = len(self._queue)
+            while queued < self.max_batch and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(self.quiet_seconds, left))
+                if len(self._queue) == queued:
+                    break
+                queued = len(self._queue)
         with self._lock:
             if not self._queue:
                 return None if self._closing else []

@@ -46,6 +46,33 @@ async def test_concurrent_items_travel_in_one_batch_and_get_their_own_outcomes()
     assert isinstance(results[2], RouterError) and results[2].detail == "negative: -3"
 
 
+async def test_an_idle_batcher_stops_waiting_once_no_more_items_arrive():
+    # A 5 s window, a 50 ms quiet spell: a lone request is not held for the whole window.
+    process = Recorder()
+    batcher = MicroBatcher(process, window_seconds=5.0, quiet_seconds=0.05, max_batch=64, max_queue=100)
+    batcher.start()
+    try:
+        assert await asyncio.wait_for(batcher.run(1), timeout=2.5) == 2
+    finally:
+        await batcher.close()
+    assert process.batches == [[1]]
+
+
+async def test_items_arriving_closer_than_the_quiet_spell_travel_together():
+    process = Recorder()
+    batcher = MicroBatcher(process, window_seconds=5.0, quiet_seconds=0.5, max_batch=64, max_queue=100)
+    batcher.start()
+    try:
+        futures = []
+        for i in range(5):  # a burst spread over about 80 ms, each gap far shorter than the quiet spell
+            futures += batcher.submit([i])
+            await asyncio.sleep(0.02)
+        assert await asyncio.wait_for(asyncio.gather(*futures), timeout=4.0) == [0, 2, 4, 6, 8]
+    finally:
+        await batcher.close()
+    assert process.batches == [[0, 1, 2, 3, 4]]
+
+
 async def test_batches_are_capped_at_max_batch():
     process = Recorder()
     batcher = MicroBatcher(process, window_seconds=0.05, max_batch=3, max_queue=100)
