@@ -72,6 +72,7 @@ def fresh_checkout(commit: str, *, busy: bool, keep_logs: Path, label: str = "")
         env["UV_CACHE_DIR"] = str(cache)
         if busy:
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        keep_logs.mkdir(parents=True, exist_ok=True)
         name = f"fresh-{label + '-' if label else ''}{datetime.now(UTC):%Y%m%dT%H%M%S}{'-busy' if busy else ''}.log"
         yield Checkout(work / "repo", env, keep_logs / name, load_before)
     finally:
