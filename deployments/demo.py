@@ -306,7 +306,7 @@ async def lineage_of(settings: StackSettings, loop_id: str) -> dict[str, Any]:
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
 
-    from flows.lib import lineage
+    from flows.lib import artifacts, lineage
 
     chain = await asyncio.to_thread(lineage.from_mlflow, settings.model_name, loop_id, settings.mlflow_url)
     chain += await lineage.from_prefect(loop_id)
@@ -327,7 +327,7 @@ async def lineage_of(settings: StackSettings, loop_id: str) -> dict[str, Any]:
                         pass  # an event link: the event was read from the server a moment ago
                 except Exception as exc:  # noqa: BLE001 - a broken link is reported, not fatal
                     broken.append(f"{name} {url}: {type(exc).__name__}")
-    markdown = lineage.Lineage(settings.model_name, loop_id, chain).markdown()
+    markdown = artifacts.loop_chain(lineage.Lineage(settings.model_name, loop_id, chain))
     return {
         "loop_id": loop_id,
         "kinds": sorted({step.kind for step in chain}),
