@@ -377,30 +377,24 @@ def srm_test(
         The test result.
     """
     n_a, n_b = int(counts[0]), int(counts[1])
-    if not 0.0 < split_b < 1.0:
-        return SrmCheck(
-            observed=(n_a, n_b),
-            planned_share=split_b,
-            log_bayes_factor=0.0,
-            p_value=1.0,
-            threshold=threshold,
-            mismatch=False,
+    testable = 0.0 < split_b < 1.0  # a split of 0 or 1 plans no ratio to test
+    log_bf, p_value = 0.0, 1.0
+    if testable:
+        alpha_b, alpha_a = concentration * split_b, concentration * (1 - split_b)
+        log_bf = float(
+            betaln(alpha_b + n_b, alpha_a + n_a)
+            - betaln(alpha_b, alpha_a)
+            - n_a * math.log(1 - split_b)
+            - n_b * math.log(split_b)
         )
-    alpha_b, alpha_a = concentration * split_b, concentration * (1 - split_b)
-    log_bf = float(
-        betaln(alpha_b + n_b, alpha_a + n_a)
-        - betaln(alpha_b, alpha_a)
-        - n_a * math.log(1 - split_b)
-        - n_b * math.log(split_b)
-    )
-    p_value = min(1.0, math.exp(-log_bf)) if log_bf > -700 else 1.0
+        p_value = min(1.0, math.exp(-log_bf)) if log_bf > -700 else 1.0
     return SrmCheck(
         observed=(n_a, n_b),
         planned_share=split_b,
         log_bayes_factor=log_bf,
         p_value=p_value,
         threshold=threshold,
-        mismatch=log_bf >= math.log(1 / threshold),
+        mismatch=testable and log_bf >= math.log(1 / threshold),
     )
 
 
