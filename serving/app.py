@@ -241,6 +241,7 @@ def create_app(
         commit=predictor.commit,
         window_seconds=settings.predict_batch_window_ms / 1000,
         quiet_seconds=settings.predict_batch_quiet_ms / 1000,
+        burst_memory=settings.predict_batch_burst_memory,
         max_batch=settings.predict_batch_max,
         max_queue=settings.predict_queue_max,
         retry_after=settings.store_retry_after_seconds,

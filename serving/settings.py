@@ -85,6 +85,13 @@ class RouterSettings(RouterTokens):
         description="An idle router stops waiting for a micro-batch to fill before the window ends once this long "
         "passes with no new /predict request.",
     )
+    predict_batch_burst_memory: int = Field(
+        8,
+        ge=0,
+        description="An idle router also stops waiting once as many /predict requests are queued as the largest of "
+        "its last N micro-batches that began after an idle spell (clients that wait for their answers come back in "
+        "bursts of that size). 0: always wait for the quiet spell.",
+    )
     predict_batch_max: int = Field(64, ge=1, description="Most requests in one micro-batch.")
     predict_queue_max: int = Field(
         2048, ge=1, description="Most requests waiting for a micro-batch; more are refused with 503 and Retry-After."

@@ -2,7 +2,8 @@
 
 The event loop only queues requests and hands out answers. A thread of the batcher's own takes what is queued (after
 an idle spell, waiting while the rest of a burst keeps arriving, up to a short window, so that a burst arriving
-together travels together) and runs the batch function; with a second stage (`commit`), a second thread commits each
+together travels together; a burst as large as the recent ones is complete, so it goes at once) and runs the batch
+function; with a second stage (`commit`), a second thread commits each
 batch while the first one already works on the next, and hands the outcomes back to the loop, which resolves each
 request's future with its own answer or its own error. The threads pass batches to each other directly: no batch
 waits for the event loop between its stages, and a batch costs one wake-up of each thread and one of the loop,
@@ -59,6 +60,7 @@ class MicroBatcher(Generic[T, R]):
         commit: Callable[[Any], Sequence[R | BaseException]] | None = None,
         window_seconds: float,
         quiet_seconds: float = 0.00025,
+        burst_memory: int = 8,
         max_batch: int,
         max_queue: int,
         retry_after: int = 1,
@@ -74,6 +76,10 @@ class MicroBatcher(Generic[T, R]):
                 commits in batch order): a batch's predictions overlap the previous batch's commit.
             window_seconds: How long an idle batcher waits at most for more items after the first one arrives.
             quiet_seconds: It stops waiting sooner, once this long passes with no new item (the burst is over).
+            burst_memory: It also stops once as many items wait as the largest of its last `burst_memory` batches
+                taken after an idle spell: clients that wait for their answers (a closed loop) come back in bursts
+                of the same size, and waiting for a quiet spell after the whole burst is in only adds latency.
+                0: always wait for the quiet spell.
             max_batch: Most items in one batch.
             max_queue: Most items waiting; `submit` refuses more with `Overloaded` (503).
             retry_after: Seconds a refused client is told to wait.
@@ -101,6 +107,9 @@ class MicroBatcher(Generic[T, R]):
         """The processed batch waiting for its commit (at most one)."""
         self._processing_done = False
         self._waiting = False
+        self._bursts: collections.deque[int] = collections.deque(maxlen=max(1, burst_memory))
+        """Sizes of the last batches taken after an idle spell."""
+        self._burst_memory = burst_memory
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -188,7 +197,8 @@ class MicroBatcher(Generic[T, R]):
         if idle and self.window_seconds:
             deadline = time.monotonic() + self.window_seconds
             queued = len(self._queue)
-            while queued < self.max_batch and not self._closing:
+            burst = max(self._bursts) if self._bursts and self._burst_memory else self.max_batch
+            while queued < min(burst, self.max_batch) and not self._closing:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -199,7 +209,10 @@ class MicroBatcher(Generic[T, R]):
         with self._lock:
             if not self._queue:
                 return None if self._closing else []
-            return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            jobs = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        if idle:
+            self._bursts.append(len(jobs))
+        return jobs
 
     def _process_loop(self) -> None:
         try:

@@ -73,6 +73,40 @@ async def test_items_arriving_closer_than_the_quiet_spell_travel_together():
     assert process.batches == [[0, 1, 2, 3, 4]]
 
 
+async def test_a_burst_as_large_as_the_last_one_goes_without_waiting_for_the_quiet_spell():
+    # Clients that wait for their answers come back in bursts of the same size: once the whole burst is queued,
+    # waiting for a quiet spell only adds latency.
+    loop = asyncio.get_running_loop()
+
+    async def burst(batcher: MicroBatcher[int, int], items: list[int]) -> tuple[list[int], float]:
+        started = loop.time()
+        answers = await asyncio.wait_for(asyncio.gather(*batcher.submit(items)), timeout=10)
+        return answers, loop.time() - started
+
+    process = Recorder()
+    batcher = MicroBatcher(process, window_seconds=5.0, quiet_seconds=1.0, max_batch=64, max_queue=100)
+    batcher.start()
+    try:
+        first, first_wait = await burst(batcher, [1, 2, 3])  # a first burst: its size is not known yet
+        second, second_wait = await burst(batcher, [4, 5, 6])
+    finally:
+        await batcher.close()
+    assert (first, second) == ([2, 4, 6], [8, 10, 12])
+    assert process.batches == [[1, 2, 3], [4, 5, 6]]
+    assert first_wait >= 0.9  # waited for the quiet spell
+    assert second_wait < 0.9  # did not
+
+    process = Recorder()
+    batcher = MicroBatcher(process, window_seconds=5.0, quiet_seconds=1.0, burst_memory=0, max_batch=64, max_queue=100)
+    batcher.start()
+    try:
+        await burst(batcher, [1, 2, 3])
+        _, wait = await burst(batcher, [4, 5, 6])
+    finally:
+        await batcher.close()
+    assert wait >= 0.9  # burst_memory=0: always the quiet spell
+
+
 async def test_batches_are_capped_at_max_batch():
     process = Recorder()
     batcher = MicroBatcher(process, window_seconds=0.05, max_batch=3, max_queue=100)
