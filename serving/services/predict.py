@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from serving.services.assignment import assign_arm
 from serving.services.batching import MicroBatcher
 from serving.services.models import ModelManager, ServedModel
 from serving.services.split import SplitCache
-from serving.services.store import InferenceRow, PredictionErrorRow, Store
+from serving.services.store import InferenceRow, PredictionErrorRow, Store, new_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +256,7 @@ class PredictService:
             for entry, prediction, compute_ms in self._predict_arm(entries, items, experiment_id, out):
                 item = items[entry.index]
                 record = InferenceRow(
-                    request_id=uuid.uuid4().hex,
+                    request_id=new_request_id(),
                     ts=self.clock(),
                     user_id=str(item.data.user_id),
                     arm=arm,
@@ -389,7 +388,7 @@ class PredictService:
         self, served: ServedModel, arm: Arm, experiment_id: str, user_id: str, key: str | None, exc: Exception
     ) -> PredictionFailed:
         """Record a model failure against its arm and build the 500 the client gets."""
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         logger.exception("%s (%s arm) failed to predict, request %s", served.what, arm, request_id, exc_info=exc)
         self.metrics.predictions.labels(arm, served.version, "500").inc()
         self.metrics.errors.labels(arm, served.version).inc()

@@ -15,6 +15,7 @@ from serving.services.store.tables import (
     OutboxRow,
     PredictionErrorRow,
     ShadowRow,
+    new_request_id,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "PredictionErrorRow",
     "ShadowRow",
     "Store",
+    "new_request_id",
 ]
 
 

@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 from serving.app import create_app
 from serving.errors import AlreadyLabelled, UnknownRequest
 from serving.services.models import native_label
-from serving.services.store import InferenceRow, Store
+from serving.services.store import InferenceRow, Store, new_request_id
 from tests.serving.conftest import outcomes_with_a_write_between_statements
 
 
@@ -32,6 +32,21 @@ def row(request_id: str, ts: datetime, label: str | None = None) -> InferenceRow
         label=label,
         latency_ms=1.0,
     )
+
+
+def test_request_ids_are_time_ordered_uuid7s():
+    import time
+    import uuid
+
+    earlier = new_request_id()
+    time.sleep(0.002)
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    parsed = uuid.UUID(ids[0])
+    assert len(ids[0]) == 32 and parsed.hex == ids[0] and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    # Milliseconds since the epoch first: a later millisecond sorts later, and the time is the clock's.
+    assert earlier < min(ids)
+    assert abs(int(ids[0][:12], 16) / 1000 - time.time()) < 60
 
 
 async def test_the_router_can_leave_the_sqlite_sync_to_checkpoints(settings, source, emitted):
