@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.pool import StaticPool
@@ -49,6 +50,12 @@ def _sqlite_pragmas(synchronous: SqliteSynchronous) -> Callable[[Any, Any], None
             cursor.close()
 
     return on_connect
+
+
+def _json_text(value: Any) -> str:
+    """JSON columns' text: msgspec's encoder, several times faster than `json.dumps` on the group commit's path
+    (compact, UTF-8; a non-finite float becomes null where `json.dumps` would write the invalid `NaN`)."""
+    return msgspec.json.encode(value).decode()
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,7 @@ class Database:
                 # Handlers run in a thread pool, so one connection may be used by several threads in turn.
                 # A short busy timeout: a locked store answers 503 quickly instead of holding the client 30 s.
                 connect_args={"check_same_thread": False, "timeout": self.busy_timeout},
+                json_serializer=_json_text,
                 # An in-memory database lives only as long as its one connection.
                 **({"poolclass": StaticPool} if in_memory else {}),
             )
@@ -184,6 +192,7 @@ class Database:
                 max_overflow=0,
                 pool_timeout=self.busy_timeout,
                 connect_args={"connect_timeout": max(1, round(self.busy_timeout))},
+                json_serializer=_json_text,
             )
         try:
             self._create(engine)
