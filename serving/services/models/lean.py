@@ -95,8 +95,11 @@ def forest_predict(forest: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     trees = [tree.tree_ for tree in forest.estimators_]
     if not trees or any(t.n_outputs != 1 for t in trees):
         return None
-    # What `Tree.predict` takes its rows from: each node's class fractions (one output).
+    # What `Tree.predict` takes its rows from: each node's class fractions (one output), all trees' nodes in one
+    # array (tree i's nodes start at offsets[i]), so that one `take` gathers every tree's leaves.
     leaf_values = [np.ascontiguousarray(t.value[:, 0, :n_classes], dtype=np.float64) for t in trees]
+    offsets = np.cumsum([0] + [len(v) for v in leaf_values[:-1]]).astype(np.intp)[:, None]
+    all_values = np.concatenate(leaf_values)
     classes = forest.classes_
     count = len(trees)
 
@@ -104,9 +107,12 @@ def forest_predict(forest: Any) -> Callable[[np.ndarray], np.ndarray] | None:
         x32 = np.asarray(x, dtype=np.float32)
         if x32.ndim != 2 or not np.isfinite(x32).all():
             return np.asarray(forest.predict(x))
-        proba = np.zeros((x32.shape[0], n_classes), dtype=np.float64)
-        for tree, values in zip(trees, leaf_values, strict=True):
-            proba += values.take(tree.apply(x32), axis=0)
+        leaves = np.empty((count, x32.shape[0]), dtype=np.intp)
+        for i, tree in enumerate(trees):
+            leaves[i] = tree.apply(x32)
+        leaves += offsets
+        # A reduction over the first axis adds the trees' values one after another, in the forest's order.
+        proba = np.add.reduce(all_values.take(leaves, axis=0), axis=0)
         proba /= count
         return np.asarray(classes.take(np.argmax(proba, axis=1), axis=0))
 
