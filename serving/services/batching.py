@@ -107,6 +107,8 @@ class MicroBatcher(Generic[T, R]):
         """The processed batch waiting for its commit (at most one)."""
         self._processing_done = False
         self._waiting = False
+        self._gather_until = 0
+        """While the first stage gathers a burst after an idle spell: how many items complete it."""
         self._bursts: collections.deque[int] = collections.deque(maxlen=max(1, burst_memory))
         """Sizes of the last batches taken after an idle spell."""
         self._burst_memory = burst_memory
@@ -175,7 +177,9 @@ class MicroBatcher(Generic[T, R]):
         jobs = [Job(item, create()) for item in items]
         with self._lock:
             self._queue.extend(jobs)
-            if self._waiting:  # wake the first stage only when it sleeps: one wake-up per batch, not per item
+            # Wake the first stage only when it waits for a first item, or for a burst now complete: one wake-up per
+            # batch, not per item.
+            if self._waiting or 0 < self._gather_until <= len(self._queue):
                 self._queued.notify()
         return [job.future for job in jobs]
 
@@ -196,16 +200,19 @@ class MicroBatcher(Generic[T, R]):
         # short spell passes with no new arrival (the burst is over).
         if idle and self.window_seconds:
             deadline = time.monotonic() + self.window_seconds
-            queued = len(self._queue)
             burst = max(self._bursts) if self._bursts and self._burst_memory else self.max_batch
-            while queued < min(burst, self.max_batch) and not self._closing:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                time.sleep(min(self.quiet_seconds, left))
-                if len(self._queue) == queued:
-                    break
+            with self._lock:
+                self._gather_until = min(burst, self.max_batch)  # `submit` wakes this thread once that many wait
                 queued = len(self._queue)
+                while queued < self._gather_until and not self._closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._queued.wait(min(self.quiet_seconds, left))
+                    if len(self._queue) == queued:
+                        break
+                    queued = len(self._queue)
+                self._gather_until = 0
         with self._lock:
             if not self._queue:
                 return None if self._closing else []
