@@ -55,7 +55,8 @@ class LeanPath:
     classes: np.ndarray | None
     dtype: str
     estimator_predict: Callable[[np.ndarray], Any] | None = None
-    """The estimator's own computation without its per-call overhead (see `forest_predict`); None: its `predict`."""
+    """The estimator's own computation without its per-call overhead (see `forest_predict`, `gaussian_nb_predict`);
+    None: its `predict`."""
 
     def predict(self, rows: Sequence[Mapping[str, FeatureValue | None]]) -> list[Label]:
         """Predict checked rows (outputs of `ServedModel.check`) in one estimator call."""
@@ -115,6 +116,35 @@ def forest_predict(forest: Any) -> Callable[[np.ndarray], np.ndarray] | None:
         proba = np.add.reduce(all_values.take(leaves, axis=0), axis=0)
         proba /= count
         return np.asarray(classes.take(np.argmax(proba, axis=1), axis=0))
+
+    return predict
+
+
+def gaussian_nb_predict(nb: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A Gaussian naive Bayes classifier's `predict` without its input validation: the same computation.
+
+    scikit-learn's `predict` checks the array (about 35 of its 47 us on 8 rows here), then takes the arg-max of the
+    joint log-likelihood. The lean path hands it a 2-D float array of the estimator's width; this checks that the
+    values are finite and calls the same likelihood, so the result is the same to the bit (and `verify` checks it).
+    Any other input goes to the estimator's own `predict`, which refuses it as before.
+
+    Args:
+        nb: A fitted estimator.
+
+    Returns:
+        `predict(x)` for a fitted `GaussianNB`; None for any other estimator.
+    """
+    from sklearn.naive_bayes import GaussianNB
+
+    if type(nb) is not GaussianNB:
+        return None
+    width = int(nb.n_features_in_)
+    classes = nb.classes_
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != width or x.dtype.kind != "f" or not np.isfinite(x).all():
+            return np.asarray(nb.predict(x))
+        return np.asarray(classes[np.argmax(nb._joint_log_likelihood(x), axis=1)])
 
     return predict
 
@@ -188,7 +218,7 @@ def build_lean(pipeline: Any, features: tuple[FeatureSpec, ...]) -> LeanPath:
         estimator=bare,
         classes=classes,
         dtype=dtypes.pop() if len(dtypes) == 1 else "float64",
-        estimator_predict=forest_predict(bare),
+        estimator_predict=forest_predict(bare) or gaussian_nb_predict(bare),
     )
 
 

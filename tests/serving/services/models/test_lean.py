@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import StandardScaler
 
 from serving.services.models import FeatureSpec, ServedModel
-from serving.services.models.lean import forest_predict, with_lean
+from serving.services.models.lean import forest_predict, gaussian_nb_predict, with_lean
 from tests.serving.stubs import FEATURES
 
 MODELS = ("lr", "dt", "rf", "et", "knn", "nb")
@@ -85,10 +85,31 @@ def test_forests_skip_joblib_and_predict_the_same_to_the_bit(iris, kind):
             fast(missing)
 
 
-def test_only_known_forests_get_a_fast_predict(iris):
+def test_gaussian_nb_skips_its_input_checks_and_predicts_the_same_to_the_bit(iris):
     from sklearn.naive_bayes import GaussianNB
 
-    assert forest_predict(GaussianNB().fit(iris[list(FEATURES)], iris["species"])) is None
+    x, y = iris[list(FEATURES)].to_numpy(), iris["species"].to_numpy()
+    nb = GaussianNB().fit(x, y)
+    fast = gaussian_nb_predict(nb)
+    assert fast is not None
+    rng = np.random.default_rng(7)
+    sample = np.vstack([x + rng.normal(0, 0.4, size=x.shape), rng.uniform(-20, 20, size=(200, 4))])
+    np.testing.assert_array_equal(fast(sample), nb.predict(sample))
+    np.testing.assert_array_equal(fast(sample.astype(np.float32)), nb.predict(sample.astype(np.float32)))
+    # Input it was not made for goes to the estimator's own predict, which refuses it as before.
+    for bad in (np.array([[np.nan, 1.0, 1.0, 1.0]]), np.ones((1, 3)), np.ones(4)):
+        with pytest.raises(ValueError):
+            fast(bad)
+    assert forest_predict(nb) is None
+
+
+def test_only_known_forests_get_a_fast_predict(iris):
+    from sklearn.ensemble import ExtraTreesClassifier
+    from sklearn.naive_bayes import GaussianNB
+
+    x, y = iris[list(FEATURES)], iris["species"]
+    assert forest_predict(GaussianNB().fit(x, y)) is None
+    assert gaussian_nb_predict(ExtraTreesClassifier(n_estimators=3).fit(x, y)) is None
 
 
 class SeesFrames(BaseEstimator, ClassifierMixin):
