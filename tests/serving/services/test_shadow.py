@@ -48,3 +48,19 @@ async def test_shadow_records_are_never_served(make_app):
         await _outcomes(client)
         records = (await client.get("/inferences")).json()["records"]
     assert {(r["arm"], r["model_version"], r["prediction"]) for r in records} == {("champion", "1", "versicolor")}
+
+
+async def test_shadow_scoring_takes_many_group_commits_at_once(make_app):
+    # Nobody waits for a shadow prediction: the records of consecutive requests are scored and written together.
+    app = make_app(shadow_mode=True, ab_split_b=0.0)
+    async with AsyncTestClient(app=app) as client:
+        shadow = app.state.shadow
+        batches: list[int] = []
+        process = shadow.batcher.process
+        shadow.batcher.process = lambda items: batches.append(len(items)) or process(items)
+        shadow.batcher.window_seconds = shadow.batcher.quiet_seconds = 1.0  # a slow machine's ten requests fit
+        for i in range(10):  # one request at a time: ten group commits, all within the shadow window
+            await client.post("/predict", json={"user_id": f"u{i}", "features": IRIS_SMALL})
+        await _outcomes(client)
+    assert sum(batches) == 10
+    assert len(batches) <= 2
