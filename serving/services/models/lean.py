@@ -63,9 +63,9 @@ class LeanPath:
         x = np.array(
             [[np.nan if (v := row.get(c)) is None else v for c in self.columns] for row in rows], dtype=self.dtype
         )
-        for index, value in self.fills:
-            column = x[:, index]
-            column[np.isnan(column)] = value
+        if self.fills and (missing := np.isnan(x)).any():  # one check for the batch; most batches miss nothing
+            for index, value in self.fills:
+                x[missing[:, index], index] = value
         y = np.asarray((self.estimator_predict or self.estimator.predict)(x))
         if self.classes is not None:
             y = self.classes[y.astype(np.intp)]

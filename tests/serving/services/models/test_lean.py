@@ -58,6 +58,15 @@ def test_the_lean_path_predicts_exactly_what_the_pipeline_does(experiment, iris,
     expected = [str(v) for v in pipeline.predict(frame)]
     assert [str(v) for v in served.predict_many(_rows(frame))] == expected
     assert served.predict(_rows(frame.head(1))[0]) == expected[0]
+    # Missing values (optional columns) are imputed as the pipeline does, in a batch with complete rows too.
+    gaps = frame.head(8).copy()
+    for i in range(len(FEATURES)):
+        gaps.iloc[i, i] = np.nan
+        gaps.iloc[4 + i, [j for j in range(4) if j != i]] = np.nan
+    rows = [{k: (None if np.isnan(v) else v) for k, v in row.items()} for row in _rows(gaps)]
+    rows += _rows(frame.tail(4))
+    expected = [str(v) for v in pipeline.predict(pd.concat([gaps, frame.tail(4)]))]
+    assert [str(v) for v in served.predict_many(rows)] == expected
 
 
 @pytest.mark.parametrize("kind", ["rf", "et"])
