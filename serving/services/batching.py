@@ -3,12 +3,11 @@
 The event loop only queues requests and hands out answers. A thread of the batcher's own takes what is queued (after
 an idle spell, waiting while the rest of a burst keeps arriving, up to a short window, so that a burst arriving
 together travels together; a burst as large as the recent ones is complete, so it goes at once) and runs the batch
-function; with a second stage (`commit`), a second thread commits each
-batch while the first one already works on the next, and hands the outcomes back to the loop, which resolves each
-request's future with its own answer or its own error. The threads pass batches to each other directly: no batch
-waits for the event loop between its stages, and a batch costs one wake-up of each thread and one of the loop,
-whatever its size. The queue is bounded: a request that finds it full is refused at once with a 503 and
-`Retry-After`, never left waiting without bound.
+function; with a second stage (`commit`), a second thread commits each batch while the first one already works on
+the next, and hands the outcomes back to the loop, which resolves each request's future with its own answer or its
+own error. The threads pass batches to each other directly: no batch waits for the event loop between its stages,
+and a batch costs one wake-up of each thread and one of the loop, whatever its size. The queue is bounded: a request
+that finds it full is refused at once with a 503 and `Retry-After`, never left waiting without bound.
 """
 
 from __future__ import annotations
