@@ -79,6 +79,8 @@ async def test_a_burst_as_large_as_the_last_one_goes_without_waiting_for_the_qui
     loop = asyncio.get_running_loop()
 
     async def burst(batcher: MicroBatcher[int, int], items: list[int]) -> tuple[list[int], float]:
+        while not batcher._waiting:  # idle again (not still finishing the last batch): the burst starts a batch
+            await asyncio.sleep(0.001)
         started = loop.time()
         answers = await asyncio.wait_for(asyncio.gather(*batcher.submit(items)), timeout=10)
         return answers, loop.time() - started
