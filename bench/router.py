@@ -66,6 +66,10 @@ class Point:
     requests: int
     errors: int
     timeouts: int
+    cpu_us_per_request: float | None = None
+    """CPU time (user + system) of the server's processes per answered request; None where /proc is missing."""
+    main_us_per_request: float | None = None
+    """The same for the processes' main threads only: the event loop (a gunicorn worker's only thread)."""
 
 
 @dataclass
@@ -175,6 +179,35 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+
+
+def cpu_ticks(pgid: int) -> tuple[int, int] | None:
+    """CPU clock ticks (user + system) used so far by the processes of a process group: all threads, main threads.
+
+    None where /proc cannot say (not Linux).
+    """
+    total = main = 0
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+            if int(fields[2]) != pgid:  # field 5: the process group
+                continue
+            # Fields 14 and 15, utime and stime: the process's count includes its threads that ended.
+            thread = _stat_fields(Path(f"/proc/{pid}/task/{pid}/stat"))
+            total += int(fields[11]) + int(fields[12])
+            main += int(thread[11]) + int(thread[12])
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+    return total, main
+
+
+def _stat_fields(path: Path) -> list[str]:
+    """The fields of a /proc stat file after the command name (which may hold spaces), from field 3 on."""
+    return path.read_text().rsplit(")", 1)[1].split()
 
 
 def _ms(text: str) -> float:
@@ -338,16 +371,22 @@ def table(run: Run) -> str:
         f"{' '.join(f'{x:.2f}' for x in run.load_after)} (the machine was shared with other work when the load "
         "average exceeds the CPUs; compare ratios within one run, never absolute figures across runs).",
         "",
-        "| server (one worker) | conns | req/s | p50 ms | p99 ms | errors / timeouts | vs bare req/s | vs Flask |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server (one worker) | conns | req/s | p50 ms | p99 ms | errors / timeouts | vs bare req/s | vs Flask "
+        "| CPU us/request (main thread) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in run.points:
         r = run.ratios.get(f"{p.server} @ c{p.connections}", {})
         share = f"{r['share_of_bare_rps']:.0%}" if r else ""
         xflask = f"{r['x_flask_rps']:.1f}x" if r.get("x_flask_rps") else ""
+        cpu = (
+            f"{p.cpu_us_per_request:.0f} ({p.main_us_per_request:.0f})"
+            if p.cpu_us_per_request is not None and p.main_us_per_request is not None
+            else ""
+        )
         lines.append(
             f"| {p.server} | {p.connections} | {p.requests_per_s:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | "
-            f"{p.errors} / {p.timeouts} | {share} | {xflask} |"
+            f"{p.errors} / {p.timeouts} | {share} | {xflask} | {cpu} |"
         )
     return "\n".join(lines)
 
@@ -383,8 +422,14 @@ def bench(
                 url = f"http://127.0.0.1:{server.port}{ROUTE_PREDICT}"
                 load(url, max(connections), warmup, script)
                 for c in connections:
+                    before = cpu_ticks(process.pid)
                     measured = load(url, c, seconds, script)
+                    after = cpu_ticks(process.pid)
                     point = Point(server=server.name, connections=c, **measured)  # type: ignore[arg-type]
+                    if before is not None and after is not None and point.requests:
+                        per_request = 1e6 / os.sysconf("SC_CLK_TCK") / point.requests
+                        point.cpu_us_per_request = (after[0] - before[0]) * per_request
+                        point.main_us_per_request = (after[1] - before[1]) * per_request
                     run.points.append(point)
                     print(
                         f"  c{c}: {point.requests_per_s:,.0f} req/s, p50 {point.p50_ms:.1f} ms, p99 "

@@ -28,6 +28,8 @@ def test_the_tiny_router_bench_measures_the_floor_and_the_router(tmp_path):
     ]
     assert all(p["requests"] > 0 and p["requests_per_s"] > 0 and p["p99_ms"] >= p["p50_ms"] for p in run["points"])
     assert all(p["errors"] == 0 for p in run["points"])
+    # What each server's processes spent per request, and their main threads (the event loop) within it.
+    assert all(0 < p["main_us_per_request"] <= p["cpu_us_per_request"] for p in run["points"])
     assert len(run["ratios"]) == 2
     assert all(0 < ratio["share_of_bare_rps"] for ratio in run["ratios"].values())
     assert len(run["load_before"]) == 3
@@ -43,3 +45,27 @@ def test_ratios_compare_each_router_point_with_the_floor_and_flask():
     [entry] = router.ratios(points).values()
     assert entry["share_of_bare_rps"] == 0.6 and entry["x_flask_rps"] == 12 and entry["p99_over_bare_p99"] == 1.2
     assert entry["targets"] == {"rps >= 50% of bare": True, "rps >= 10x Flask": True, "p99 < 25 ms": True}
+
+
+def test_cpu_ticks_counts_a_process_group_and_its_main_threads():
+    import os
+    import time
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("no /proc")
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import threading, time\n"
+         "def spin():\n    end = time.process_time() + 0.6\n    while time.process_time() < end: pass\n"
+         "t = threading.Thread(target=spin); t.start(); t.join(); time.sleep(5)"],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.5)
+        total, main = router.cpu_ticks(busy.pid)
+    finally:
+        busy.kill()
+        busy.wait()
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert total >= 0.4 * ticks  # the spinning thread's time counts
+    assert main < total  # and it is not the main thread's
+    assert router.cpu_ticks(busy.pid) == (0, 0)  # the group is gone
