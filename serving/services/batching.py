@@ -108,9 +108,8 @@ class MicroBatcher(Generic[T, R]):
         self._waiting = False
         self._gather_until = 0
         """While the first stage gathers a burst after an idle spell: how many items complete it."""
-        self._bursts: collections.deque[int] = collections.deque(maxlen=max(1, burst_memory))
-        """Sizes of the last batches taken after an idle spell."""
-        self._burst_memory = burst_memory
+        self._bursts: collections.deque[int] = collections.deque(maxlen=burst_memory)
+        """Sizes of the last batches taken after an idle spell (none kept with `burst_memory` 0)."""
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -199,9 +198,9 @@ class MicroBatcher(Generic[T, R]):
         # short spell passes with no new arrival (the burst is over).
         if idle and self.window_seconds:
             deadline = time.monotonic() + self.window_seconds
-            burst = max(self._bursts) if self._bursts and self._burst_memory else self.max_batch
             with self._lock:
-                self._gather_until = min(burst, self.max_batch)  # `submit` wakes this thread once that many wait
+                # `submit` wakes this thread once that many wait (a batch never exceeds max_batch).
+                self._gather_until = max(self._bursts, default=self.max_batch)
                 queued = len(self._queue)
                 while queued < self._gather_until and not self._closing:
                     left = deadline - time.monotonic()

@@ -123,8 +123,8 @@ def forest_predict(forest: Any) -> Callable[[np.ndarray], np.ndarray] | None:
 def gaussian_nb_predict(nb: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     """A Gaussian naive Bayes classifier's `predict` without its input validation: the same computation.
 
-    scikit-learn's `predict` checks the array (about 35 of its 47 us on 8 rows here), then takes the arg-max of the
-    joint log-likelihood. The lean path hands it a 2-D float array of the estimator's width; this checks that the
+    scikit-learn's `predict` checks the array (most of its cost for a few rows), then takes the arg-max of the joint
+    log-likelihood. The lean path hands it a 2-D float array of the estimator's width; this checks that the
     values are finite and calls the same likelihood, so the result is the same to the bit (and `verify` checks it).
     Any other input goes to the estimator's own `predict`, which refuses it as before.
 
