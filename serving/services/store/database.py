@@ -28,6 +28,9 @@ DEFAULT_POOL_SIZE = 40
 WriteObserver = Callable[[str, float], None]
 """Told the name and duration (seconds) of every committed write, for the store-latency metric."""
 
+_CREATE_ATTEMPTS = 8
+"""Tries at creating the schema while other replicas may be creating it too (one pass of each is enough for all)."""
+
 # Errors that say "not now" (locked, read-only, unreachable, pool exhausted) rather than "your request is wrong".
 _UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 
@@ -38,13 +41,27 @@ loss; `normal` (in WAL mode) syncs at checkpoints only, so it survives a crash o
 machine."""
 
 
-def _sqlite_pragmas(synchronous: SqliteSynchronous) -> Callable[[Any, Any], None]:
-    """The pragmas each new SQLite connection gets: WAL lets readers run beside the writer; `synchronous` as told."""
+def _sqlite_pragmas(synchronous: SqliteSynchronous, busy_timeout: float) -> Callable[[Any, Any], None]:
+    """The pragmas each new SQLite connection gets: WAL lets readers run beside the writer; `synchronous` as told.
+
+    The journal mode is kept in the file, so only the first connection to a new file switches it. That switch needs
+    the file to itself and SQLite refuses it at once ("database is locked") while another process (a replica
+    starting beside this one) is creating the schema: it is retried for up to `busy_timeout` seconds.
+    """
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            deadline = time.monotonic() + busy_timeout
+            while True:
+                try:
+                    if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        cursor.execute("PRAGMA journal_mode=WAL")
+                    break
+                except dbapi_connection.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.01)
             cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
         finally:
             cursor.close()
@@ -178,7 +195,7 @@ class Database:
                 # An in-memory database lives only as long as its one connection.
                 **({"poolclass": StaticPool} if in_memory else {}),
             )
-            sa.event.listen(engine, "connect", _sqlite_pragmas(self.sqlite_synchronous))
+            sa.event.listen(engine, "connect", _sqlite_pragmas(self.sqlite_synchronous, self.busy_timeout))
             # Not on the one shared connection of an in-memory database: a write from another thread would land
             # in the read's transaction and be rolled back with it.
             self._sqlite_begin = not in_memory
@@ -194,11 +211,17 @@ class Database:
                 connect_args={"connect_timeout": max(1, round(self.busy_timeout))},
                 json_serializer=_json_text,
             )
-        try:
-            self._create(engine)
-        except sa.exc.DatabaseError:
-            # Another replica may have created the tables between our check and our CREATE.
-            self._create(engine)
+        for attempt in range(1, _CREATE_ATTEMPTS + 1):
+            try:
+                self._create(engine)
+                break
+            except sa.exc.DatabaseError:
+                # Other replicas starting at the same time create the same tables between our check and our
+                # CREATE ("already exists", "locked"); each attempt skips what exists by then.
+                if attempt == _CREATE_ATTEMPTS:
+                    engine.dispose()
+                    raise
+                time.sleep(0.05 * attempt)
         self._engine = engine
         logger.info("inference store open at %s", url.render_as_string(hide_password=True))
 

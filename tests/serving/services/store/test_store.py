@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -83,6 +84,40 @@ def test_nothing_is_created_before_the_lifespan(settings, source, db_path, tmp_p
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[4])}
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env=env)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+_OPEN_TOGETHER = """
+import sys, time
+from serving.services.store import Store
+store = Store(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+store.open()
+store.config.ensure_split(0.5)
+store.log.record_many([])
+"""
+
+
+def test_replicas_starting_together_on_a_new_sqlite_file_all_open_it(tmp_path):
+    # Several router processes on one new SQLite file (`uvicorn --workers 4`, or replicas started together): each
+    # switches the file to WAL and creates the schema, racing the others. Before the fix about 1 start in 4 failed
+    # with "table ... already exists" or "database is locked".
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[4])}
+    for attempt in range(4):
+        url = f"sqlite:///{tmp_path / str(attempt) / 'router.db'}"
+        start = time.time() + 3.0  # after every process imported the store: they open it together
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_TOGETHER, url, str(start)], env=env, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(4)
+        ]
+        errors = [p.communicate(timeout=60)[1] for p in processes]
+        assert [p.returncode for p in processes] == [0] * 4, errors
+        reopened = Store(url)
+        reopened.open()
+        with reopened.db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        reopened.close()
 
 
 def test_timestamps_round_trip_as_utc(store):
