@@ -211,14 +211,16 @@ class Database:
                 connect_args={"connect_timeout": max(1, round(self.busy_timeout))},
                 json_serializer=_json_text,
             )
+        # Other replicas starting at the same time create the same tables between our check and our CREATE
+        # ("already exists"); each attempt skips what exists by then. A store that stays locked is not retried past
+        # two busy timeouts.
+        deadline = time.monotonic() + 2 * self.busy_timeout
         for attempt in range(1, _CREATE_ATTEMPTS + 1):
             try:
                 self._create(engine)
                 break
             except sa.exc.DatabaseError:
-                # Other replicas starting at the same time create the same tables between our check and our
-                # CREATE ("already exists", "locked"); each attempt skips what exists by then.
-                if attempt == _CREATE_ATTEMPTS:
+                if attempt == _CREATE_ATTEMPTS or time.monotonic() >= deadline:
                     engine.dispose()
                     raise
                 time.sleep(0.05 * attempt)
