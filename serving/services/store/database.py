@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import operator
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -73,6 +75,57 @@ def _json_text(value: Any) -> str:
     """JSON columns' text: msgspec's encoder, several times faster than `json.dumps` on the group commit's path
     (compact, UTF-8; a non-finite float becomes null where `json.dumps` would write the invalid `NaN`)."""
     return msgspec.json.encode(value).decode()
+
+
+class WriteTurns:
+    """The writes of one process to one SQLite file: one at a time, in the order they asked.
+
+    SQLite has one writer per file and lets the others poll for its lock until their busy timeout. Under load the
+    group commits of `/predict` follow each other so closely, each holding the lock a little longer while its thread
+    waits for the interpreter lock, that a label or shadow write polling beside them can miss every opening and fail
+    with "database is locked". Queued here instead, a write waits for the writes that asked before it and no more.
+    A thread that holds its turn may begin again (nested writes of one thread do not wait for themselves).
+    """
+
+    def __init__(self) -> None:
+        """No write in progress."""
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiting: collections.deque[tuple[int, threading.Lock]] = collections.deque()
+
+    def acquire(self, timeout: float) -> bool:
+        """Wait for this thread's turn; False when it did not come within `timeout` seconds."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._owner is None or self._owner == me:
+                self._owner = me
+                self._depth += 1
+                return True
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiting.append((me, waiter))
+        if waiter.acquire(timeout=max(0.0, timeout)):
+            return True  # `release` handed the turn over
+        with self._lock:
+            if (me, waiter) in self._waiting:
+                self._waiting.remove((me, waiter))
+                return False
+        waiter.acquire()  # handed over while timing out: the turn is ours after all
+        return True
+
+    def release(self) -> None:
+        """End this thread's turn (or one level of it): the longest waiting write goes next."""
+        with self._lock:
+            self._depth -= 1
+            if self._depth:
+                return
+            if self._waiting:
+                self._owner, waiter = self._waiting.popleft()
+                self._depth = 1
+                waiter.release()
+            else:
+                self._owner = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +219,8 @@ class Database:
         """Set before `open`; server databases ignore it."""
         self.on_write: WriteObserver | None = None
         self._engine: Engine | None = None
+        self._turns: WriteTurns | None = None
+        """SQLite only: this process's writes queue for the file's one writer lock."""
         self._sqlite_begin = False
         """Whether a read opens its SQLite transaction itself (the driver starts none before a SELECT)."""
 
@@ -196,6 +251,7 @@ class Database:
                 **({"poolclass": StaticPool} if in_memory else {}),
             )
             sa.event.listen(engine, "connect", _sqlite_pragmas(self.sqlite_synchronous, self.busy_timeout))
+            self._turns = WriteTurns()
             # Not on the one shared connection of an in-memory database: a write from another thread would land
             # in the read's transaction and be rolled back with it.
             self._sqlite_begin = not in_memory
@@ -272,11 +328,18 @@ class Database:
             operation: Name of the write, for the store-latency metric and the log.
         """
         started = time.perf_counter()
+        turns = self._turns
+        if turns is not None and not turns.acquire(self.busy_timeout):
+            waited = TimeoutError(f"no turn to write within {self.busy_timeout} s (this process's writes queued)")
+            raise self._unavailable(waited, "write")
         try:
             with self.engine.begin() as conn:
                 yield conn
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc, "write") from exc
+        finally:
+            if turns is not None:
+                turns.release()
         if self.on_write is not None:
             self.on_write(operation, time.perf_counter() - started)
 
