@@ -77,6 +77,12 @@ def _json_text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
+def _created_meanwhile(exc: sa.exc.DatabaseError) -> bool:
+    """Whether a CREATE or ADD COLUMN failed because another replica did it first (SQLite's and PostgreSQL's words)."""
+    text = str(exc.orig).lower()
+    return any(words in text for words in ("already exists", "duplicate column", "duplicate key"))
+
+
 class WriteTurns:
     """The writes of one process to one SQLite file: one at a time, in the order they asked.
 
@@ -87,12 +93,15 @@ class WriteTurns:
     A thread that holds its turn may begin again (nested writes of one thread do not wait for themselves).
     """
 
+    _waiter = staticmethod(threading.Lock)
+    """Makes the lock a queued write waits on (held until `release` hands the turn over)."""
+
     def __init__(self) -> None:
         """No write in progress."""
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._depth = 0
-        self._waiting: collections.deque[tuple[int, threading.Lock]] = collections.deque()
+        self._waiting: collections.deque[tuple[int, Any]] = collections.deque()
 
     def acquire(self, timeout: float) -> bool:
         """Wait for this thread's turn; False when it did not come within `timeout` seconds."""
@@ -102,21 +111,36 @@ class WriteTurns:
                 self._owner = me
                 self._depth += 1
                 return True
-            waiter = threading.Lock()
+            waiter = self._waiter()
             waiter.acquire()
             self._waiting.append((me, waiter))
-        if waiter.acquire(timeout=max(0.0, timeout)):
-            return True  # `release` handed the turn over
+        try:
+            handed_over = waiter.acquire(timeout=max(0.0, timeout))
+        except BaseException:  # interrupted while waiting: leave the queue, or pass on a turn handed over meanwhile
+            if not self._leave(me, waiter):
+                self.release()
+            raise
+        if handed_over or not self._leave(me, waiter):
+            return True  # `release` handed the turn over (perhaps just as the wait timed out)
+        return False
+
+    def _leave(self, me: int, waiter: Any) -> bool:
+        """Take a waiter out of the queue; False when it is not there any more (the turn was handed to it)."""
         with self._lock:
             if (me, waiter) in self._waiting:
                 self._waiting.remove((me, waiter))
-                return False
-        waiter.acquire()  # handed over while timing out: the turn is ours after all
-        return True
+                return True
+            return False
 
     def release(self) -> None:
-        """End this thread's turn (or one level of it): the longest waiting write goes next."""
+        """End this thread's turn (or one level of it): the longest waiting write goes next.
+
+        Raises:
+            RuntimeError: This thread does not hold the turn.
+        """
         with self._lock:
+            if self._owner != threading.get_ident() or self._depth <= 0:
+                raise RuntimeError("release of a write turn this thread does not hold")
             self._depth -= 1
             if self._depth:
                 return
@@ -298,14 +322,16 @@ class Database:
                     with engine.begin() as conn:
                         conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
                     logger.info("store upgraded: added %s.%s", table.name, column.name)
-                except sa.exc.DatabaseError:
-                    pass  # another replica added it first
+                except sa.exc.DatabaseError as exc:
+                    if not _created_meanwhile(exc):
+                        raise  # e.g. locked: `open` tries again
             for index in table.indexes:
                 try:
                     with engine.begin() as conn:
                         index.create(conn, checkfirst=True)
-                except sa.exc.DatabaseError:
-                    pass  # another replica created it first
+                except sa.exc.DatabaseError as exc:
+                    if not _created_meanwhile(exc):
+                        raise
 
     def close(self) -> None:
         """Dispose of the connection pool."""
@@ -332,7 +358,7 @@ class Database:
         if turns is not None and not turns.acquire(self.busy_timeout):
             waited = TimeoutError(f"no turn to write within {self.busy_timeout} s (this process's writes queued)")
             raise self._unavailable(waited, "write")
-        try:
+        try:  # nothing between the turn and this `try`: the turn is always given back
             with self.engine.begin() as conn:
                 yield conn
         except _UNAVAILABLE as exc:

@@ -88,6 +88,69 @@ def test_a_thread_holding_its_turn_may_begin_again():
     turns.release()
 
 
+def test_a_release_without_the_turn_is_refused():
+    turns = WriteTurns()
+    with pytest.raises(RuntimeError):
+        turns.release()
+    assert turns.acquire(0.0)
+    other: list[BaseException] = []
+
+    def release_elsewhere() -> None:
+        try:
+            turns.release()
+        except RuntimeError as exc:
+            other.append(exc)
+
+    thread = threading.Thread(target=release_elsewhere)
+    thread.start()
+    thread.join(5)
+    assert len(other) == 1  # only the holder gives its turn back
+    turns.release()
+    assert turns.acquire(0.0)
+    turns.release()
+
+
+def test_a_waiter_interrupted_while_waiting_does_not_keep_the_turn():
+    real_lock = threading.Lock
+
+    class Interrupted:
+        """A waiter's lock whose timed wait is interrupted (as by KeyboardInterrupt)."""
+
+        def __init__(self) -> None:
+            self._lock = real_lock()
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            if timeout != -1:
+                time.sleep(0.05)
+                raise KeyboardInterrupt
+            return self._lock.acquire(blocking)
+
+        def release(self) -> None:
+            self._lock.release()
+
+    class InterruptedTurns(WriteTurns):
+        _waiter = Interrupted
+
+    turns = InterruptedTurns()
+    assert turns.acquire(1.0)
+    interrupted: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            turns.acquire(5.0)
+        except KeyboardInterrupt as exc:
+            interrupted.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    thread.join(5)
+    assert len(interrupted) == 1
+    assert not turns._waiting  # it left the queue
+    turns.release()
+    assert turns.acquire(0.0)  # and the turn is free, not handed to a waiter that is gone
+    turns.release()
+
+
 def test_a_write_without_a_turn_in_time_is_a_503(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'router.db'}", busy_timeout=0.1)
     store.open()
