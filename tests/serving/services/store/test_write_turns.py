@@ -9,25 +9,11 @@ import pytest
 from serving.errors import StoreUnavailable
 from serving.services.store import InferenceRow, Store, new_request_id
 from serving.services.store.database import WriteTurns
+from tests.serving.services.store.test_store import row
 
 
 def _rows(n: int) -> list[InferenceRow]:
-    return [
-        InferenceRow(
-            request_id=new_request_id(),
-            ts=datetime.now(UTC),
-            user_id=f"u{i}",
-            arm="champion",
-            model_name="m",
-            model_version="1",
-            experiment_id="v1",
-            features={"a": 1.0},
-            prediction="x",
-            label=None,
-            latency_ms=1.0,
-        )
-        for i in range(n)
-    ]
+    return [row(new_request_id(), datetime.now(UTC)) for _ in range(n)]
 
 
 def _wait_until(condition, timeout: float = 5.0) -> None:
