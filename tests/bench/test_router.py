@@ -49,18 +49,20 @@ def test_ratios_compare_each_router_point_with_the_floor_and_flask():
 
 def test_cpu_ticks_counts_a_process_group_and_its_main_threads():
     import os
-    import time
 
     if not os.path.isdir("/proc/self/task"):
         pytest.skip("no /proc")
     busy = subprocess.Popen(
         [sys.executable, "-c", "import threading, time\n"
          "def spin():\n    end = time.process_time() + 0.6\n    while time.process_time() < end: pass\n"
-         "t = threading.Thread(target=spin); t.start(); t.join(); time.sleep(5)"],
+         "t = threading.Thread(target=spin); t.start(); t.join(); print('spun', flush=True); time.sleep(30)"],
         start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     try:
-        time.sleep(1.5)
+        # Read once the thread has spun and ended (a fixed 1.5 s sleep was too short on a busy machine).
+        assert busy.stdout is not None and busy.stdout.readline().strip() == "spun"
         total, main = router.cpu_ticks(busy.pid)
     finally:
         busy.kill()
