@@ -36,6 +36,7 @@ from contracts.registry import CHALLENGER, CHAMPION
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "router.json"
+RESULTS_CEILING = ROOT / "bench" / "results" / "router_ceiling.json"
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 KINDS = {"nb": "GaussianNB", "et": "ExtraTrees (100 trees)"}
 SYNCHRONOUS = ("full", "normal")
@@ -319,20 +320,54 @@ def servers(home: Path, uri: str, kinds: list[str], *, flask: bool, shadow: bool
             )
         for with_shadow in (False, True) if shadow else (False,):
             for synchronous in SYNCHRONOUS:
-                port = free_port()
                 mode = ", shadow mode" if with_shadow else ""
                 mode += ", synchronous=NORMAL" if synchronous == "normal" else ""
-                env = {
-                    "DRIFTLOOP_HOME": str(home / f"router-{kind}-{int(with_shadow)}-{synchronous}"),
-                    "DRIFTLOOP_MLFLOW_TRACKING_URI": uri,
-                    "DRIFTLOOP_MODEL_NAME": f"Bench-{kind}",
-                    "DRIFTLOOP_ROUTER_PORT": str(port),
-                    "DRIFTLOOP_SHADOW_MODE": str(with_shadow).lower(),
-                    "DRIFTLOOP_STORE_SQLITE_SYNCHRONOUS": synchronous,
-                    "DRIFTLOOP_TRAFFIC_HEARTBEAT_SECONDS": "0",
-                    "PREFECT_API_URL": "http://127.0.0.1:9/api",  # no Prefect here: the outbox keeps the events
-                }
-                found.append(Server(f"this router ({KINDS[kind]}{mode})", [py, "-m", "serving"], env, port))
+                found.append(
+                    router(
+                        f"this router ({KINDS[kind]}{mode})",
+                        [py, "-m", "serving"],
+                        home,
+                        uri,
+                        kind,
+                        shadow=with_shadow,
+                        synchronous=synchronous,
+                    )
+                )
+    return found
+
+
+def router(
+    name: str, argv: list[str], home: Path, uri: str, kind: str, *, shadow: bool = False, synchronous: str = "full"
+) -> Server:
+    """A router server on a free port, serving `Bench-<kind>` from `uri`, with a store of its own under `home`."""
+    port = free_port()
+    env = {
+        "DRIFTLOOP_HOME": str(home / f"router-{port}"),
+        "DRIFTLOOP_MLFLOW_TRACKING_URI": uri,
+        "DRIFTLOOP_MODEL_NAME": f"Bench-{kind}",
+        "DRIFTLOOP_ROUTER_PORT": str(port),
+        "DRIFTLOOP_SHADOW_MODE": str(shadow).lower(),
+        "DRIFTLOOP_STORE_SQLITE_SYNCHRONOUS": synchronous,
+        "DRIFTLOOP_TRAFFIC_HEARTBEAT_SECONDS": "0",
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",  # no Prefect here: the outbox keeps the events
+    }
+    return Server(name, argv, env, port)
+
+
+CEILING_SERVERS = {
+    "no-model": "ceiling: this router without a model (constant answer)",
+    "no-model-no-log": "ceiling: this router without a model or a log write",
+}
+
+
+def ceiling_servers(home: Path, uri: str, kinds: list[str]) -> list[Server]:
+    """The bare endpoint, this router per model kind, then this router hollowed out (see
+    `bench.router_servers.hollow_router`): what its own pipeline allows whatever the model and the store cost."""
+    py = sys.executable
+    found = [Server("bare Litestar endpoint", [py, "-m", "bench.router_servers", "bare", str(p := free_port())], {}, p)]
+    found += [router(f"this router ({KINDS[kind]})", [py, "-m", "serving"], home, uri, kind) for kind in kinds]
+    for what, name in CEILING_SERVERS.items():
+        found.append(router(name, [py, "-m", "bench.router_servers", "ceiling", what], home, uri, kinds[0]))
     return found
 
 
@@ -342,10 +377,10 @@ def ratios(points: list[Point]) -> dict[str, Any]:
     bare = {p.connections: p for p in points if p.server.startswith("bare")}
     out: dict[str, Any] = {}
     for p in points:
-        if not p.server.startswith("this router") or p.connections not in bare:
+        if not p.server.startswith(("this router", "ceiling")) or p.connections not in bare:
             continue
-        kind = next(label for label in KINDS.values() if label in p.server)
-        flask = by.get((f"Flask + gunicorn, mlflow.pyfunc + CSV ({kind})", p.connections))
+        kind = next((label for label in KINDS.values() if label in p.server), None)
+        flask = by.get((f"Flask + gunicorn, mlflow.pyfunc + CSV ({kind})", p.connections)) if kind else None
         b = bare[p.connections]
         entry: dict[str, Any] = {
             "share_of_bare_rps": p.requests_per_s / b.requests_per_s,
@@ -393,9 +428,9 @@ def table(run: Run) -> str:
 
 def bench(
     *, kinds: list[str], connections: list[int], seconds: float, warmup: float, flask: bool, shadow: bool,
-    python_load: bool = False, command: str = "",
+    python_load: bool = False, command: str = "", ceiling: bool = False,
 ) -> Run:  # fmt: skip
-    """Run every server in turn and measure each load point."""
+    """Run every server in turn and measure each load point (`ceiling`: the servers of `ceiling_servers`)."""
     generator = "wrk" if shutil.which("wrk") and not python_load else "the Python load generator (no wrk)"
     run = Run(
         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -415,7 +450,8 @@ def bench(
             script = home / "predict.lua"
             script.write_text(WRK_SCRIPT.replace('"%s"', f'"{ROUTE_PREDICT}"'))
         uri = register_models(home, kinds)
-        for server in servers(home, uri, kinds, flask=flask, shadow=shadow):
+        chosen = ceiling_servers(home, uri, kinds) if ceiling else servers(home, uri, kinds, flask=flask, shadow=shadow)
+        for server in chosen:
             print(f"starting {server.name}", flush=True)
             process = server.start(home / "server.log")
             try:
@@ -444,26 +480,32 @@ def bench(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the bench; write `bench/results/router.json` and the README table (not with `--tiny`)."""
+    """Run the bench; write `bench/results/router.json` and the README table (not with `--tiny`).
+
+    With `--ceiling`: the bare endpoint, this router and this router without its model (and without its log write),
+    into `bench/results/router_ceiling.json` and the README's ceiling table.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="quick harness check: GaussianNB only, 1 s, no Flask")
+    parser.add_argument("--ceiling", action="store_true", help="what this router's own pipeline allows (no model)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load point")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/router.json)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even with wrk")
     args = parser.parse_args(argv)
-    command = "uv run --frozen python -m bench.router" + (" --tiny" if args.tiny else "")
+    command = "uv run --frozen python -m bench.router" + (" --ceiling" if args.ceiling else "")
+    command += " --tiny" if args.tiny else ""
     if args.tiny:
         run = bench(kinds=["nb"], connections=[4], seconds=1, warmup=0.5, flask=False, shadow=False,
-                    python_load=args.python_load, command=command)  # fmt: skip
+                    python_load=args.python_load, command=command, ceiling=args.ceiling)  # fmt: skip
     else:
         run = bench(kinds=["nb", "et"], connections=[16, 64], seconds=args.seconds, warmup=3, flask=True, shadow=True,
-                    python_load=args.python_load, command=command)  # fmt: skip
-    out = args.out or RESULTS
+                    python_load=args.python_load, command=command, ceiling=args.ceiling)  # fmt: skip
+    out = args.out or (RESULTS_CEILING if args.ceiling else RESULTS)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(asdict(run), indent=2) + "\n")
     print(table(run))
     if not args.tiny and args.out is None:
-        write_table("router", table(run))
+        write_table("router-ceiling" if args.ceiling else "router", table(run))
 
 
 if __name__ == "__main__":

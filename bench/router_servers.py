@@ -4,6 +4,10 @@
 - `flask`: the classic design many teams start from: Flask under gunicorn, the MLflow model called through
   `mlflow.pyfunc` per request, one CSV line appended per request (`gunicorn 'bench.router_servers:flask_app()'`).
 - the router itself runs as `python -m serving`.
+- `ceiling`: the router with its model, and optionally its log write, replaced by nothing (a constant answer; rows
+  reported as written without a write): not a servable router but a measuring device, the speed this router's own
+  pipeline (HTTP, checks, assignment, micro-batching, answers) allows whatever the model and the store cost
+  (`python -m bench.router --ceiling`).
 """
 
 from __future__ import annotations
@@ -70,14 +74,44 @@ def flask_app() -> Any:
     return app
 
 
-def main() -> None:
-    """`python -m bench.router_servers bare PORT`: serve the bare endpoint with the router's uvicorn settings."""
-    import uvicorn
+CEILINGS = ("no-model", "no-model-no-log")
 
-    kind, port = sys.argv[1], int(sys.argv[2])
+
+def hollow_router(what: str) -> None:
+    """Take the model (`no-model`), or the model and the log write (`no-model-no-log`), out of this process's router.
+
+    Every request is still parsed, checked against the signature, assigned, batched and answered; its prediction is
+    the constant `ceiling`, and with `no-model-no-log` its row is reported as written without touching the store.
+    """
+    from serving.services.predict import PredictService
+    from serving.services.store.inferences import InferenceLog
+
+    if what not in CEILINGS:
+        raise SystemExit(f"unknown ceiling {what!r}: one of {', '.join(CEILINGS)}")
+
+    def no_model(self: Any, entries: list[Any], *_: Any) -> list[tuple[Any, str, float]]:
+        return [(entry, "ceiling", 0.0) for entry in entries]
+
+    PredictService._predict_arm = no_model  # type: ignore[method-assign,assignment]
+    if what == "no-model-no-log":
+        InferenceLog.record_many = lambda self, rows: list(rows)  # type: ignore[method-assign]
+
+
+def main() -> None:
+    """`python -m bench.router_servers bare PORT`: serve the bare endpoint with the router's uvicorn settings;
+    `python -m bench.router_servers ceiling WHAT`: serve the router (settings from the environment) hollowed out."""
+    kind, arg = sys.argv[1], sys.argv[2]
+    if kind == "ceiling":
+        from serving.__main__ import main as serve
+
+        hollow_router(arg)
+        serve()
+        return
     if kind != "bare":
         raise SystemExit(f"unknown server {kind!r}")
-    uvicorn.run(bare_app(), host=HOST, port=port, log_level="warning", access_log=False)
+    import uvicorn
+
+    uvicorn.run(bare_app(), host=HOST, port=int(arg), log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -71,3 +71,35 @@ def test_cpu_ticks_counts_a_process_group_and_its_main_threads():
     assert total >= 0.4 * ticks  # the spinning thread's time counts
     assert main < total  # and it is not the main thread's
     assert router.cpu_ticks(busy.pid) == (0, 0)  # the group is gone
+
+
+def test_the_tiny_ceiling_bench_measures_the_router_hollowed_out(tmp_path):
+    out = tmp_path / "router_ceiling.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.router", "--ceiling", "--tiny", "--out", str(out)], cwd=ROOT, check=True
+    )
+    run = json.loads(out.read_text())
+    assert [p["server"] for p in run["points"]] == [
+        "bare Litestar endpoint",
+        "this router (GaussianNB)",
+        "ceiling: this router without a model (constant answer)",
+        "ceiling: this router without a model or a log write",
+    ]
+    assert all(p["requests"] > 0 and p["errors"] == 0 for p in run["points"])
+    assert len(run["ratios"]) == 3
+
+
+def test_a_hollow_router_answers_without_its_model_or_its_log(monkeypatch):
+    from bench import router_servers
+    from serving.services.predict import PredictService
+    from serving.services.store.inferences import InferenceLog
+
+    # Registered with monkeypatch so that the originals come back after the test.
+    monkeypatch.setattr(PredictService, "_predict_arm", PredictService._predict_arm)
+    monkeypatch.setattr(InferenceLog, "record_many", InferenceLog.record_many)
+    router_servers.hollow_router("no-model-no-log")
+    entries = [object(), object()]
+    assert PredictService._predict_arm(None, entries, [], "v1", []) == [(e, "ceiling", 0.0) for e in entries]
+    assert InferenceLog.record_many(None, ["row"]) == ["row"]
+    with pytest.raises(SystemExit, match="unknown ceiling"):
+        router_servers.hollow_router("no-router")
