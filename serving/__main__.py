@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import uvicorn
 
@@ -30,6 +31,9 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     # A tqdm bar per downloaded version only clutters the router log.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # The router's threads hand the interpreter lock around: with Python's 5 ms the event loop could wait that long
+    # behind a batch of shadow scoring (see the README, "Performance").
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     uvicorn.run(
         "serving.app:create_app",
         factory=True,

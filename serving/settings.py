@@ -65,6 +65,13 @@ class RouterSettings(RouterTokens):
         "micro-batches of /predict and its shadow scoring, the rest everything else; a server database's connection "
         "pool keeps this many connections (at least 4), so replicas x threads must fit its max_connections.",
     )
+    gil_switch_interval_ms: float = Field(
+        1.0,
+        gt=0,
+        description="`python -m serving` only: how long a thread of the router may hold Python's interpreter lock "
+        "while another waits for it (`sys.setswitchinterval`; Python's default is 5 ms). Shorter keeps the event "
+        "loop from waiting behind a long batch of shadow scoring or a large group commit.",
+    )
     store_retry_after_seconds: int = Field(1, description="Retry-After of a 503 caused by the store.")
     outbox_interval_seconds: float = Field(1.0, description="How often pending router events are sent to Prefect.")
     outbox_max_backoff_seconds: float = Field(60.0, description="Longest wait between two tries of one event.")

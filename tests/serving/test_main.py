@@ -1,9 +1,20 @@
 """`python -m serving`: environment prepared before uvicorn imports the app."""
 
 import os
+import sys
+
+import pytest
 
 import serving.__main__ as entry
 from serving.settings import RouterSettings
+
+
+@pytest.fixture(autouse=True)
+def switch_intervals(monkeypatch):
+    """What `main` sets as the interpreter's switch interval; this test process keeps its own."""
+    seen: list[float] = []
+    monkeypatch.setattr(sys, "setswitchinterval", seen.append)
+    return seen
 
 
 def test_main_sends_pycaret_logs_under_home(tmp_path, monkeypatch):
@@ -29,3 +40,22 @@ def test_main_keeps_an_explicit_pycaret_log_path(tmp_path, monkeypatch):
     entry.main()
     assert os.environ["PYCARET_CUSTOM_LOGGING_PATH"] == os.devnull
     assert not (tmp_path / "home" / "logs").exists()
+
+
+def test_main_sets_the_switch_interval_from_the_settings(tmp_path, monkeypatch, switch_intervals):
+    monkeypatch.setattr(entry.uvicorn, "run", lambda app, **kwargs: None)
+    monkeypatch.setattr(entry, "get_settings", lambda: RouterSettings(_env_file=None, home=tmp_path / "home"))
+    entry.main()
+    monkeypatch.setenv("DRIFTLOOP_GIL_SWITCH_INTERVAL_MS", "2.5")
+    monkeypatch.setattr(entry, "get_settings", lambda: RouterSettings(_env_file=None, home=tmp_path / "home"))
+    entry.main()
+    assert switch_intervals == [0.001, 0.0025]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_switch_interval_that_is_not_a_positive_number_is_refused(monkeypatch, value):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("DRIFTLOOP_GIL_SWITCH_INTERVAL_MS", value)
+    with pytest.raises(ValidationError, match="gil_switch_interval_ms"):
+        RouterSettings(_env_file=None)
