@@ -37,9 +37,9 @@ demo-postgres: install system-packages ## The same loop on PostgreSQL (Prefect, 
 test: install system-packages ## Unit tests, then the end-to-end loop on real services.
 	$(UV) run --frozen pytest
 
-# `make bench`: the quick benchmarks (router under wrk, and its ceiling, A/B decision simulations, flow start-up); results in
-# bench/results/*.json and the README's performance table. `make bench BENCH=all` adds the slow one (training at
-# scale). bench.fresh_clone (a fresh clone's `make demo`) is run by hand only.
+# `make bench`: the quick benchmarks (router under wrk and its ceiling, A/B decision simulations, flow start-up);
+# results in bench/results/*.json and the README's performance tables. `make bench BENCH=all` adds the slow one
+# (training at scale). bench.fresh_clone (a fresh clone's `make demo`) is run by hand only.
 BENCH ?= quick
 bench: install system-packages ## Run the benchmarks in bench/ (BENCH=all for the slow ones too).
 	$(UV) run --frozen --group bench python -m bench.router $(ARGS)

@@ -291,7 +291,7 @@ def servers(home: Path, uri: str, kinds: list[str], *, flask: bool, shadow: bool
     """The servers of one run, in order: bare, then per model kind Flask, the router, the router with shadow mode
     (each with both settings of the SQLite sync)."""
     py = sys.executable
-    found = [Server("bare Litestar endpoint", [py, "-m", "bench.router_servers", "bare", str(p := free_port())], {}, p)]
+    found = [bare_server()]
     for kind in kinds:
         if flask:
             port = free_port()
@@ -336,6 +336,12 @@ def servers(home: Path, uri: str, kinds: list[str], *, flask: bool, shadow: bool
     return found
 
 
+def bare_server() -> Server:
+    """The bare Litestar endpoint (the floor of the HTTP stack) on a free port."""
+    port = free_port()
+    return Server("bare Litestar endpoint", [sys.executable, "-m", "bench.router_servers", "bare", str(port)], {}, port)
+
+
 def router(
     name: str, argv: list[str], home: Path, uri: str, kind: str, *, shadow: bool = False, synchronous: str = "full"
 ) -> Server:
@@ -364,7 +370,7 @@ def ceiling_servers(home: Path, uri: str, kinds: list[str]) -> list[Server]:
     """The bare endpoint, this router per model kind, then this router hollowed out (see
     `bench.router_servers.hollow_router`): what its own pipeline allows whatever the model and the store cost."""
     py = sys.executable
-    found = [Server("bare Litestar endpoint", [py, "-m", "bench.router_servers", "bare", str(p := free_port())], {}, p)]
+    found = [bare_server()]
     found += [router(f"this router ({KINDS[kind]})", [py, "-m", "serving"], home, uri, kind) for kind in kinds]
     for what, name in CEILING_SERVERS.items():
         found.append(router(name, [py, "-m", "bench.router_servers", "ceiling", what], home, uri, kinds[0]))
